@@ -1,0 +1,167 @@
+"""SlimTrainer: the L1 step, the sr schedule, real arguments through args.yaml / resume / DDP, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from ultralytics.utils import DEFAULT_CFG_DICT
+
+from yoloslim import YOLO, SlimTrainer, build_graph, steps
+from yoloslim.sparsity import gamma_stats, sr_at
+
+from .conftest import TINY, build_model
+
+
+def test_sr_schedule_is_linear_decay() -> None:
+    assert sr_at(0.01, 0, 100) == 0.01
+    assert sr_at(0.01, 50, 100) == pytest.approx(0.01 * 0.55)
+    assert sr_at(0.01, 100, 100) == pytest.approx(0.001)
+
+
+def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScaler, epoch: int, epochs: int):
+    """A SlimTrainer holding just what `optimizer_step` reads (no dataset, no run folder)."""
+    trainer = SlimTrainer.__new__(SlimTrainer)
+    trainer.args = SimpleNamespace(sr=sr)
+    trainer.model, trainer.scaler, trainer.ema = model, scaler, None
+    trainer.epoch, trainer.epochs, trainer.device = epoch, epochs, torch.device("cpu")
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer._gammas = None
+    return trainer
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a (nested) model output: training-mode heads return dicts and lists."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out
+    return [t for item in items for t in _tensors(item)]
+
+
+@pytest.mark.parametrize("amp_scale", [None, 1024.0])
+def test_one_step_adds_exactly_sr_sign_gamma(monkeypatch, amp_scale) -> None:
+    """At gradient clipping, prunable gammas' grads = raw grads + sr_t * sign(gamma); all others untouched."""
+    model = build_model().train()
+    names = {g.name + ".weight" for g in build_graph(model).prunable}
+    scaler = torch.amp.GradScaler("cpu", init_scale=amp_scale or 1.0, enabled=amp_scale is not None)
+    trainer = _bare_trainer(model, sr=0.3, scaler=scaler, epoch=2, epochs=10)
+    loss = sum(t.float().pow(2).mean() for t in _tensors(model(torch.rand(2, 3, 64, 64))))
+    scaler.scale(loss).backward()
+    raw = {n: p.grad.detach().clone() / (amp_scale or 1.0) for n, p in model.named_parameters() if p.grad is not None}
+    seen = {}
+
+    def spy(parameters, max_norm, **kwargs):  # what Ultralytics clips is what we check
+        if not seen:
+            seen.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+        return torch.tensor(0.0)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    trainer.optimizer_step()
+    sr_t = sr_at(0.3, 2, 10)
+    params = dict(model.named_parameters())
+    assert len(names) == 47 and set(seen) == set(raw)
+    for n, grad in seen.items():
+        expected = raw[n] + sr_t * torch.sign(params[n].detach()) if n in names else raw[n]
+        assert torch.equal(grad, expected), n
+
+
+def test_sparse_run_pushes_prunable_gammas_down(tiny_data, runs) -> None:
+    """Same seed, sr=0 vs a large sr: prunable gammas end far lower, shortcut-tied ones are not pushed down."""
+    fast = dict(TINY, batch=4, nbs=4, optimizer="SGD", lr0=0.3, warmup_epochs=0, epochs=4, val=False)
+    result = {}
+    for sr in (0.0, 0.3):
+        model = YOLO("yolov8n.yaml")
+        model.train(data=tiny_data, sr=sr, project=str(runs), name=f"sr{sr}", **fast)
+        graph = build_graph(model.model)
+        bns = dict(model.model.named_modules())
+        result[sr] = {
+            kind: torch.cat([bns[g.name].weight.detach().abs().flatten() for g in graph.groups.values()
+                             if g.prunable == (kind == "prunable")]).median().item()
+            for kind in ("prunable", "tied")
+        }
+    assert result[0.3]["prunable"] < 0.5 * result[0.0]["prunable"]
+    assert result[0.3]["tied"] > 0.95 * result[0.0]["tied"]
+    csv = (runs / "sr0.3" / "results.csv").read_text().splitlines()
+    header, rows = csv[0].split(","), [r.split(",") for r in csv[1:]]
+    median = [float(r[header.index("sparsity/median_gamma")]) for r in rows]
+    assert len(rows) == 4 and median[-1] < 0.5 * median[0]  # logged every epoch, shrinking
+
+
+class Interrupt(Exception):
+    """Stands in for a killed run."""
+
+
+def test_args_saved_and_survive_resume(tiny_data, runs) -> None:
+    model = YOLO("yolov8n.yaml")
+
+    def interrupt(trainer):
+        raise Interrupt
+
+    model.add_callback("on_model_save", interrupt)
+    with pytest.raises(Interrupt):
+        model.train(data=tiny_data, epochs=2, sr=0.02, project=str(runs), name="resume", **TINY)
+    run = runs / "resume"
+    saved = yaml.safe_load((run / "args.yaml").read_text())
+    assert saved["sr"] == 0.02 and saved["finetune"] is False
+    resumed = YOLO(run / "weights" / "last.pt")
+    resumed.train(resume=True)
+    assert isinstance(resumed.trainer, SlimTrainer)
+    assert resumed.trainer.start_epoch == 1 and resumed.trainer.args.sr == 0.02
+    assert yaml.safe_load((run / "args.yaml").read_text())["sr"] == 0.02
+
+
+def test_args_survive_ddp_launcher(tiny_data, runs) -> None:
+    """Build Ultralytics' DDP worker payload and run its rebuild step in a fresh process."""
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    trainer = SlimTrainer(overrides={"model": "yolov8n.yaml", "data": tiny_data, "sr": 0.03, "finetune": False,
+                                     "project": str(runs), "name": "ddp", "exist_ok": True})
+    file = generate_ddp_file(trainer)
+    try:
+        script = Path(file).read_text().replace(
+            "trainer.train()", "print('REBUILT', type(trainer).__name__, trainer.args.sr, trainer.args.finetune)"
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    finally:
+        ddp_cleanup(trainer, file)
+    assert "REBUILT SlimTrainer 0.03 False" in out.stdout, out.stderr[-2000:]
+
+
+def test_unknown_argument_keeps_ultralytics_error(tiny_data, runs) -> None:
+    with pytest.raises(SyntaxError, match="srr"):
+        YOLO("yolov8n.yaml").train(data=tiny_data, srr=0.1, project=str(runs), name="bad", **TINY)
+
+
+@pytest.mark.parametrize("sr", [-0.1, "abc", float("nan")])
+def test_bad_sr_fails_before_training(tiny_data, runs, sr) -> None:
+    with pytest.raises(ValueError, match="sr="):
+        YOLO("yolov8n.yaml").train(data=tiny_data, sr=sr, project=str(runs), name="badsr", **TINY)
+    assert not (runs / "badsr").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path) -> None:
+    cases = {
+        ("sparse", "--weights", str(tmp_path / "missing.pt")): "weights file",
+        ("train", "--data", str(tmp_path / "missing.yaml")): "dataset yaml",
+        ("sparse", "--sr", "-1"): "negative",
+        ("sparse", "--sr", "x"): "not a number",
+    }
+    for argv, message in cases.items():
+        out = subprocess.run([sys.executable, "-m", "yoloslim", *argv], capture_output=True, text=True, timeout=120)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode != 0 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_registered_defaults() -> None:
+    assert DEFAULT_CFG_DICT["sr"] == 0.0 and DEFAULT_CFG_DICT["finetune"] is False
+
+
+def test_gamma_stats() -> None:
+    gammas = [torch.nn.Parameter(torch.tensor([0.0, 0.005, -0.5, 2.0]))]
+    stats = gamma_stats(gammas)
+    assert stats["sparsity/share_lt_0.01"] == 0.5 and stats["sparsity/median_gamma"] == pytest.approx(0.005)

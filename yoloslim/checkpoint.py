@@ -1,0 +1,97 @@
+"""Reading and writing Ultralytics checkpoints, and the marker that says a model was pruned.
+
+A pruned checkpoint is a normal Ultralytics checkpoint: the pickled model uses only Ultralytics' own
+module classes with fewer channels, so stock `ultralytics.YOLO("pruned.pt")` predicts, validates and
+exports it. `model.yaml["pruned"]` records that it was pruned (ratio, source, threshold); the yaml's
+layer list still describes the full-width network, which is why training must reuse the model object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.nn.tasks import load_checkpoint
+
+PRUNED_KEY = "pruned"
+
+
+def pruned_info(model: nn.Module) -> dict[str, Any] | None:
+    """The pruning record of `model` (None for a model that was never pruned)."""
+    yaml = getattr(model, "yaml", None)
+    return yaml.get(PRUNED_KEY) if isinstance(yaml, dict) else None
+
+
+def mark_pruned(model: nn.Module, info: dict[str, Any]) -> None:
+    """Record in `model.yaml` that the model was pruned; a pruned model pruned again keeps its history."""
+    history = (pruned_info(model) or {}).get("history", [])
+    previous = {k: v for k, v in (pruned_info(model) or {}).items() if k != "history"}
+    model.yaml = {**model.yaml, PRUNED_KEY: {**info, "history": [*history, previous] if previous else history}}
+
+
+def check_weights_file(path: str | Path) -> Path:
+    """`path` as a Path if it is an existing .pt file; otherwise a one-line error that says what to pass."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise ValueError(f"weights '{path}' is not a .pt checkpoint: pass a .pt file saved by Ultralytics or yoloslim")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file '{path}' not found: check the path (train first, or pass --weights)")
+    return path
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an Ultralytics checkpoint's model (FP32, eval mode) and the checkpoint dict, with clear errors."""
+    path = check_weights_file(path)
+    try:
+        return load_checkpoint(path)
+    except Exception as e:  # torch / pickle raise many types for a file that is not a checkpoint
+        raise ValueError(f"'{path}' is not a readable Ultralytics checkpoint ({type(e).__name__}: {e})") from e
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """Write `model` as an Ultralytics checkpoint (FP16, like Ultralytics' own), atomically.
+
+    The bytes go to a temporary file in the target folder that is renamed over `path` only when
+    complete, so an interrupted save never leaves a truncated checkpoint behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "epoch": -1,
+        "best_fitness": None,
+        "model": None,
+        "ema": _half_copy(model),
+        "updates": None,
+        "optimizer": None,
+        "train_args": dict(train_args or {}),
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ultralytics_version,
+        **extra,
+    }
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _half_copy(model: nn.Module) -> nn.Module:
+    """An FP16 copy of `model` for saving, leaving the caller's model untouched."""
+    copy = deepcopy(model).half()
+    for p in copy.parameters():
+        p.requires_grad_(False)
+    return copy

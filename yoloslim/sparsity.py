@@ -1,0 +1,47 @@
+"""The L1 penalty on BN scale factors (network slimming, Liu et al. 2017, arXiv:1708.06519).
+
+Sparsity training minimises `loss + sr * sum |gamma|` over the prunable gammas. Its sub-gradient
+`sr * sign(gamma)` is added to the gammas' gradients once per optimizer step, after AMP unscaling and
+before gradient clipping, with `sr` decayed linearly over the run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from yoloslim.channels import build_graph
+
+
+def sr_at(sr: float, epoch: int, epochs: int) -> float:
+    """The penalty for `epoch` (0-based) of `epochs`: `sr * (1 - 0.9 * epoch / epochs)`."""
+    return sr * (1 - 0.9 * epoch / max(epochs, 1))
+
+
+def prunable_gammas(model: nn.Module) -> list[nn.Parameter]:
+    """The gamma (BN weight) parameters of every prunable channel group of `model`, in graph order."""
+    modules = dict(model.named_modules())
+    return [modules[g.name].weight for g in build_graph(model).prunable]
+
+
+@torch.no_grad()
+def add_l1_subgradient(gammas: list[nn.Parameter], sr: float) -> None:
+    """`grad += sr * sign(gamma)` for each gamma that has a gradient."""
+    if sr == 0:
+        return
+    for g in gammas:
+        if g.grad is not None:
+            g.grad.add_(torch.sign(g), alpha=sr)
+
+
+@torch.no_grad()
+def gamma_stats(gammas: list[nn.Parameter], small: float = 1e-2) -> dict[str, float]:
+    """How sparse the gammas are: the share with |gamma| < `small`, and the median and mean of |gamma|."""
+    if not gammas:
+        return {}
+    values = torch.cat([g.detach().abs().flatten().float().cpu() for g in gammas])
+    return {
+        f"sparsity/share_lt_{small:g}": float((values < small).float().mean()),
+        "sparsity/median_gamma": float(values.median()),
+        "sparsity/mean_gamma": float(values.mean()),
+    }

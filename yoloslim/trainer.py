@@ -1,0 +1,116 @@
+"""`SlimTrainer`: Ultralytics' detection trainer with sparsity training and pruned-model fine-tuning.
+
+Two Ultralytics hooks are overridden, nothing else is copied from Ultralytics:
+
+- `optimizer_step` adds the L1 sub-gradient `sr_t * sign(gamma)` to the prunable gammas once per step.
+  It is added to the still-scaled gradient as `scale * sr_t * sign(gamma)`, so `scaler.unscale_` turns it
+  into exactly `sr_t * sign(gamma)` before Ultralytics clips the gradients: AMP and clipping stay on.
+- `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
+  network from `model.yaml` and silently drop the pruning). Resume and the DDP launcher reach the same path.
+
+`sr` and `finetune` are registered as real Ultralytics arguments when this module is imported, so they
+pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and the
+DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yoloslim.checkpoint import pruned_info
+from yoloslim.sparsity import add_l1_subgradient, gamma_stats, prunable_gammas, sr_at
+
+SLIM_ARGS: dict[str, Any] = {"sr": 0.0, "finetune": False}
+
+
+def register_args() -> None:
+    """Make `sr` and `finetune` known to Ultralytics' default config (idempotent)."""
+    for key, value in SLIM_ARGS.items():
+        DEFAULT_CFG_DICT.setdefault(key, value)
+        if not hasattr(DEFAULT_CFG, key):
+            setattr(DEFAULT_CFG, key, value)
+
+
+register_args()
+
+
+def check_slim_args(args: dict[str, Any] | Any) -> None:
+    """Validate `sr` and `finetune` (a dict or namespace) before any training starts; normalise their types."""
+    get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    sr = get("sr", 0.0)
+    try:
+        value = float(sr)
+    except (TypeError, ValueError):
+        raise ValueError(f"sr={sr!r} is not a number: pass the L1 penalty as a float >= 0, e.g. sr=0.01") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"sr={sr!r} is invalid: the L1 penalty must be a finite float >= 0 (0 = normal training)")
+    finetune = get("finetune", False)
+    if not isinstance(finetune, bool):
+        raise ValueError(f"finetune={finetune!r} must be True or False")
+    if isinstance(args, dict):
+        args["sr"] = value
+    else:
+        args.sr = value
+
+
+class SlimTrainer(DetectionTrainer):
+    """DetectionTrainer with the network-slimming L1 penalty (`sr`) and pruned-model fine-tuning (`finetune`)."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Validate `sr` / `finetune` first, then set up as Ultralytics does."""
+        check_slim_args(overrides or {})
+        super().__init__(cfg, overrides, _callbacks)
+        check_slim_args(self.args)  # resume replaces args with the checkpoint's
+        self._gammas: list[nn.Parameter] | None = None
+
+    def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
+        """Train a pruned model as it is; build everything else the Ultralytics way."""
+        pruned = weights is not None and pruned_info(weights) is not None
+        if self.args.finetune and weights is None:
+            raise ValueError(
+                "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
+            )
+        if not (pruned or self.args.finetune):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        if (nc := weights.model[-1].nc) != self.data["nc"]:
+            raise ValueError(
+                f"the pruned model predicts {nc} classes but dataset '{self.args.data}' has {self.data['nc']}: "
+                "fine-tune on a dataset with the same classes (prune a model trained on this dataset)"
+            )
+        if pruned and not self.args.finetune:
+            LOGGER.info(f"{colorstr('yoloslim:')} the model is pruned, so it is fine-tuned as it is (finetune=True)")
+            self.args.finetune = True
+        for p in weights.parameters():
+            p.requires_grad_(True)
+        if verbose:
+            weights.info()
+        return weights
+
+    def optimizer_step(self) -> None:
+        """Add the L1 sub-gradient on prunable gammas, then step as Ultralytics does (unscale, clip, step)."""
+        sr = sr_at(self.args.sr, self.epoch, self.epochs)
+        if sr > 0:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            add_l1_subgradient(self.prunable_gammas(), sr * scale)
+        super().optimizer_step()
+
+    def prunable_gammas(self) -> list[nn.Parameter]:
+        """The prunable gammas of the model being trained, found once from the channel graph."""
+        if self._gammas is None:
+            self._gammas = prunable_gammas(unwrap_model(self.model))
+        return self._gammas
+
+    def save_metrics(self, metrics: dict) -> None:
+        """Add how sparse the prunable gammas are to each epoch's results row, and log it."""
+        stats = gamma_stats(self.prunable_gammas())
+        stats["sparsity/sr"] = sr_at(self.args.sr, self.epoch, self.epochs)
+        LOGGER.info(
+            f"{colorstr('sparsity:')} {stats['sparsity/share_lt_0.01']:.1%} of {sum(g.numel() for g in self._gammas)} "
+            f"prunable gammas < 0.01, median |gamma| {stats['sparsity/median_gamma']:.4f}, sr {stats['sparsity/sr']:.2e}"
+        )
+        super().save_metrics({**metrics, **stats})
