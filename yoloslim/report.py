@@ -1,0 +1,73 @@
+"""Size tables: parameters and GFLOPs (Ultralytics' own counters) and the per-layer prune report."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+from yoloslim.prune import LayerChange
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Parameter count and GFLOPs at one image size."""
+
+    params: int
+    gflops: float
+    imgsz: int
+
+    @classmethod
+    def of(cls, model: nn.Module, imgsz: int) -> ModelSize:
+        """Measure `model` with Ultralytics' `get_num_params` and `get_flops` (thop)."""
+        return cls(get_num_params(model), get_flops(model, imgsz), imgsz)
+
+    def __str__(self) -> str:
+        return f"{self.params / 1e6:.3f} M params, {self.gflops:.2f} GFLOPs at imgsz {self.imgsz}"
+
+
+def ratio_text(value: float, base: float) -> str:
+    """`value` with its ratio to `base` in brackets, e.g. '4.75 (0.43x)'."""
+    return f"{value:.4g} ({value / base:.2f}x)" if base else f"{value:.4g}"
+
+
+def layer_table(changes: Sequence[LayerChange]) -> str:
+    """A fixed-width text table of every channel group: channels before and after, and which were prunable."""
+    width = max(len(c.name) for c in changes)
+    lines = [f"{'layer':<{width}}  {'before':>6}  {'after':>6}  {'kept':>6}  prunable"]
+    for c in changes:
+        lines.append(f"{c.name:<{width}}  {c.before:>6}  {c.after:>6}  {c.after / c.before:>6.1%}  {'yes' if c.prunable else 'no'}")
+    return "\n".join(lines)
+
+
+def removed_share(changes: Sequence[LayerChange]) -> float:
+    """The share of prunable channels actually removed."""
+    prunable = [c for c in changes if c.prunable]
+    total = sum(c.before for c in prunable)
+    return sum(c.before - c.after for c in prunable) / total if total else 0.0
+
+
+def prune_summary(before: ModelSize, after: ModelSize, threshold: float, ratio: float, removed: float) -> str:
+    """The summary lines of a prune report."""
+    return "\n".join(
+        [
+            f"requested ratio {ratio:.3f}, removed {removed:.3f} of prunable channels, gamma threshold {threshold:.6g}",
+            f"params  {before.params:,} -> {after.params:,} ({after.params / before.params:.3f}x)",
+            f"GFLOPs  {before.gflops:.3f} -> {after.gflops:.3f} ({after.gflops / before.gflops:.3f}x) at imgsz {after.imgsz}"
+            if before.gflops
+            else "GFLOPs  unavailable (thop failed)",
+        ]
+    )
+
+
+def write_layer_csv(changes: Sequence[LayerChange], path: Path) -> Path:
+    """The per-layer report as CSV (one row per channel group)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(changes[0])))
+        writer.writeheader()
+        writer.writerows(asdict(c) for c in changes)
+    return path
