@@ -1,0 +1,84 @@
+"""Fine-tuning keeps the pruned architecture (also on resume); ONNX export matches the torch model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime
+import pytest
+import yaml
+
+from yoloslim import YOLO, steps
+from yoloslim.checkpoint import load_model
+from yoloslim.data import demo_dataset
+
+from .conftest import TINY
+
+
+def _params(path: Path) -> int:
+    model, _ = load_model(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_ckpt, tmp_path_factory) -> Path:
+    return steps.prune(tiny_ckpt, 0.5, tmp_path_factory.mktemp("pruned"))
+
+
+class Interrupt(Exception):
+    """Stands in for a killed run."""
+
+
+def test_finetune_keeps_pruned_count_also_after_resume(pruned, tiny_data, runs) -> None:
+    count = _params(pruned)
+    model = YOLO(pruned)
+
+    def interrupt(trainer):
+        raise Interrupt
+
+    model.add_callback("on_model_save", interrupt)
+    with pytest.raises(Interrupt):
+        model.train(data=tiny_data, epochs=2, finetune=True, project=str(runs), name="ft", **TINY)
+    last = runs / "ft" / "weights" / "last.pt"
+    assert _params(last) == count
+    resumed = YOLO(last)
+    resumed.train(resume=True)
+    assert resumed.trainer.args.finetune is True and resumed.trainer.start_epoch == 1
+    assert _params(Path(resumed.trainer.last)) == count
+    assert yaml.safe_load((runs / "ft" / "args.yaml").read_text())["finetune"] is True
+
+
+def test_pruned_marker_alone_fine_tunes_the_pruned_model(pruned, tiny_data, runs) -> None:
+    best = steps.train(pruned, tiny_data, epochs=1, imgsz=64, batch=8, device="cpu", project=runs, name="marker")
+    assert _params(best) == _params(pruned)
+
+
+def test_finetune_needs_a_pruned_checkpoint(tiny_data, runs) -> None:
+    with pytest.raises(ValueError, match="finetune=True needs a pruned checkpoint"):
+        YOLO("yolov8n.yaml").train(data=tiny_data, finetune=True, epochs=1, project=str(runs), name="nofine", **TINY)
+
+
+def test_other_class_count_is_a_clear_error(pruned, tmp_path, runs) -> None:
+    data = demo_dataset(root=tmp_path, n_train=4, n_val=2, imgsz=64)
+    cfg = yaml.safe_load(data.read_text())
+    cfg["names"] = {0: "shape"}
+    one_class = tmp_path / "one.yaml"
+    one_class.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="predicts 3 classes but dataset .* has 1"):
+        YOLO(pruned).train(data=str(one_class), epochs=1, finetune=True, project=str(runs), name="nc", **TINY)
+
+
+def test_onnx_export_matches_torch(pruned, capsys) -> None:
+    result = steps.export(pruned, imgsz=64)
+    onnx_file = Path(result["onnx"])
+    assert onnx_file.exists() and onnx_file.parent == pruned.parent
+    assert result["max_diff"] <= 1e-3
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 64, 64]
+    assert "largest output difference" in capsys.readouterr().out
+
+
+def test_validate_reports_metrics_and_size(pruned, tiny_data) -> None:
+    metrics = steps.validate(pruned, tiny_data, imgsz=64, batch=8, project=pruned.parent, name="val")
+    assert metrics["params"] == _params(pruned) and metrics["gflops"] > 0
+    assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1

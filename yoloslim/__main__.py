@@ -1,0 +1,5 @@
+"""`python -m yoloslim` runs the `yoloslim` command."""
+
+from yoloslim.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""The `yoloslim` command and the argument parsers the root scripts share.
+
+`yoloslim train|sparse|gamma|prune|finetune|val|export|pipeline`. Each root script is
+`run(parser_for("<step>", **its_editable_defaults).parse_args())`, so a script and its subcommand take
+the same flags. The default paths chain: each step reads what the previous one wrote under
+`runs/yoloslim/`, so the scripts run in sequence out of the box on the built-in demo data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT = "runs/yoloslim"
+
+
+def weights_of(name: str) -> str:
+    """The best checkpoint of the run `name` under the default project."""
+    return f"{PROJECT}/{name}/weights/best.pt"
+
+
+# Defaults per step: small enough to run on the demo data on a CPU in minutes. Scripts override them.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {"weights": "yolov8n.yaml", "name": "normal", "epochs": 30, "sr": 0.0},
+    "sparse": {"weights": weights_of("normal"), "name": "sparse", "epochs": 30, "sr": 1e-2},
+    "gamma": {"weights": [weights_of("normal"), weights_of("sparse")], "out": f"{PROJECT}/gamma/gamma_hist.png"},
+    "prune": {"weights": weights_of("sparse"), "save_dir": f"{PROJECT}/prune", "prune_ratio": 0.5},
+    "finetune": {"weights": f"{PROJECT}/prune/pruned.pt", "name": "finetune", "epochs": 20},
+    "val": {"weights": weights_of("finetune")},
+    "export": {"weights": weights_of("finetune")},
+}
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="demo", help="dataset yaml, or 'demo' for the built-in synthetic set")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="a .pt checkpoint, or a model yaml such as yolov8n.yaml")
+    _add_data(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (default: Ultralytics picks)")
+    p.add_argument("--project", default=PROJECT)
+    p.add_argument("--name")
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers (Ultralytics uses 0 on CPU)")
+
+
+def _sr(value: str) -> float:
+    """argparse type for --sr: a number >= 0."""
+    try:
+        sr = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number: pass e.g. --sr 0.01") from None
+    if not sr >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: the L1 penalty must be >= 0 (0 = normal training)")
+    return sr
+
+
+def _ratio(value: str) -> float:
+    """argparse type for --prune-ratio: a share in [0, 1)."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number: pass e.g. --prune-ratio 0.5") from None
+    if not 0 <= ratio < 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1): e.g. 0.5 removes half the prunable channels")
+    return ratio
+
+
+def _configure(command: str, p: argparse.ArgumentParser) -> None:
+    """Add the flags of `command` to `p`."""
+    if command in {"train", "sparse", "finetune"}:
+        _add_train_args(p)
+        if command != "finetune":
+            p.add_argument("--sr", type=_sr, help="L1 penalty on prunable BN gammas (0 = normal training)")
+    elif command == "gamma":
+        p.add_argument("--weights", nargs="+", help="one or more .pt checkpoints (e.g. before and after sparsity)")
+        p.add_argument("--labels", nargs="+", help="one label per checkpoint (default: run folder names)")
+        p.add_argument("--out", help="PNG file to write (a .txt summary is written beside it)")
+        p.add_argument("--side-by-side", action="store_true", help="one panel per checkpoint instead of overlaid")
+    elif command == "prune":
+        p.add_argument("--weights", help="sparse-trained .pt checkpoint")
+        _add_data(p)
+        p.add_argument("--prune-ratio", type=_ratio, help="share of prunable channels to remove, in [0, 1)")
+        p.add_argument("--save-dir", help="folder for pruned.pt and the per-layer report")
+        p.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N")
+        p.add_argument("--min-keep", type=float, default=0.05, help="per-layer floor, as a share of its channels")
+        p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' act(beta) into consumers")
+        p.add_argument("--no-val", action="store_true", help="skip validating the pruned model on --data")
+        p.add_argument("--model-size", help="accepted for compatibility with the reference; ignored (read from model)")
+        p.add_argument("--cfg", help="accepted for compatibility with the reference; ignored (read from model)")
+    elif command in {"val", "export"}:
+        p.add_argument("--weights", help=".pt checkpoint")
+        p.add_argument("--imgsz", type=int, default=160)
+        if command == "val":
+            _add_data(p)
+            p.add_argument("--batch", type=int, default=16)
+            p.add_argument("--device", default=None)
+            p.add_argument("--project", default=PROJECT)
+    elif command == "pipeline":
+        from yoloslim.pipeline import PipelineConfig
+
+        d = PipelineConfig()
+        _add_data(p)
+        p.add_argument("--weights", default=d.weights, help="model yaml or .pt to start the normal training from")
+        p.add_argument("--run-dir", default=d.run_dir, help="folder for every stage's artefacts (re-run to resume)")
+        for flag in ("imgsz", "batch", "epochs_normal", "epochs_sparse", "epochs_finetune", "round_to",
+                     "latency_repeats"):
+            p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag))
+        p.add_argument("--device", default=None)
+        p.add_argument("--sr", type=_sr, default=d.sr)
+        p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios))
+        p.add_argument("--compare-ratio", type=_ratio, default=d.compare_ratio,
+                       help="ratio of the normal-vs-sparse and fold on/off comparisons")
+        p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
+        p.add_argument("--train-args", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="extra Ultralytics train arguments for every training stage, e.g. nbs=16 optimizer=SGD")
+    p.set_defaults(command=command, **DEFAULTS.get(command, {}))
+
+
+def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
+    """The parser of one step, with the step's defaults overridden by `defaults` (a script's editable ones)."""
+    p = argparse.ArgumentParser(prog=Path(sys.argv[0]).name, description=COMMANDS[command][1])
+    _configure(command, p)
+    p.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
+    return p
+
+
+def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    extra = {"workers": a.workers} if a.workers is not None else {}
+    return dict(weights=a.weights, data=a.data, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device,
+                project=a.project, name=a.name, **extra)
+
+
+def _run_train(a: argparse.Namespace) -> Any:
+    from yoloslim import steps
+
+    return steps.train(**_train_kwargs(a), sr=a.sr)
+
+
+def _run_finetune(a: argparse.Namespace) -> Any:
+    from yoloslim import steps
+
+    return steps.train(**_train_kwargs(a), finetune=True)
+
+
+def _run_gamma(a: argparse.Namespace) -> Any:
+    from yoloslim import steps
+
+    return steps.gamma_report(a.weights, a.out, labels=a.labels, side_by_side=a.side_by_side)
+
+
+def _run_prune(a: argparse.Namespace) -> Any:
+    from ultralytics.utils import LOGGER
+
+    from yoloslim import steps
+
+    for flag in ("model_size", "cfg"):
+        if getattr(a, flag):
+            LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
+    return steps.prune(a.weights, a.prune_ratio, a.save_dir, round_to=a.round_to, fold=not a.no_fold,
+                       min_keep=a.min_keep, data=None if a.no_val else a.data)
+
+
+def _run_val(a: argparse.Namespace) -> Any:
+    from yoloslim import steps
+
+    return steps.validate(a.weights, a.data, imgsz=a.imgsz, batch=a.batch, device=a.device, project=a.project)
+
+
+def _run_export(a: argparse.Namespace) -> Any:
+    from yoloslim import steps
+
+    return steps.export(a.weights, imgsz=a.imgsz)
+
+
+def _run_pipeline(a: argparse.Namespace) -> Any:
+    from ultralytics.cfg import smart_value
+
+    from yoloslim.pipeline import PipelineConfig, run_pipeline
+
+    extra = {}
+    for item in a.train_args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--train-args takes KEY=VALUE items, got '{item}'")
+        extra[key] = smart_value(value)
+    return run_pipeline(PipelineConfig(
+        data=a.data, weights=a.weights, run_dir=a.run_dir, imgsz=a.imgsz, batch=a.batch, device=a.device,
+        epochs_normal=a.epochs_normal, epochs_sparse=a.epochs_sparse, epochs_finetune=a.epochs_finetune, sr=a.sr,
+        ratios=tuple(a.ratios), compare_ratio=None if a.no_compare else a.compare_ratio, round_to=a.round_to,
+        latency_repeats=a.latency_repeats, train_args=extra))
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
+    "train": (_run_train, "normal training (sr=0)"),
+    "sparse": (_run_train, "sparsity training: L1 penalty sr on prunable BN gammas"),
+    "gamma": (_run_gamma, "histograms of prunable BN gammas of one or more checkpoints"),
+    "prune": (_run_prune, "prune channels by a global gamma threshold and save pruned.pt"),
+    "finetune": (_run_finetune, "fine-tune a pruned checkpoint as it is"),
+    "val": (_run_val, "validate a checkpoint"),
+    "export": (_run_export, "export a checkpoint to ONNX and check it with onnxruntime"),
+    "pipeline": (_run_pipeline, "the whole sequence, resumable, ending in one results table and plots"),
+}
+
+
+def run(args: argparse.Namespace) -> Any:
+    """Run a parsed step; bad input ends the process with a one-line error instead of a traceback."""
+    from yoloslim.channels import UnsupportedModuleError
+
+    try:
+        return COMMANDS[args.command][0](args)
+    except (FileNotFoundError, ValueError, UnsupportedModuleError) as e:
+        raise SystemExit(f"yoloslim {args.command}: error: {e}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `yoloslim` command."""
+    parser = argparse.ArgumentParser(prog="yoloslim", description="Network slimming for Ultralytics YOLOv8 detectors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command, (_, help_text) in COMMANDS.items():
+        _configure(command, sub.add_parser(command, help=help_text, description=help_text))
+    run(parser.parse_args(argv))

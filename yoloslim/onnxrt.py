@@ -1,0 +1,50 @@
+"""onnxruntime checks of an exported model: agreement with the torch model, and CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def session(path: str | Path, threads: int | None = None):
+    """A CPU onnxruntime session for `path` (`threads` intra-op threads; None lets onnxruntime choose)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: int = 0) -> float:
+    """Largest absolute difference between the ONNX file's and the torch model's first output on one input."""
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
+    model = model.float().eval()
+    with torch.no_grad():
+        expected = model(x)
+    expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
+    sess = session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if got.shape != expected.shape:
+        raise ValueError(f"ONNX output shape {got.shape} differs from the torch model's {expected.shape}")
+    return float(np.abs(got - expected).max())
+
+
+def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30, threads: int | None = None) -> float:
+    """Median onnxruntime CPU latency of one image (batch 1), after `warmup` runs, over `repeats` runs."""
+    sess = session(path, threads)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,59 @@
+"""Plots people would rather see than read: gamma histograms and accuracy against size."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_gamma_histograms(gammas: Mapping[str, np.ndarray], path: Path, side_by_side: bool = False,
+                          bins: int = 100) -> Path:
+    """Histograms of |gamma| for each labelled model (e.g. before / after sparsity training), saved as PNG.
+
+    Overlaid on one log-count axis by default, or one panel per model with `side_by_side`.
+    """
+    labels = list(gammas)
+    hi = max(float(np.max(v)) for v in gammas.values())
+    edges = np.linspace(0, hi if hi > 0 else 1, bins + 1)
+    n = len(labels) if side_by_side else 1
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False, sharey=True)
+    for i, label in enumerate(labels):
+        ax = axes[0][i if side_by_side else 0]
+        values = gammas[label]
+        ax.hist(values, bins=edges, alpha=1.0 if side_by_side else 0.55, label=f"{label} (median {np.median(values):.3g})")
+        ax.set_yscale("log")
+        ax.set_xlabel("|BN gamma| of prunable channels")
+        ax.legend(fontsize=8)
+        ax.set_title(label if side_by_side else "BN gamma distribution")
+    axes[0][0].set_ylabel("channels")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """mAP50-95 against GFLOPs, one point per row (label, gflops, map before / after fine-tuning)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, marker, text in (("map_before", "x", "pruned, before fine-tuning"), ("map_after", "o", "after fine-tuning")):
+        pts = [(r["gflops"], r[key], r["label"]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle="-", label=text)
+            for x, y, label in pts:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("GFLOPs")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,175 @@
+"""The workflow steps that the root scripts, the `yoloslim` command and the pipeline run.
+
+Each step takes plain arguments, checks them before doing any work (a one-line error that says what
+to fix), and returns the file or figures it produced.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.nn.tasks import yaml_model_load
+
+from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
+from yoloslim.data import resolve_data
+from yoloslim.model import YOLO
+from yoloslim.onnxrt import max_output_difference
+from yoloslim.plots import plot_gamma_histograms
+from yoloslim.prune import check_ratio, prune_model
+from yoloslim.report import ModelSize, layer_table, prune_summary, removed_share, write_layer_csv
+from yoloslim.sparsity import gamma_stats, prunable_gammas
+from yoloslim.trainer import check_slim_args
+
+PREFIX = colorstr("yoloslim:")
+
+
+def check_model_source(weights: str | Path) -> str:
+    """A `--weights` value: an existing .pt checkpoint, or a model yaml (a file, or a built-in like yolov8n.yaml)."""
+    suffix = Path(weights).suffix
+    if suffix in {".yaml", ".yml"}:
+        try:
+            yaml_model_load(str(weights))  # resolves scaled names: yolov8n.yaml -> yolov8.yaml, scale n
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"model yaml '{weights}' not found: pass a model yaml file or a built-in one such as yolov8n.yaml"
+            ) from None
+        return str(weights)
+    return str(check_weights_file(weights))
+
+
+def _run_dir(project: str | Path, name: str) -> tuple[str, str]:
+    """Absolute project folder (Ultralytics would put a relative one under its own runs dir) and run name."""
+    return str(Path(project).resolve()), name
+
+
+def train(weights: str | Path, data: str | Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
+          project: str | Path, name: str, sr: float = 0.0, finetune: bool = False, **overrides: Any) -> Path:
+    """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0, fine-tuning with finetune=True).
+
+    Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
+    steps' default paths chain.
+    """
+    check_slim_args({"sr": sr, "finetune": finetune})
+    source = check_model_source(weights)
+    data = resolve_data(data)
+    model = YOLO(source)
+    if sr > 0 or finetune:
+        from yoloslim.channels import build_graph
+
+        build_graph(model.model)  # an unsupported model fails here, before any training
+    project, name = _run_dir(project, name)
+    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name,
+                exist_ok=True, sr=sr, finetune=finetune, **overrides)
+    best = Path(model.trainer.best)
+    return best if best.exists() else Path(model.trainer.last)
+
+
+def gamma_report(weights: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                 side_by_side: bool = False) -> Path:
+    """Histograms of the prunable gammas of one or more checkpoints (PNG), with a text summary beside it."""
+    paths = [check_weights_file(w) for w in weights]
+    labels = labels or [_label(p) for p in paths]
+    if len(labels) != len(paths):
+        raise ValueError(f"got {len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
+    gammas = {label: _gamma_values(path) for label, path in zip(labels, paths)}
+    out = Path(out)
+    plot_gamma_histograms(gammas, out, side_by_side=side_by_side)
+    lines = [f"{'checkpoint':<24} {'channels':>8} {'median':>8} {'<1e-2':>7}  file"]
+    for (label, values), path in zip(gammas.items(), paths):
+        lines.append(f"{label:<24} {len(values):>8} {np.median(values):>8.4f} {(values < 1e-2).mean():>7.1%}  {path}")
+    text = "\n".join(lines)
+    out.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    LOGGER.info(f"{PREFIX} gamma histograms saved to {out}")
+    return out
+
+
+def _label(path: Path) -> str:
+    """A short label for a checkpoint: its run folder name for Ultralytics' weights/best.pt layout."""
+    return path.parent.parent.name if path.parent.name == "weights" else path.stem
+
+
+def _gamma_values(path: Path) -> np.ndarray:
+    """All |gamma| values of the prunable channels of a checkpoint."""
+    model, _ = load_model(path)
+    return np.concatenate([g.detach().abs().numpy().ravel() for g in prunable_gammas(model)])
+
+
+def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int = 1, fold: bool = True,
+          min_keep: float = 0.05, data: str | Path | None = None) -> Path:
+    """Prune a checkpoint; write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
+
+    The input is never modified, and the output is written atomically. With `data`, the pruned model
+    (before fine-tuning) is validated on it.
+    """
+    check_ratio(ratio)
+    source = check_weights_file(weights)
+    save_dir = Path(save_dir)
+    out = save_dir / "pruned.pt"
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--save-dir '{save_dir}' would overwrite the input '{source}': choose another folder")
+    model, ckpt = load_model(source)
+    data = resolve_data(data) if data is not None else None
+    imgsz = int((ckpt.get("train_args") or {}).get("imgsz") or 640)
+    pruned, plan, changes = prune_model(model, ratio, round_to=round_to, fold=fold, min_keep=min_keep)
+    before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
+    removed = removed_share(changes)
+    _warn_if_not_sparse(model, plan.threshold)
+    mark_pruned(pruned, {"ratio": ratio, "source": str(source.resolve()), "threshold": plan.threshold,
+                         "removed": removed, "round_to": round_to, "fold": fold})
+    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
+    save_checkpoint(pruned, out, train_args=train_args)
+    summary = prune_summary(before, after, plan.threshold, ratio, removed)
+    (save_dir / "prune_report.txt").write_text(f"{layer_table(changes)}\n\n{summary}\n", encoding="utf-8")
+    write_layer_csv(changes, save_dir / "prune_layers.csv")
+    print(layer_table(changes), "", summary, sep="\n")
+    LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {save_dir / 'prune_report.txt'})")
+    if data:
+        validate(out, data, imgsz=imgsz, project=save_dir, name="val")
+    return out
+
+
+def _warn_if_not_sparse(model: Any, threshold: float) -> None:
+    """Say so when pruning removes channels that were far from zero (the model was not sparse-trained)."""
+    stats = gamma_stats(prunable_gammas(model))
+    if threshold > 0.05:
+        LOGGER.warning(
+            f"{PREFIX} the gamma threshold {threshold:.3g} removes channels far from zero (only "
+            f"{stats['sparsity/share_lt_0.01']:.0%} of gammas < 0.01): this model looks not sparse-trained, expect a "
+            "large accuracy drop before fine-tuning (run train_sparsity.py first, or prune less)"
+        )
+
+
+def validate(weights: str | Path, data: str | Path | None, imgsz: int = 640, batch: int = 16,
+             device: str | None = None, project: str | Path = "runs/yoloslim", name: str = "val") -> dict[str, float]:
+    """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line."""
+    source = check_weights_file(weights)
+    data = resolve_data(data)
+    model = YOLO(source)
+    model.info()
+    project, name = _run_dir(project, name)
+    metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, project=project, name=name,
+                        exist_ok=True, plots=False)
+    size = ModelSize.of(model.model, imgsz)
+    return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": size.params,
+            "gflops": size.gflops}
+
+
+def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> dict[str, Any]:
+    """Export a checkpoint to ONNX with Ultralytics' exporter, then check it with onnxruntime.
+
+    Prints and returns the file, its size and the largest output difference against the torch model.
+    """
+    source = check_weights_file(weights)
+    model = YOLO(source)
+    path = Path(model.export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
+    reference, _ = load_model(source)
+    diff = max_output_difference(path, reference, imgsz)
+    size_mb = os.path.getsize(path) / 2**20
+    print(f"ONNX {path}: {size_mb:.2f} MB, largest output difference vs torch {diff:.3g}")
+    return {"onnx": path, "size_mb": size_mb, "max_diff": diff}
+
