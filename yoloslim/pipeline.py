@@ -1,0 +1,203 @@
+"""The whole network-slimming sequence in one resumable command, ending in one results table.
+
+normal training -> sparsity training -> gamma histograms -> prune at each ratio -> fine-tune each ->
+validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by side -> table
+(Markdown and CSV) and plots. Plus two comparisons at one ratio: pruning the normally trained model
+instead of the sparse one, and folding `act(beta)` off.
+
+Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
+interrupted pipeline picks up where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ultralytics.utils import LOGGER
+
+from yoloslim import steps
+from yoloslim.data import resolve_data
+from yoloslim.onnxrt import latency_ms
+from yoloslim.plots import plot_map_vs_gflops
+from yoloslim.prune import check_ratio
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline trains and measures. The defaults run on the demo data in minutes on a CPU."""
+
+    data: str = "demo"
+    weights: str = "yolov8n.yaml"
+    run_dir: str = "runs/yoloslim/pipeline"
+    imgsz: int = 160
+    batch: int = 16
+    device: str | None = None
+    epochs_normal: int = 15
+    epochs_sparse: int = 15
+    epochs_finetune: int = 5
+    sr: float = 1e-2
+    ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    compare_ratio: float | None = 0.6  # ratio of the two comparisons; None skips them
+    round_to: int = 1
+    latency_repeats: int = 30
+    train_args: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics train arguments, e.g. nbs
+
+    def check(self) -> None:
+        """Bad settings fail before any training."""
+        for r in (*self.ratios, *([self.compare_ratio] if self.compare_ratio is not None else [])):
+            check_ratio(r)
+        if self.sr <= 0:
+            raise ValueError(f"sr={self.sr} must be > 0: the pipeline's second stage is sparsity training")
+        steps.check_model_source(self.weights)
+        self.data = resolve_data(self.data)
+
+
+class Pipeline:
+    """Runs the stages of a `PipelineConfig` in `run_dir`, skipping those already done."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        config.check()
+        self.cfg = config
+        self.dir = Path(config.run_dir).resolve()
+        self.ran: list[str] = []  # stages run (not skipped) by this call, in order
+
+    def stage(self, name: str, output: Path, work: Callable[[], Any]) -> Path:
+        """Run `work` unless `output` exists already; return `output`."""
+        if output.exists():
+            LOGGER.info(f"{steps.PREFIX} stage '{name}' already done ({output}), skipping")
+        else:
+            LOGGER.info(f"{steps.PREFIX} stage '{name}' ...")
+            work()
+            if not output.exists():
+                raise RuntimeError(f"stage '{name}' finished without writing {output}")
+            self.ran.append(name)
+        return output
+
+    def train(self, name: str, weights: str | Path, epochs: int, **kwargs: Any) -> Path:
+        """A training stage whose output is `run_dir/name/weights/best.pt`."""
+        best = self.dir / name / "weights" / "best.pt"
+        c = self.cfg
+        return self.stage(name, best, lambda: steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device,
+                                                          self.dir, name, **kwargs, **c.train_args))
+
+    def metrics(self, name: str, weights: Path) -> dict[str, float]:
+        """Validation metrics of `weights`, cached as `run_dir/metrics/name.json`."""
+        out = self.dir / "metrics" / f"{name}.json"
+
+        def work() -> None:
+            m = steps.validate(weights, self.cfg.data, imgsz=self.cfg.imgsz, batch=self.cfg.batch,
+                               device=self.cfg.device, project=self.dir / "val", name=name)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(m, indent=1))
+
+        return json.loads(self.stage(f"val {name}", out, work).read_text())
+
+    def onnx(self, weights: Path) -> Path:
+        """The ONNX export of `weights` (next to it)."""
+        return self.stage(f"export {weights.parent.parent.name}", weights.with_suffix(".onnx"),
+                          lambda: steps.export(weights, imgsz=self.cfg.imgsz))
+
+    def pruned(self, name: str, weights: Path, ratio: float, fold: bool = True) -> Path:
+        """A pruning stage whose output is `run_dir/name/pruned.pt`."""
+        save_dir = self.dir / name
+        return self.stage(name, save_dir / "pruned.pt",
+                          lambda: steps.prune(weights, ratio, save_dir, round_to=self.cfg.round_to, fold=fold))
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run every stage; write and print the table; return its rows."""
+        c = self.cfg
+        normal = self.train("normal", c.weights, c.epochs_normal)
+        sparse = self.train("sparse", normal, c.epochs_sparse, sr=c.sr)
+        self.stage("gamma", self.dir / "gamma_hist.png",
+                   lambda: steps.gamma_report([normal, sparse], self.dir / "gamma_hist.png",
+                                              labels=["normal (sr=0)", f"sparse (sr={c.sr:g})"]))
+        rows = [self.row(f"{r:g}", self.pruned(f"prune-{r:g}", sparse, r)) for r in (0.0, *c.ratios)]
+        compare = []
+        if c.compare_ratio is not None:
+            r = c.compare_ratio
+            compare = [
+                self.row(f"{r:g} normal-trained", self.pruned(f"prune-normal-{r:g}", normal, r)),
+                self.row(f"{r:g} no fold", self.pruned(f"prune-nofold-{r:g}", sparse, r, fold=False), finetune=False),
+            ]
+        n = self.metrics("normal", normal)
+        s = self.metrics("sparse", sparse)
+        self.latencies(rows + compare)
+        note = (f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; "
+                f"sparsity training mAP50 {s['map50']:.4f}, mAP50-95 {s['map50_95']:.4f}.")
+        self.write_table(rows, rows[0], "results", note)
+        if compare:
+            same_ratio = next(row for row in rows if row["ratio"] == f"{c.compare_ratio:g}")
+            self.write_table([same_ratio, *compare], rows[0], "comparisons", note)
+        plot_map_vs_gflops([{"label": r["ratio"], "gflops": r["gflops"], "map_before": r["map50_95_before"],
+                             "map_after": r["map50_95_after"]} for r in rows], self.dir / "map_vs_gflops.png")
+        return rows
+
+    def row(self, label: str, pruned: Path, finetune: bool = True) -> dict[str, Any]:
+        """One table row: size and mAP of a pruned model, before and (optionally) after fine-tuning."""
+        key = label.replace(" ", "-")
+        before = self.metrics(f"pruned-{key}", pruned)
+        row = {"ratio": label, "params": before["params"], "gflops": before["gflops"],
+               "map50_before": before["map50"], "map50_95_before": before["map50_95"],
+               "map50_after": None, "map50_95_after": None, "onnx": pruned.with_suffix(".onnx")}
+        if finetune:
+            tuned = self.train(f"finetune-{key}", pruned, self.cfg.epochs_finetune, finetune=True)
+            after = self.metrics(f"finetune-{key}", tuned)
+            row.update(map50_after=after["map50"], map50_95_after=after["map50_95"], onnx=self.onnx(tuned))
+        else:
+            self.onnx(pruned)
+        return row
+
+    def latencies(self, rows: list[dict[str, Any]]) -> None:
+        """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
+        files = [row["onnx"] for row in rows]
+        measured = {f: [] for f in files}
+        for _ in range(3):  # interleaved rounds, so drift of the machine hits every file alike
+            for f in files:
+                measured[f].append(latency_ms(f, self.cfg.imgsz, repeats=max(self.cfg.latency_repeats // 3, 1)))
+        for row in rows:
+            times = sorted(measured[row["onnx"]])
+            row["latency_ms"] = times[len(times) // 2]
+            row["onnx_mb"] = row["onnx"].stat().st_size / 2**20
+
+    def write_table(self, rows: list[dict[str, Any]], base: dict[str, Any], stem: str, note: str) -> None:
+        """Markdown and CSV tables; sizes and latency carry their ratio to `base` in brackets."""
+        def ratio(row: dict[str, Any], key: str, fmt: str) -> str:
+            return f"{row[key]:{fmt}} ({row[key] / base[key]:.2f}x)"
+
+        def pts(row: dict[str, Any], key: str) -> str:
+            if row[key] is None:
+                return "-"
+            return f"{row[key]:.4f}" if row is base else f"{row[key]:.4f} ({100 * (row[key] - base[key]):+.1f})"
+
+        head = ("ratio", "params (M)", "GFLOPs", "mAP50 pruned", "mAP50-95 pruned", "mAP50 fine-tuned",
+                "mAP50-95 fine-tuned", "ONNX MB", "ORT ms/img")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            lines.append("| " + " | ".join([
+                r["ratio"], f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
+                ratio(r, "gflops", ".3f"), pts(r, "map50_before"), pts(r, "map50_95_before"),
+                pts(r, "map50_after"), pts(r, "map50_95_after"), ratio(r, "onnx_mb", ".2f"),
+                ratio(r, "latency_ms", ".2f")]) + " |")
+        legend = ("mAP: absolute, with the change from the ratio-0 row in points in brackets; "
+                  f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs.")
+        markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"
+        (self.dir / f"{stem}.md").write_text(markdown, encoding="utf-8")
+        with open(self.dir / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:
+            fields = [k for k in rows[0] if k != "onnx"]
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"\n{stem}:\n{markdown}")
+
+
+def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Run (or resume) the pipeline of `config`; return the table rows. The config is saved in the run folder."""
+    pipeline = Pipeline(config)
+    pipeline.dir.mkdir(parents=True, exist_ok=True)
+    (pipeline.dir / "pipeline.json").write_text(json.dumps(asdict(config), indent=1, default=str))
+    return pipeline.run()
