@@ -48,3 +48,12 @@ def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30,
         sess.run(None, {name: x})
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def side_by_side_latency_ms(paths: list[Path], imgsz: int, rounds: int = 3, repeats: int = 30) -> dict[Path, float]:
+    """Median latency of each ONNX file, measured in interleaved rounds so machine drift hits all alike."""
+    measured: dict[Path, list[float]] = {p: [] for p in paths}
+    for _ in range(rounds):
+        for p in paths:
+            measured[p].append(latency_ms(p, imgsz, repeats=max(repeats // rounds, 1)))
+    return {p: statistics.median(times) for p, times in measured.items()}

@@ -22,7 +22,7 @@ from ultralytics.utils import LOGGER
 
 from yoloslim import steps
 from yoloslim.data import resolve_data
-from yoloslim.onnxrt import latency_ms
+from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import check_ratio
 
@@ -154,14 +154,10 @@ class Pipeline:
 
     def latencies(self, rows: list[dict[str, Any]]) -> None:
         """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
-        files = [row["onnx"] for row in rows]
-        measured = {f: [] for f in files}
-        for _ in range(3):  # interleaved rounds, so drift of the machine hits every file alike
-            for f in files:
-                measured[f].append(latency_ms(f, self.cfg.imgsz, repeats=max(self.cfg.latency_repeats // 3, 1)))
+        measured = side_by_side_latency_ms([row["onnx"] for row in rows], self.cfg.imgsz,
+                                           repeats=self.cfg.latency_repeats)
         for row in rows:
-            times = sorted(measured[row["onnx"]])
-            row["latency_ms"] = times[len(times) // 2]
+            row["latency_ms"] = measured[row["onnx"]]
             row["onnx_mb"] = row["onnx"].stat().st_size / 2**20
 
     def write_table(self, rows: list[dict[str, Any]], base: dict[str, Any], stem: str, note: str) -> None:
