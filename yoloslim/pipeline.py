@@ -45,7 +45,9 @@ class PipelineConfig:
     compare_ratio: float | None = 0.6  # ratio of the two comparisons; None skips them
     round_to: int = 1
     latency_repeats: int = 30
-    train_args: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics train arguments, e.g. nbs
+    # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
+    # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch
+    train_args: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Bad settings fail before any training."""
@@ -82,8 +84,9 @@ class Pipeline:
         """A training stage whose output is `run_dir/name/weights/best.pt`."""
         best = self.dir / name / "weights" / "best.pt"
         c = self.cfg
+        args = {"nbs": c.batch, **c.train_args}  # one optimizer step per batch: the L1 term acts once per step
         return self.stage(name, best, lambda: steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device,
-                                                          self.dir, name, **kwargs, **c.train_args))
+                                                          self.dir, name, **kwargs, **args))
 
     def metrics(self, name: str, weights: Path) -> dict[str, float]:
         """Validation metrics of `weights`, cached as `run_dir/metrics/name.json`."""

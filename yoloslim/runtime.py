@@ -54,9 +54,10 @@ def _install_local_fonts(config_dir: Path) -> None:
 def configure() -> int:
     """Apply the offline settings and the thread count; return the number of torch threads used."""
     threads = _user_threads()  # read before ultralytics sets OMP_NUM_THREADS=1 on import
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if "ultralytics" in sys.modules:  # its import-time online probe already ran with the old settings
+    missing = [key for key in _ENV_DEFAULTS if key not in os.environ]
+    for key in missing:
+        os.environ[key] = _ENV_DEFAULTS[key]
+    if "ultralytics" in sys.modules and "YOLO_OFFLINE" in missing:  # its online probe ran without our settings
         warnings.warn("import yoloslim before ultralytics so that its offline settings apply", stacklevel=3)
     from ultralytics.utils import USER_CONFIG_DIR, torch_utils
 

@@ -155,6 +155,7 @@ def validate(weights: str | Path, data: str | Path | None, imgsz: int = 640, bat
     metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, project=project, name=name,
                         exist_ok=True, plots=False)
     size = ModelSize.of(model.model, imgsz)
+    print(f"{source}: {size}")
     return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": size.params,
             "gflops": size.gflops}
 
