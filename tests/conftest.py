@@ -29,6 +29,21 @@ def build_model(cfg: str = "yolov8n.yaml", nc: int = 3) -> torch.nn.Module:
     return model
 
 
+class Interrupt(Exception):
+    """Stands in for a run killed after its first checkpoint."""
+
+
+def train_interrupted(model: YOLO, **train_args) -> None:
+    """Train `model` and stop it right after the first epoch's checkpoint is written."""
+
+    def interrupt(trainer) -> None:
+        raise Interrupt
+
+    model.add_callback("on_model_save", interrupt)
+    with pytest.raises(Interrupt):
+        model.train(**train_args)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     """A 16-train / 8-val image synthetic dataset at 64 px."""

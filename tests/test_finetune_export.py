@@ -12,7 +12,7 @@ from yoloslim import YOLO, steps
 from yoloslim.checkpoint import load_model
 from yoloslim.data import demo_dataset
 
-from .conftest import TINY
+from .conftest import TINY, train_interrupted
 
 
 def _params(path: Path) -> int:
@@ -25,20 +25,9 @@ def pruned(tiny_ckpt, tmp_path_factory) -> Path:
     return steps.prune(tiny_ckpt, 0.5, tmp_path_factory.mktemp("pruned"))
 
 
-class Interrupt(Exception):
-    """Stands in for a killed run."""
-
-
 def test_finetune_keeps_pruned_count_also_after_resume(pruned, tiny_data, runs) -> None:
     count = _params(pruned)
-    model = YOLO(pruned)
-
-    def interrupt(trainer):
-        raise Interrupt
-
-    model.add_callback("on_model_save", interrupt)
-    with pytest.raises(Interrupt):
-        model.train(data=tiny_data, epochs=2, finetune=True, project=str(runs), name="ft", **TINY)
+    train_interrupted(YOLO(pruned), data=tiny_data, epochs=2, finetune=True, project=str(runs), name="ft", **TINY)
     last = runs / "ft" / "weights" / "last.pt"
     assert _params(last) == count
     resumed = YOLO(last)

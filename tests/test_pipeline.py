@@ -1,26 +1,38 @@
-"""The whole pipeline end to end on tiny data, and its resumption."""
+"""The whole pipeline end to end on tiny data: artefacts, table, resuming an interrupted stage, skipping."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import onnxruntime
+import pytest
 
-from yoloslim.pipeline import Pipeline, PipelineConfig
+from yoloslim import YOLO
+from yoloslim.checkpoint import finished_training
+from yoloslim.pipeline import Pipeline, PipelineConfig, run_pipeline
+
+from .conftest import train_interrupted
 
 
 def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
-    config = PipelineConfig(data=tiny_data, run_dir=str(tmp_path / "run"), imgsz=64, batch=8, device="cpu",
-                            epochs_normal=1, epochs_sparse=1, epochs_finetune=1, ratios=(0.3, 0.6),
+    run = tmp_path / "run"
+    config = PipelineConfig(data=tiny_data, run_dir=str(run), imgsz=64, batch=8, device="cpu",
+                            epochs_normal=2, epochs_sparse=1, epochs_finetune=1, ratios=(0.3, 0.6),
                             compare_ratio=0.6, latency_repeats=3)
+    # a normal-training stage killed after its first epoch, as the pipeline would have started it
+    train_interrupted(YOLO("yolov8n.yaml"), data=tiny_data, epochs=2, imgsz=64, batch=8, nbs=8, device="cpu",
+                      project=str(run), name="normal", exist_ok=True)
+    assert not finished_training(run / "normal" / "weights" / "last.pt")
     first = Pipeline(config)
     rows = first.run()
-    run = tmp_path / "run"
-    for artefact in ("normal/weights/best.pt", "sparse/weights/best.pt", "gamma_hist.png", "gamma_hist.txt",
-                     "prune-0.3/pruned.pt", "prune-0.3/prune_report.txt", "prune-0.3/prune_layers.csv",
-                     "finetune-0.6/weights/best.pt", "finetune-0.6/weights/best.onnx", "prune-normal-0.6/pruned.pt",
-                     "prune-nofold-0.6/pruned.onnx", "results.md", "results.csv", "comparisons.md",
-                     "map_vs_gflops.png"):
+    assert first.ran[0] == "normal" and finished_training(run / "normal" / "weights" / "last.pt")
+    epochs = [line.split(",")[0] for line in (run / "normal" / "results.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]  # resumed at epoch 2, not restarted
+    for artefact in ("sparse/weights/best.pt", "gamma_hist.png", "gamma_hist.txt", "prune-0.3/pruned.pt",
+                     "prune-0.3/prune_report.txt", "prune-0.3/prune_layers.csv", "finetune-0.6/weights/best.pt",
+                     "finetune-0.6/weights/best.onnx", "prune-normal-0.6/pruned.pt", "prune-nofold-0.6/pruned.onnx",
+                     "results.md", "results.csv", "comparisons.md", "comparisons.csv", "map_vs_gflops.png"):
         assert (run / artefact).exists(), artefact
     assert [r["ratio"] for r in rows] == ["0", "0.3", "0.6"]
     with open(run / "results.csv") as f:
@@ -32,10 +44,21 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
     for row in rows:
         session = onnxruntime.InferenceSession(str(row["onnx"]), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].shape == [1, 3, 64, 64] and row["latency_ms"] > 0
-    assert "normal" in first.ran and "finetune-0.3" in first.ran
+
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")}
     second = Pipeline(config)
     again = second.run()
     assert second.ran == []  # every stage was skipped
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")} == stamps
     assert [r["params"] for r in again] == [r["params"] for r in rows]
+
+    run_pipeline(config)  # same settings: accepted (and skipped)
+    with pytest.raises(ValueError, match="other sr"):
+        run_pipeline(replace(config, sr=0.5))
+
+
+def test_bad_pipeline_settings() -> None:
+    with pytest.raises(ValueError, match="must be one of the ratios"):
+        PipelineConfig(ratios=(0.5,), compare_ratio=0.6).check()
+    with pytest.raises(ValueError, match="set by the pipeline itself"):
+        PipelineConfig(train_args={"epochs": 3}).check()

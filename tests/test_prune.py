@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
 import sys
 from copy import deepcopy
@@ -109,6 +110,9 @@ def test_ratio_threshold_floor_and_rounding() -> None:
     # every ratio works and no layer is emptied; round_to keeps multiples of 8 (or the full width)
     _, _, extreme = prune_model(model, 0.99, round_to=8)
     assert all(c.after >= 1 and (c.after % 8 == 0 or c.after == c.before) for c in extreme)
+    _, _, floored = prune_model(model, 0.99, min_keep=0.25)
+    assert all(c.after >= math.ceil(0.25 * c.before) for c in floored)
+    assert any(c.after == math.ceil(0.25 * c.before) for c in floored if c.prunable)  # the floor is what binds
     x = torch.rand(1, 3, 64, 64)
     assert _outputs(pruned, x).shape == _outputs(model, x).shape
     assert model.model[2].cv1.conv.out_channels == 32  # the input model is untouched

@@ -10,18 +10,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from ultralytics.utils import DEFAULT_CFG_DICT
 
-from yoloslim import YOLO, SlimTrainer, build_graph, steps
+from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
 from yoloslim.sparsity import gamma_stats, sr_at
 
-from .conftest import TINY, build_model
+from .conftest import TINY, build_model, train_interrupted
 
 
 def test_sr_schedule_is_linear_decay() -> None:
     assert sr_at(0.01, 0, 100) == 0.01
     assert sr_at(0.01, 50, 100) == pytest.approx(0.01 * 0.55)
-    assert sr_at(0.01, 100, 100) == pytest.approx(0.001)
+    assert sr_at(0.01, 99, 100) == pytest.approx(0.01 * (1 - 0.9 * 0.99))  # the last epoch trained
 
 
 def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScaler, epoch: int, epochs: int):
@@ -92,19 +91,8 @@ def test_sparse_run_pushes_prunable_gammas_down(tiny_data, runs) -> None:
     assert len(rows) == 4 and median[-1] < 0.5 * median[0]  # logged every epoch, shrinking
 
 
-class Interrupt(Exception):
-    """Stands in for a killed run."""
-
-
 def test_args_saved_and_survive_resume(tiny_data, runs) -> None:
-    model = YOLO("yolov8n.yaml")
-
-    def interrupt(trainer):
-        raise Interrupt
-
-    model.add_callback("on_model_save", interrupt)
-    with pytest.raises(Interrupt):
-        model.train(data=tiny_data, epochs=2, sr=0.02, project=str(runs), name="resume", **TINY)
+    train_interrupted(YOLO("yolov8n.yaml"), data=tiny_data, epochs=2, sr=0.02, project=str(runs), name="resume", **TINY)
     run = runs / "resume"
     saved = yaml.safe_load((run / "args.yaml").read_text())
     assert saved["sr"] == 0.02 and saved["finetune"] is False
@@ -123,7 +111,9 @@ def test_args_survive_ddp_launcher(tiny_data, runs) -> None:
                                      "project": str(runs), "name": "ddp", "exist_ok": True})
     file = generate_ddp_file(trainer)
     try:
-        script = Path(file).read_text().replace(
+        template = Path(file).read_text()
+        assert "trainer.train()" in template  # Ultralytics' worker script still ends by training the rebuilt trainer
+        script = template.replace(
             "trainer.train()", "print('REBUILT', type(trainer).__name__, trainer.args.sr, trainer.args.finetune)"
         )
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -148,7 +138,7 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
     cases = {
         ("sparse", "--weights", str(tmp_path / "missing.pt")): "weights file",
         ("train", "--data", str(tmp_path / "missing.yaml")): "dataset yaml",
-        ("sparse", "--sr", "-1"): "negative",
+        ("sparse", "--sr", "-1"): "finite number >= 0",
         ("sparse", "--sr", "x"): "not a number",
     }
     for argv, message in cases.items():
@@ -157,8 +147,24 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
         assert out.returncode != 0 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr
 
 
-def test_registered_defaults() -> None:
-    assert DEFAULT_CFG_DICT["sr"] == 0.0 and DEFAULT_CFG_DICT["finetune"] is False
+def test_sr_refused_outside_detection(tiny_data, runs) -> None:
+    with pytest.raises(ValueError, match="detection models only"):
+        YOLO("yolov8n-seg.yaml").train(data=tiny_data, sr=0.01, project=str(runs), name="seg", **TINY)
+
+
+def test_unsupported_model_trains_normally_but_not_sparse(tiny_data, runs) -> None:
+    YOLO("yolo11n.yaml").train(data=tiny_data, epochs=1, project=str(runs), name="y11", **TINY)
+    header = (runs / "y11" / "results.csv").read_text().splitlines()[0]
+    assert "metrics/mAP50(B)" in header and "sparsity" not in header
+    with pytest.raises(UnsupportedModuleError, match="C3k2"):
+        YOLO("yolo11n.yaml").train(data=tiny_data, epochs=1, sr=0.01, project=str(runs), name="y11s", **TINY)
+    assert not (runs / "y11s" / "results.csv").exists()  # refused before the first epoch
+
+
+def test_training_never_overwrites_its_input(tiny_ckpt) -> None:
+    run = tiny_ckpt.parent.parent
+    with pytest.raises(ValueError, match="holds the input weights"):
+        steps.train(tiny_ckpt, None, 1, 64, 8, "cpu", run.parent, run.name)
 
 
 def test_gamma_stats() -> None:

@@ -56,6 +56,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"'{path}' is not a readable Ultralytics checkpoint ({type(e).__name__}: {e})") from e
 
 
+def finished_training(last: str | Path) -> bool:
+    """Whether the run that wrote `last` (its last.pt) ended: Ultralytics strips it to epoch -1 at the end."""
+    last = Path(last)
+    return last.is_file() and load_model(last)[1].get("epoch", -1) == -1
+
+
 def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra: Any) -> Path:
     """Write `model` as an Ultralytics checkpoint (FP16, like Ultralytics' own), atomically.
 
@@ -82,6 +88,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -34,8 +34,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="demo", help="dataset yaml, or 'demo' for the built-in synthetic set")
+def _add_data(p: argparse.ArgumentParser, default: str | None = "demo") -> None:
+    more = " (default: the dataset the checkpoint was trained on)" if default is None else ""
+    p.add_argument("--data", default=default, help=f"dataset yaml, or 'demo' for the built-in synthetic set{more}")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -51,24 +52,29 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sr(value: str) -> float:
-    """argparse type for --sr: a number >= 0."""
+    """argparse type for --sr: the trainer's own check, reported by argparse."""
+    from yoloslim.trainer import check_slim_args
+
+    args = {"sr": value}
     try:
-        sr = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number: pass e.g. --sr 0.01") from None
-    if not sr >= 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: the L1 penalty must be >= 0 (0 = normal training)")
-    return sr
+        check_slim_args(args)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return args["sr"]
 
 
 def _ratio(value: str) -> float:
-    """argparse type for --prune-ratio: a share in [0, 1)."""
+    """argparse type for --prune-ratio: the pruner's own check, reported by argparse."""
+    from yoloslim.prune import check_ratio
+
     try:
         ratio = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number: pass e.g. --prune-ratio 0.5") from None
-    if not 0 <= ratio < 1:
-        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1): e.g. 0.5 removes half the prunable channels")
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number: pass e.g. 0.5") from None
+    try:
+        check_ratio(ratio)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return ratio
 
 
@@ -85,7 +91,7 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--side-by-side", action="store_true", help="one panel per checkpoint instead of overlaid")
     elif command == "prune":
         p.add_argument("--weights", help="sparse-trained .pt checkpoint")
-        _add_data(p)
+        _add_data(p, default=None)
         p.add_argument("--prune-ratio", type=_ratio, help="share of prunable channels to remove, in [0, 1)")
         p.add_argument("--save-dir", help="folder for pruned.pt and the per-layer report")
         p.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N")
@@ -96,9 +102,9 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--cfg", help="accepted for compatibility with the reference; ignored (read from model)")
     elif command in {"val", "export"}:
         p.add_argument("--weights", help=".pt checkpoint")
-        p.add_argument("--imgsz", type=int, default=160)
+        p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training imgsz")
         if command == "val":
-            _add_data(p)
+            _add_data(p, default=None)
             p.add_argument("--batch", type=int, default=16)
             p.add_argument("--device", default=None)
             p.add_argument("--project", default=PROJECT)
@@ -129,6 +135,18 @@ def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
     _configure(command, p)
     p.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
     return p
+
+
+def _fill_from_checkpoint(a: argparse.Namespace) -> None:
+    """Unset --data / --imgsz default to what the checkpoint was trained with (else demo data, 640)."""
+    from yoloslim import steps
+
+    trained = steps.trained_with(a.weights)
+    if getattr(a, "data", "") is None:
+        data = trained.get("data")
+        a.data = data if data and Path(data).is_file() else "demo"
+    if getattr(a, "imgsz", 0) is None:
+        a.imgsz = int(trained.get("imgsz") or 640)
 
 
 def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
@@ -163,6 +181,8 @@ def _run_prune(a: argparse.Namespace) -> Any:
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
+    if not a.no_val:
+        _fill_from_checkpoint(a)
     return steps.prune(a.weights, a.prune_ratio, a.save_dir, round_to=a.round_to, fold=not a.no_fold,
                        min_keep=a.min_keep, data=None if a.no_val else a.data)
 
@@ -170,12 +190,14 @@ def _run_prune(a: argparse.Namespace) -> Any:
 def _run_val(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
+    _fill_from_checkpoint(a)
     return steps.validate(a.weights, a.data, imgsz=a.imgsz, batch=a.batch, device=a.device, project=a.project)
 
 
 def _run_export(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
+    _fill_from_checkpoint(a)
     return steps.export(a.weights, imgsz=a.imgsz)
 
 

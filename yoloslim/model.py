@@ -22,3 +22,9 @@ class YOLO(_UltralyticsYOLO):
         tasks = super().task_map
         tasks["detect"] = {**tasks["detect"], "trainer": SlimTrainer}
         return tasks
+
+    def train(self, trainer=None, **kwargs: Any):
+        """Ultralytics' `train`; `sr` and `finetune` are refused outside detection, where nothing would apply them."""
+        if (kwargs.get("sr") or kwargs.get("finetune")) and self.task != "detect":
+            raise ValueError(f"sr / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
+        return super().train(trainer=trainer, **kwargs)

@@ -7,18 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
 
-def session(path: str | Path, threads: int | None = None):
-    """A CPU onnxruntime session for `path` (`threads` intra-op threads; None lets onnxruntime choose)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def session(path: str | Path) -> onnxruntime.InferenceSession:
+    """A CPU onnxruntime session for `path` (onnxruntime picks its thread count: every core)."""
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: int = 0) -> float:
@@ -35,9 +31,9 @@ def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: 
     return float(np.abs(got - expected).max())
 
 
-def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30, threads: int | None = None) -> float:
+def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30) -> float:
     """Median onnxruntime CPU latency of one image (batch 1), after `warmup` runs, over `repeats` runs."""
-    sess = session(path, threads)
+    sess = session(path)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     for _ in range(warmup):

@@ -21,10 +21,19 @@ from typing import Any
 from ultralytics.utils import LOGGER
 
 from yoloslim import steps
+from yoloslim.checkpoint import finished_training
 from yoloslim.data import resolve_data
+from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import check_ratio
+
+
+RESERVED = {"data", "model", "epochs", "imgsz", "batch", "device", "project", "name", "exist_ok", "sr", "finetune",
+            "resume"}
+# settings whose change makes finished stages stale: a run folder made with others is refused
+STAGE_SETTINGS = ("data", "weights", "imgsz", "batch", "epochs_normal", "epochs_sparse", "epochs_finetune", "sr",
+                  "round_to", "train_args")
 
 
 @dataclass
@@ -53,8 +62,12 @@ class PipelineConfig:
         """Bad settings fail before any training."""
         for r in (*self.ratios, *([self.compare_ratio] if self.compare_ratio is not None else [])):
             check_ratio(r)
+        if self.compare_ratio is not None and self.compare_ratio not in self.ratios:
+            raise ValueError(f"compare ratio {self.compare_ratio} must be one of the ratios {list(self.ratios)}")
         if self.sr <= 0:
             raise ValueError(f"sr={self.sr} must be > 0: the pipeline's second stage is sparsity training")
+        if clash := sorted(RESERVED & set(self.train_args)):
+            raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         steps.check_model_source(self.weights)
         self.data = resolve_data(self.data)
 
@@ -68,9 +81,9 @@ class Pipeline:
         self.dir = Path(config.run_dir).resolve()
         self.ran: list[str] = []  # stages run (not skipped) by this call, in order
 
-    def stage(self, name: str, output: Path, work: Callable[[], Any]) -> Path:
-        """Run `work` unless `output` exists already; return `output`."""
-        if output.exists():
+    def stage(self, name: str, output: Path, work: Callable[[], Any], done: Callable[[], bool] | None = None) -> Path:
+        """Run `work` unless the stage is done (`done()`, by default: `output` exists); return `output`."""
+        if (done or output.exists)():
             LOGGER.info(f"{steps.PREFIX} stage '{name}' already done ({output}), skipping")
         else:
             LOGGER.info(f"{steps.PREFIX} stage '{name}' ...")
@@ -81,12 +94,18 @@ class Pipeline:
         return output
 
     def train(self, name: str, weights: str | Path, epochs: int, **kwargs: Any) -> Path:
-        """A training stage whose output is `run_dir/name/weights/best.pt`."""
-        best = self.dir / name / "weights" / "best.pt"
+        """A training stage whose output is `run_dir/name/weights/best.pt`; an interrupted one is resumed."""
+        last = self.dir / name / "weights" / "last.pt"
         c = self.cfg
         args = {"nbs": c.batch, **c.train_args}  # one optimizer step per batch: the L1 term acts once per step
-        return self.stage(name, best, lambda: steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device,
-                                                          self.dir, name, **kwargs, **args))
+
+        def work() -> None:
+            if last.exists():
+                YOLO(last).train(resume=True)
+            else:
+                steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device, self.dir, name, **kwargs, **args)
+
+        return self.stage(name, last.with_name("best.pt"), work, done=lambda: finished_training(last))
 
     def metrics(self, name: str, weights: Path) -> dict[str, float]:
         """Validation metrics of `weights`, cached as `run_dir/metrics/name.json`."""
@@ -96,7 +115,9 @@ class Pipeline:
             m = steps.validate(weights, self.cfg.data, imgsz=self.cfg.imgsz, batch=self.cfg.batch,
                                device=self.cfg.device, project=self.dir / "val", name=name)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(m, indent=1))
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(m, indent=1))
+            tmp.replace(out)
 
         return json.loads(self.stage(f"val {name}", out, work).read_text())
 
@@ -198,5 +219,14 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     """Run (or resume) the pipeline of `config`; return the table rows. The config is saved in the run folder."""
     pipeline = Pipeline(config)
     pipeline.dir.mkdir(parents=True, exist_ok=True)
-    (pipeline.dir / "pipeline.json").write_text(json.dumps(asdict(config), indent=1, default=str))
+    saved_file = pipeline.dir / "pipeline.json"
+    settings = json.loads(json.dumps(asdict(config), default=str))
+    if saved_file.exists():
+        saved = json.loads(saved_file.read_text())
+        if changed := [k for k in STAGE_SETTINGS if saved.get(k) != settings[k]]:
+            raise ValueError(
+                f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
+                "stale; use another --run-dir (or delete that folder)"
+            )
+    saved_file.write_text(json.dumps(settings, indent=1))
     return pipeline.run()

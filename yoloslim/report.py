@@ -30,11 +30,6 @@ class ModelSize:
         return f"{self.params / 1e6:.3f} M params, {self.gflops:.2f} GFLOPs at imgsz {self.imgsz}"
 
 
-def ratio_text(value: float, base: float) -> str:
-    """`value` with its ratio to `base` in brackets, e.g. '4.75 (0.43x)'."""
-    return f"{value:.4g} ({value / base:.2f}x)" if base else f"{value:.4g}"
-
-
 def layer_table(changes: Sequence[LayerChange]) -> str:
     """A fixed-width text table of every channel group: channels before and after, and which were prunable."""
     width = max(len(c.name) for c in changes)

@@ -41,9 +41,15 @@ def check_model_source(weights: str | Path) -> str:
     return str(check_weights_file(weights))
 
 
-def _run_dir(project: str | Path, name: str) -> tuple[str, str]:
-    """Absolute project folder (Ultralytics would put a relative one under its own runs dir) and run name."""
-    return str(Path(project).resolve()), name
+def _project(project: str | Path) -> str:
+    """The project folder as an absolute path (Ultralytics would put a relative one under its own runs dir)."""
+    return str(Path(project).resolve())
+
+
+def trained_with(weights: str | Path) -> dict[str, Any]:
+    """The training arguments saved in a checkpoint (empty when it has none)."""
+    _, ckpt = load_model(weights)
+    return dict(ckpt.get("train_args") or {})
 
 
 def train(weights: str | Path, data: str | Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
@@ -55,15 +61,13 @@ def train(weights: str | Path, data: str | Path | None, epochs: int, imgsz: int,
     """
     check_slim_args({"sr": sr, "finetune": finetune})
     source = check_model_source(weights)
+    run = Path(_project(project)) / name
+    if Path(source).resolve().is_relative_to(run):
+        raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
     model = YOLO(source)
-    if sr > 0 or finetune:
-        from yoloslim.channels import build_graph
-
-        build_graph(model.model)  # an unsupported model fails here, before any training
-    project, name = _run_dir(project, name)
-    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=project, name=name,
-                exist_ok=True, sr=sr, finetune=finetune, **overrides)
+    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(run.parent),
+                name=name, exist_ok=True, sr=sr, finetune=finetune, **overrides)
     best = Path(model.trainer.best)
     return best if best.exists() else Path(model.trainer.last)
 
@@ -75,12 +79,15 @@ def gamma_report(weights: list[str | Path], out: str | Path, labels: list[str] |
     labels = labels or [_label(p) for p in paths]
     if len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
-    gammas = {label: _gamma_values(path) for label, path in zip(labels, paths)}
+    gammas = {label: prunable_gammas(load_model(path)[0]) for label, path in zip(labels, paths)}
     out = Path(out)
-    plot_gamma_histograms(gammas, out, side_by_side=side_by_side)
+    plot_gamma_histograms({k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
+                          out, side_by_side=side_by_side)
     lines = [f"{'checkpoint':<24} {'channels':>8} {'median':>8} {'<1e-2':>7}  file"]
     for (label, values), path in zip(gammas.items(), paths):
-        lines.append(f"{label:<24} {len(values):>8} {np.median(values):>8.4f} {(values < 1e-2).mean():>7.1%}  {path}")
+        s = gamma_stats(values)
+        lines.append(f"{label:<24} {sum(g.numel() for g in values):>8} {s['sparsity/median_gamma']:>8.4f} "
+                     f"{s['sparsity/share_lt_0.01']:>7.1%}  {path}")
     text = "\n".join(lines)
     out.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
     print(text)
@@ -91,12 +98,6 @@ def gamma_report(weights: list[str | Path], out: str | Path, labels: list[str] |
 def _label(path: Path) -> str:
     """A short label for a checkpoint: its run folder name for Ultralytics' weights/best.pt layout."""
     return path.parent.parent.name if path.parent.name == "weights" else path.stem
-
-
-def _gamma_values(path: Path) -> np.ndarray:
-    """All |gamma| values of the prunable channels of a checkpoint."""
-    model, _ = load_model(path)
-    return np.concatenate([g.detach().abs().numpy().ravel() for g in prunable_gammas(model)])
 
 
 def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int = 1, fold: bool = True,
@@ -122,10 +123,11 @@ def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int
     mark_pruned(pruned, {"ratio": ratio, "source": str(source.resolve()), "threshold": plan.threshold,
                          "removed": removed, "round_to": round_to, "fold": fold})
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
-    save_checkpoint(pruned, out, train_args=train_args)
     summary = prune_summary(before, after, plan.threshold, ratio, removed)
+    save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "prune_report.txt").write_text(f"{layer_table(changes)}\n\n{summary}\n", encoding="utf-8")
     write_layer_csv(changes, save_dir / "prune_layers.csv")
+    save_checkpoint(pruned, out, train_args=train_args)  # last: its presence means the step finished
     print(layer_table(changes), "", summary, sep="\n")
     LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {save_dir / 'prune_report.txt'})")
     if data:
@@ -133,10 +135,13 @@ def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int
     return out
 
 
+NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1
+
+
 def _warn_if_not_sparse(model: Any, threshold: float) -> None:
     """Say so when pruning removes channels that were far from zero (the model was not sparse-trained)."""
-    stats = gamma_stats(prunable_gammas(model))
-    if threshold > 0.05:
+    if threshold > NOT_SPARSE_THRESHOLD:
+        stats = gamma_stats(prunable_gammas(model))
         LOGGER.warning(
             f"{PREFIX} the gamma threshold {threshold:.3g} removes channels far from zero (only "
             f"{stats['sparsity/share_lt_0.01']:.0%} of gammas < 0.01): this model looks not sparse-trained, expect a "
@@ -150,11 +155,9 @@ def validate(weights: str | Path, data: str | Path | None, imgsz: int = 640, bat
     source = check_weights_file(weights)
     data = resolve_data(data)
     model = YOLO(source)
-    model.info()
-    project, name = _run_dir(project, name)
-    metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, project=project, name=name,
+    size = ModelSize.of(model.model, imgsz)  # before val, which fuses conv and BN in place
+    metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, project=_project(project), name=name,
                         exist_ok=True, plots=False)
-    size = ModelSize.of(model.model, imgsz)
     print(f"{source}: {size}")
     return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": size.params,
             "gflops": size.gflops}

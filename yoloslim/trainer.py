@@ -22,7 +22,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloslim.checkpoint import pruned_info
+from yoloslim.channels import UnsupportedModuleError, build_graph
+from yoloslim.checkpoint import PRUNED_KEY, pruned_info
 from yoloslim.sparsity import add_l1_subgradient, gamma_stats, prunable_gammas, sr_at
 
 SLIM_ARGS: dict[str, Any] = {"sr": 0.0, "finetune": False}
@@ -47,8 +48,8 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         value = float(sr)
     except (TypeError, ValueError):
         raise ValueError(f"sr={sr!r} is not a number: pass the L1 penalty as a float >= 0, e.g. sr=0.01") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"sr={sr!r} is invalid: the L1 penalty must be a finite float >= 0 (0 = normal training)")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"sr={sr!r} is invalid: the L1 penalty must be a finite number >= 0 (0 = normal training)")
     finetune = get("finetune", False)
     if not isinstance(finetune, bool):
         raise ValueError(f"finetune={finetune!r} must be True or False")
@@ -71,12 +72,20 @@ class SlimTrainer(DetectionTrainer):
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Train a pruned model as it is; build everything else the Ultralytics way."""
         pruned = weights is not None and pruned_info(weights) is not None
+        if weights is None and isinstance(cfg, dict) and PRUNED_KEY in cfg:
+            raise ValueError(
+                "a pruned model cannot be trained from scratch (pretrained=False): its yaml describes the "
+                "full-width network; fine-tune the pruned weights instead"
+            )
         if self.args.finetune and weights is None:
             raise ValueError(
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
         if not (pruned or self.args.finetune):
-            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+            model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+            if self.args.sr > 0:
+                build_graph(model)  # an unsupported model fails here, before any training step
+            return model
         if (nc := weights.model[-1].nc) != self.data["nc"]:
             raise ValueError(
                 f"the pruned model predicts {nc} classes but dataset '{self.args.data}' has {self.data['nc']}: "
@@ -100,13 +109,23 @@ class SlimTrainer(DetectionTrainer):
         super().optimizer_step()
 
     def prunable_gammas(self) -> list[nn.Parameter]:
-        """The prunable gammas of the model being trained, found once from the channel graph."""
+        """The prunable gammas of the model being trained, found once from the channel graph.
+
+        Empty for a model the channel graph does not support, which only normal training (sr=0) reaches.
+        """
         if self._gammas is None:
-            self._gammas = prunable_gammas(unwrap_model(self.model))
+            try:
+                self._gammas = prunable_gammas(unwrap_model(self.model))
+            except UnsupportedModuleError:
+                if self.args.sr > 0:
+                    raise
+                self._gammas = []
         return self._gammas
 
     def save_metrics(self, metrics: dict) -> None:
         """Add how sparse the prunable gammas are to each epoch's results row, and log it."""
+        if not self.prunable_gammas():
+            return super().save_metrics(metrics)
         stats = gamma_stats(self.prunable_gammas())
         stats["sparsity/sr"] = sr_at(self.args.sr, self.epoch, self.epochs)
         LOGGER.info(
