@@ -32,7 +32,9 @@ def main() -> None:
         run = Path(a.run_dir)
         a.baseline = run / "finetune-0" / "weights" / "best.pt"
         ratios = {f: f.parent.parent.name.removeprefix("finetune-") for f in run.glob("finetune-0.*/weights/best.pt")}
-        a.pruned = sorted((f for f, r in ratios.items() if r.replace(".", "", 1).isdigit()), key=lambda f: float(ratios[f]))
+        a.pruned = sorted(
+            (f for f, r in ratios.items() if r.replace(".", "", 1).isdigit()), key=lambda f: float(ratios[f])
+        )
     checkpoints = [a.baseline, *a.pruned]
     onnx = {}
     for ckpt in checkpoints:

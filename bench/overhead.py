@@ -27,8 +27,21 @@ def timed_steps(data: str, sr: float, project: str, batch: int) -> list[float]:
     model = YOLO("yolov8s.yaml")
     model.add_callback("on_train_batch_start", lambda t: start.__setitem__(0, time.perf_counter()))
     model.add_callback("on_train_batch_end", lambda t: times.append(time.perf_counter() - start[0]))
-    model.train(data=data, epochs=1, imgsz=320, batch=batch, nbs=batch, sr=sr, val=False, plots=False,
-                project=project, name=f"sr{sr}", exist_ok=True, verbose=False, device="cpu")
+    model.train(
+        data=data,
+        epochs=1,
+        imgsz=320,
+        batch=batch,
+        nbs=batch,
+        sr=sr,
+        val=False,
+        plots=False,
+        project=project,
+        name=f"sr{sr}",
+        exist_ok=True,
+        verbose=False,
+        device="cpu",
+    )
     return times[1:]
 
 

@@ -36,8 +36,9 @@ def main() -> None:
     a = p.parse_args()
     targets = {"yolov8s": 3.0, "yolov8x": 20.0}
     for name in a.models:
-        out = subprocess.run([sys.executable, "-c", CHILD, name, str(a.ratio)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, name, str(a.ratio)], capture_output=True, text=True, check=True
+        )
         line = out.stdout.strip().splitlines()[-1]
         print(line + (f" (target < {targets[name]:.0f} s)" if name in targets else ""))
 

@@ -40,8 +40,13 @@ print("ATTEMPTS", attempts)
 def test_whole_flow_runs_with_network_refused(tiny_data, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "ORT_", "YOLOSLIM_THREADS", "OMP_"))}
     env["YOLO_CONFIG_DIR"] = str(tmp_path / "config")  # a fresh Ultralytics config dir: no font cached yet
-    out = subprocess.run([sys.executable, "-c", GUARDED_RUN, tiny_data, str(tmp_path / "runs")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", GUARDED_RUN, tiny_data, str(tmp_path / "runs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ATTEMPTS []" in out.stdout, out.stdout[-3000:]
     assert "ORT 1 FONT True" in out.stdout

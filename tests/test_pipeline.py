@@ -17,22 +17,55 @@ from .conftest import train_interrupted
 
 def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
     run = tmp_path / "run"
-    config = PipelineConfig(data=tiny_data, run_dir=str(run), imgsz=64, batch=8, device="cpu",
-                            epochs_normal=2, epochs_sparse=1, epochs_finetune=1, ratios=(0.3, 0.6),
-                            compare_ratio=0.6, latency_repeats=3)
+    config = PipelineConfig(
+        data=tiny_data,
+        run_dir=str(run),
+        imgsz=64,
+        batch=8,
+        device="cpu",
+        epochs_normal=2,
+        epochs_sparse=1,
+        epochs_finetune=1,
+        ratios=(0.3, 0.6),
+        compare_ratio=0.6,
+        latency_repeats=3,
+    )
     # a normal-training stage killed after its first epoch, as the pipeline would have started it
-    train_interrupted(YOLO("yolov8n.yaml"), data=tiny_data, epochs=2, imgsz=64, batch=8, nbs=8, device="cpu",
-                      project=str(run), name="normal", exist_ok=True)
+    train_interrupted(
+        YOLO("yolov8n.yaml"),
+        data=tiny_data,
+        epochs=2,
+        imgsz=64,
+        batch=8,
+        nbs=8,
+        device="cpu",
+        project=str(run),
+        name="normal",
+        exist_ok=True,
+    )
     assert not finished_training(run / "normal" / "weights" / "last.pt")
     first = Pipeline(config)
     rows = first.run()
     assert first.ran[0] == "normal" and finished_training(run / "normal" / "weights" / "last.pt")
     epochs = [line.split(",")[0] for line in (run / "normal" / "results.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2"]  # resumed at epoch 2, not restarted
-    for artefact in ("sparse/weights/best.pt", "gamma_hist.png", "gamma_hist.txt", "prune-0.3/pruned.pt",
-                     "prune-0.3/prune_report.txt", "prune-0.3/prune_layers.csv", "finetune-0.6/weights/best.pt",
-                     "finetune-0.6/weights/best.onnx", "prune-normal-0.6/pruned.pt", "prune-nofold-0.6/pruned.onnx",
-                     "results.md", "results.csv", "comparisons.md", "comparisons.csv", "map_vs_gflops.png"):
+    for artefact in (
+        "sparse/weights/best.pt",
+        "gamma_hist.png",
+        "gamma_hist.txt",
+        "prune-0.3/pruned.pt",
+        "prune-0.3/prune_report.txt",
+        "prune-0.3/prune_layers.csv",
+        "finetune-0.6/weights/best.pt",
+        "finetune-0.6/weights/best.onnx",
+        "prune-normal-0.6/pruned.pt",
+        "prune-nofold-0.6/pruned.onnx",
+        "results.md",
+        "results.csv",
+        "comparisons.md",
+        "comparisons.csv",
+        "map_vs_gflops.png",
+    ):
         assert (run / artefact).exists(), artefact
     assert [r["ratio"] for r in rows] == ["0", "0.3", "0.6"]
     with open(run / "results.csv") as f:

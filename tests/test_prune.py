@@ -29,7 +29,9 @@ def _chosen(model, share: float = 0.4, seed: int = 0, only=None) -> dict[str, li
             continue
         half = grp.size // grp.halves
         k = max(1, round(half * (1 - share)))
-        keep[grp.name] = sorted(h * half + j for h in range(grp.halves) for j in torch.randperm(half, generator=g)[:k].tolist())
+        keep[grp.name] = sorted(
+            h * half + j for h in range(grp.halves) for j in torch.randperm(half, generator=g)[:k].tolist()
+        )
     return keep
 
 
@@ -76,8 +78,7 @@ def test_folding_is_exact_for_1x1_consumers() -> None:
     """gamma = 0, beta != 0: channels read only by 1x1 convs are removed exactly with folding on."""
     model = build_model()
     graph = build_graph(model)
-    one_by_one = {g.name for g in graph.prunable
-                  if all(c.kernel == (1, 1) for c in graph.consumers_of(g.name))}
+    one_by_one = {g.name for g in graph.prunable if all(c.kernel == (1, 1) for c in graph.consumers_of(g.name))}
     assert {"model.9.cv1.bn", "model.9.cv2.bn", "model.22.cv2.0.1.bn"} <= one_by_one
     keep = _chosen(model, only=one_by_one)
     _zero_removed(model, keep, beta=False)
@@ -151,8 +152,13 @@ results = model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose
 print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len(results))
 print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "YOLO_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "YOLO_OFFLINE": "1"},
+    )
     assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
     model, _ = load_model(pruned)
     assert f"PARAMS {sum(p.numel() for p in model.parameters())} RESULTS 1" in out.stdout

@@ -79,8 +79,15 @@ def test_sparse_run_pushes_prunable_gammas_down(tiny_data, runs) -> None:
         graph = build_graph(model.model)
         bns = dict(model.model.named_modules())
         result[sr] = {
-            kind: torch.cat([bns[g.name].weight.detach().abs().flatten() for g in graph.groups.values()
-                             if g.prunable == (kind == "prunable")]).median().item()
+            kind: torch.cat(
+                [
+                    bns[g.name].weight.detach().abs().flatten()
+                    for g in graph.groups.values()
+                    if g.prunable == (kind == "prunable")
+                ]
+            )
+            .median()
+            .item()
             for kind in ("prunable", "tied")
         }
     assert result[0.3]["prunable"] < 0.5 * result[0.0]["prunable"]
@@ -107,8 +114,17 @@ def test_args_survive_ddp_launcher(tiny_data, runs) -> None:
     """Build Ultralytics' DDP worker payload and run its rebuild step in a fresh process."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
-    trainer = SlimTrainer(overrides={"model": "yolov8n.yaml", "data": tiny_data, "sr": 0.03, "finetune": False,
-                                     "project": str(runs), "name": "ddp", "exist_ok": True})
+    trainer = SlimTrainer(
+        overrides={
+            "model": "yolov8n.yaml",
+            "data": tiny_data,
+            "sr": 0.03,
+            "finetune": False,
+            "project": str(runs),
+            "name": "ddp",
+            "exist_ok": True,
+        }
+    )
     file = generate_ddp_file(trainer)
     try:
         template = Path(file).read_text()

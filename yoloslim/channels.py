@@ -77,11 +77,14 @@ class _Tracer:
     def __init__(self) -> None:
         self.graph = ChannelGraph()
 
-    def conv(self, name: str, block: nn.Module, inputs: list[Source], prunable: bool, reason: str = "",
-             halves: int = 1) -> list[Source]:
+    def conv(
+        self, name: str, block: nn.Module, inputs: list[Source], prunable: bool, reason: str = "", halves: int = 1
+    ) -> list[Source]:
         """Record a Conv block as consumer of `inputs` and producer of a new group; return its outputs."""
         if type(block) is not Conv:
-            raise UnsupportedModuleError(f"{name} is {type(block).__name__}; yoloslim prunes only plain Conv blocks here")
+            raise UnsupportedModuleError(
+                f"{name} is {type(block).__name__}; yoloslim prunes only plain Conv blocks here"
+            )
         self.consumer(f"{name}.conv", block.conv, inputs, has_bn=True)
         group = ChannelGroup(f"{name}.bn", name, block.conv.out_channels, prunable, reason, halves)
         self.graph.groups[group.name] = group
@@ -90,7 +93,9 @@ class _Tracer:
     def consumer(self, name: str, conv: nn.Conv2d, inputs: list[Source], has_bn: bool) -> None:
         """Record an nn.Conv2d that reads `inputs`."""
         if conv.groups != 1:
-            raise UnsupportedModuleError(f"{name} is a grouped/depthwise conv (groups={conv.groups}); not supported yet")
+            raise UnsupportedModuleError(
+                f"{name} is a grouped/depthwise conv (groups={conv.groups}); not supported yet"
+            )
         if conv.in_channels != len(inputs):
             raise UnsupportedModuleError(f"{name} reads {conv.in_channels} channels but the graph traced {len(inputs)}")
         self.graph.consumers[name] = Consumer(name, tuple(inputs), tuple(conv.kernel_size), has_bn)
@@ -106,7 +111,9 @@ class _Tracer:
         """C2f: cv1 chunked in two halves, Bottlenecks chained on the second half, all concatenated into cv2."""
         for k, b in enumerate(m.m):
             if type(b) is not Bottleneck:
-                raise UnsupportedModuleError(f"{name}.m.{k} is {type(b).__name__}; only C2f with Bottleneck is supported")
+                raise UnsupportedModuleError(
+                    f"{name}.m.{k} is {type(b).__name__}; only C2f with Bottleneck is supported"
+                )
         shortcut = any(b.add for b in m.m)
         reason = "second half is the residual stream of its Bottleneck shortcuts (chunk(2) needs equal halves)"
         y = self.conv(f"{name}.cv1", m.cv1, x, not shortcut, reason if shortcut else "", halves=2)
@@ -164,7 +171,9 @@ class _Tracer:
                 x = xs[0]
             elif kind is Concat:
                 if m.d != 1:
-                    raise UnsupportedModuleError(f"{name} concatenates along dim {m.d}; only channels (1) are supported")
+                    raise UnsupportedModuleError(
+                        f"{name} concatenates along dim {m.d}; only channels (1) are supported"
+                    )
                 x = [s for part in xs for s in part]
             elif kind is Detect:
                 self.detect(name, m, xs)

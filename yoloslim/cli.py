@@ -115,17 +115,33 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         _add_data(p)
         p.add_argument("--weights", default=d.weights, help="model yaml or .pt to start the normal training from")
         p.add_argument("--run-dir", default=d.run_dir, help="folder for every stage's artefacts (re-run to resume)")
-        for flag in ("imgsz", "batch", "epochs_normal", "epochs_sparse", "epochs_finetune", "round_to",
-                     "latency_repeats"):
+        for flag in (
+            "imgsz",
+            "batch",
+            "epochs_normal",
+            "epochs_sparse",
+            "epochs_finetune",
+            "round_to",
+            "latency_repeats",
+        ):
             p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag))
         p.add_argument("--device", default=None)
         p.add_argument("--sr", type=_sr, default=d.sr)
         p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios))
-        p.add_argument("--compare-ratio", type=_ratio, default=d.compare_ratio,
-                       help="ratio of the normal-vs-sparse and fold on/off comparisons")
+        p.add_argument(
+            "--compare-ratio",
+            type=_ratio,
+            default=d.compare_ratio,
+            help="ratio of the normal-vs-sparse and fold on/off comparisons",
+        )
         p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
-        p.add_argument("--train-args", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="extra Ultralytics train arguments for every training stage, e.g. nbs=16 optimizer=SGD")
+        p.add_argument(
+            "--train-args",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra Ultralytics train arguments for every training stage, e.g. nbs=16 optimizer=SGD",
+        )
     p.set_defaults(command=command, **DEFAULTS.get(command, {}))
 
 
@@ -151,8 +167,17 @@ def _fill_from_checkpoint(a: argparse.Namespace) -> None:
 
 def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     extra = {"workers": a.workers} if a.workers is not None else {}
-    return dict(weights=a.weights, data=a.data, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device,
-                project=a.project, name=a.name, **extra)
+    return dict(
+        weights=a.weights,
+        data=a.data,
+        epochs=a.epochs,
+        imgsz=a.imgsz,
+        batch=a.batch,
+        device=a.device,
+        project=a.project,
+        name=a.name,
+        **extra,
+    )
 
 
 def _run_train(a: argparse.Namespace) -> Any:
@@ -183,8 +208,15 @@ def _run_prune(a: argparse.Namespace) -> Any:
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
     if not a.no_val:
         _fill_from_checkpoint(a)
-    return steps.prune(a.weights, a.prune_ratio, a.save_dir, round_to=a.round_to, fold=not a.no_fold,
-                       min_keep=a.min_keep, data=None if a.no_val else a.data)
+    return steps.prune(
+        a.weights,
+        a.prune_ratio,
+        a.save_dir,
+        round_to=a.round_to,
+        fold=not a.no_fold,
+        min_keep=a.min_keep,
+        data=None if a.no_val else a.data,
+    )
 
 
 def _run_val(a: argparse.Namespace) -> Any:
@@ -212,11 +244,25 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
         if not sep:
             raise ValueError(f"--train-args takes KEY=VALUE items, got '{item}'")
         extra[key] = smart_value(value)
-    return run_pipeline(PipelineConfig(
-        data=a.data, weights=a.weights, run_dir=a.run_dir, imgsz=a.imgsz, batch=a.batch, device=a.device,
-        epochs_normal=a.epochs_normal, epochs_sparse=a.epochs_sparse, epochs_finetune=a.epochs_finetune, sr=a.sr,
-        ratios=tuple(a.ratios), compare_ratio=None if a.no_compare else a.compare_ratio, round_to=a.round_to,
-        latency_repeats=a.latency_repeats, train_args=extra))
+    return run_pipeline(
+        PipelineConfig(
+            data=a.data,
+            weights=a.weights,
+            run_dir=a.run_dir,
+            imgsz=a.imgsz,
+            batch=a.batch,
+            device=a.device,
+            epochs_normal=a.epochs_normal,
+            epochs_sparse=a.epochs_sparse,
+            epochs_finetune=a.epochs_finetune,
+            sr=a.sr,
+            ratios=tuple(a.ratios),
+            compare_ratio=None if a.no_compare else a.compare_ratio,
+            round_to=a.round_to,
+            latency_repeats=a.latency_repeats,
+            train_args=extra,
+        )
+    )
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {

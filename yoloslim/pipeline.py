@@ -29,11 +29,33 @@ from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import check_ratio
 
 
-RESERVED = {"data", "model", "epochs", "imgsz", "batch", "device", "project", "name", "exist_ok", "sr", "finetune",
-            "resume"}
+RESERVED = {
+    "data",
+    "model",
+    "epochs",
+    "imgsz",
+    "batch",
+    "device",
+    "project",
+    "name",
+    "exist_ok",
+    "sr",
+    "finetune",
+    "resume",
+}
 # settings whose change makes finished stages stale: a run folder made with others is refused
-STAGE_SETTINGS = ("data", "weights", "imgsz", "batch", "epochs_normal", "epochs_sparse", "epochs_finetune", "sr",
-                  "round_to", "train_args")
+STAGE_SETTINGS = (
+    "data",
+    "weights",
+    "imgsz",
+    "batch",
+    "epochs_normal",
+    "epochs_sparse",
+    "epochs_finetune",
+    "sr",
+    "round_to",
+    "train_args",
+)
 
 
 @dataclass
@@ -112,8 +134,15 @@ class Pipeline:
         out = self.dir / "metrics" / f"{name}.json"
 
         def work() -> None:
-            m = steps.validate(weights, self.cfg.data, imgsz=self.cfg.imgsz, batch=self.cfg.batch,
-                               device=self.cfg.device, project=self.dir / "val", name=name)
+            m = steps.validate(
+                weights,
+                self.cfg.data,
+                imgsz=self.cfg.imgsz,
+                batch=self.cfg.batch,
+                device=self.cfg.device,
+                project=self.dir / "val",
+                name=name,
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(m, indent=1))
@@ -123,23 +152,33 @@ class Pipeline:
 
     def onnx(self, weights: Path) -> Path:
         """The ONNX export of `weights` (next to it)."""
-        return self.stage(f"export {weights.parent.parent.name}", weights.with_suffix(".onnx"),
-                          lambda: steps.export(weights, imgsz=self.cfg.imgsz))
+        return self.stage(
+            f"export {weights.parent.parent.name}",
+            weights.with_suffix(".onnx"),
+            lambda: steps.export(weights, imgsz=self.cfg.imgsz),
+        )
 
     def pruned(self, name: str, weights: Path, ratio: float, fold: bool = True) -> Path:
         """A pruning stage whose output is `run_dir/name/pruned.pt`."""
         save_dir = self.dir / name
-        return self.stage(name, save_dir / "pruned.pt",
-                          lambda: steps.prune(weights, ratio, save_dir, round_to=self.cfg.round_to, fold=fold))
+        return self.stage(
+            name,
+            save_dir / "pruned.pt",
+            lambda: steps.prune(weights, ratio, save_dir, round_to=self.cfg.round_to, fold=fold),
+        )
 
     def run(self) -> list[dict[str, Any]]:
         """Run every stage; write and print the table; return its rows."""
         c = self.cfg
         normal = self.train("normal", c.weights, c.epochs_normal)
         sparse = self.train("sparse", normal, c.epochs_sparse, sr=c.sr)
-        self.stage("gamma", self.dir / "gamma_hist.png",
-                   lambda: steps.gamma_report([normal, sparse], self.dir / "gamma_hist.png",
-                                              labels=["normal (sr=0)", f"sparse (sr={c.sr:g})"]))
+        self.stage(
+            "gamma",
+            self.dir / "gamma_hist.png",
+            lambda: steps.gamma_report(
+                [normal, sparse], self.dir / "gamma_hist.png", labels=["normal (sr=0)", f"sparse (sr={c.sr:g})"]
+            ),
+        )
         rows = [self.row(f"{r:g}", self.pruned(f"prune-{r:g}", sparse, r)) for r in (0.0, *c.ratios)]
         compare = []
         if c.compare_ratio is not None:
@@ -151,23 +190,42 @@ class Pipeline:
         n = self.metrics("normal", normal)
         s = self.metrics("sparse", sparse)
         self.latencies(rows + compare)
-        note = (f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; "
-                f"sparsity training mAP50 {s['map50']:.4f}, mAP50-95 {s['map50_95']:.4f}.")
+        note = (
+            f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; "
+            f"sparsity training mAP50 {s['map50']:.4f}, mAP50-95 {s['map50_95']:.4f}."
+        )
         self.write_table(rows, rows[0], "results", note)
         if compare:
             same_ratio = next(row for row in rows if row["ratio"] == f"{c.compare_ratio:g}")
             self.write_table([same_ratio, *compare], rows[0], "comparisons", note)
-        plot_map_vs_gflops([{"label": r["ratio"], "gflops": r["gflops"], "map_before": r["map50_95_before"],
-                             "map_after": r["map50_95_after"]} for r in rows], self.dir / "map_vs_gflops.png")
+        plot_map_vs_gflops(
+            [
+                {
+                    "label": r["ratio"],
+                    "gflops": r["gflops"],
+                    "map_before": r["map50_95_before"],
+                    "map_after": r["map50_95_after"],
+                }
+                for r in rows
+            ],
+            self.dir / "map_vs_gflops.png",
+        )
         return rows
 
     def row(self, label: str, pruned: Path, finetune: bool = True) -> dict[str, Any]:
         """One table row: size and mAP of a pruned model, before and (optionally) after fine-tuning."""
         key = label.replace(" ", "-")
         before = self.metrics(f"pruned-{key}", pruned)
-        row = {"ratio": label, "params": before["params"], "gflops": before["gflops"],
-               "map50_before": before["map50"], "map50_95_before": before["map50_95"],
-               "map50_after": None, "map50_95_after": None, "onnx": pruned.with_suffix(".onnx")}
+        row = {
+            "ratio": label,
+            "params": before["params"],
+            "gflops": before["gflops"],
+            "map50_before": before["map50"],
+            "map50_95_before": before["map50_95"],
+            "map50_after": None,
+            "map50_95_after": None,
+            "onnx": pruned.with_suffix(".onnx"),
+        }
         if finetune:
             tuned = self.train(f"finetune-{key}", pruned, self.cfg.epochs_finetune, finetune=True)
             after = self.metrics(f"finetune-{key}", tuned)
@@ -178,14 +236,16 @@ class Pipeline:
 
     def latencies(self, rows: list[dict[str, Any]]) -> None:
         """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
-        measured = side_by_side_latency_ms([row["onnx"] for row in rows], self.cfg.imgsz,
-                                           repeats=self.cfg.latency_repeats)
+        measured = side_by_side_latency_ms(
+            [row["onnx"] for row in rows], self.cfg.imgsz, repeats=self.cfg.latency_repeats
+        )
         for row in rows:
             row["latency_ms"] = measured[row["onnx"]]
             row["onnx_mb"] = row["onnx"].stat().st_size / 2**20
 
     def write_table(self, rows: list[dict[str, Any]], base: dict[str, Any], stem: str, note: str) -> None:
         """Markdown and CSV tables; sizes and latency carry their ratio to `base` in brackets."""
+
         def ratio(row: dict[str, Any], key: str, fmt: str) -> str:
             return f"{row[key]:{fmt}} ({row[key] / base[key]:.2f}x)"
 
@@ -194,17 +254,40 @@ class Pipeline:
                 return "-"
             return f"{row[key]:.4f}" if row is base else f"{row[key]:.4f} ({100 * (row[key] - base[key]):+.1f})"
 
-        head = ("ratio", "params (M)", "GFLOPs", "mAP50 pruned", "mAP50-95 pruned", "mAP50 fine-tuned",
-                "mAP50-95 fine-tuned", "ONNX MB", "ORT ms/img")
+        head = (
+            "ratio",
+            "params (M)",
+            "GFLOPs",
+            "mAP50 pruned",
+            "mAP50-95 pruned",
+            "mAP50 fine-tuned",
+            "mAP50-95 fine-tuned",
+            "ONNX MB",
+            "ORT ms/img",
+        )
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
-            lines.append("| " + " | ".join([
-                r["ratio"], f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
-                ratio(r, "gflops", ".3f"), pts(r, "map50_before"), pts(r, "map50_95_before"),
-                pts(r, "map50_after"), pts(r, "map50_95_after"), ratio(r, "onnx_mb", ".2f"),
-                ratio(r, "latency_ms", ".2f")]) + " |")
-        legend = ("mAP: absolute, with the change from the ratio-0 row in points in brackets; "
-                  f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs.")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["ratio"],
+                        f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
+                        ratio(r, "gflops", ".3f"),
+                        pts(r, "map50_before"),
+                        pts(r, "map50_95_before"),
+                        pts(r, "map50_after"),
+                        pts(r, "map50_95_after"),
+                        ratio(r, "onnx_mb", ".2f"),
+                        ratio(r, "latency_ms", ".2f"),
+                    ]
+                )
+                + " |"
+            )
+        legend = (
+            "mAP: absolute, with the change from the ratio-0 row in points in brackets; "
+            f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs."
+        )
         markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"
         (self.dir / f"{stem}.md").write_text(markdown, encoding="utf-8")
         with open(self.dir / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:

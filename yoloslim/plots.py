@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_gamma_histograms(gammas: Mapping[str, np.ndarray], path: Path, side_by_side: bool = False,
-                          bins: int = 100) -> Path:
+def plot_gamma_histograms(
+    gammas: Mapping[str, np.ndarray], path: Path, side_by_side: bool = False, bins: int = 100
+) -> Path:
     """Histograms of |gamma| for each labelled model (e.g. before / after sparsity training), saved as PNG.
 
     Overlaid on one log-count axis by default, or one panel per model with `side_by_side`.
@@ -26,7 +27,9 @@ def plot_gamma_histograms(gammas: Mapping[str, np.ndarray], path: Path, side_by_
     for i, label in enumerate(labels):
         ax = axes[0][i if side_by_side else 0]
         values = gammas[label]
-        ax.hist(values, bins=edges, alpha=1.0 if side_by_side else 0.55, label=f"{label} (median {np.median(values):.3g})")
+        ax.hist(
+            values, bins=edges, alpha=1.0 if side_by_side else 0.55, label=f"{label} (median {np.median(values):.3g})"
+        )
         ax.set_yscale("log")
         ax.set_xlabel("|BN gamma| of prunable channels")
         ax.legend(fontsize=8)
@@ -42,7 +45,10 @@ def plot_gamma_histograms(gammas: Mapping[str, np.ndarray], path: Path, side_by_
 def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
     """mAP50-95 against GFLOPs, one point per row (label, gflops, map before / after fine-tuning)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, marker, text in (("map_before", "x", "pruned, before fine-tuning"), ("map_after", "o", "after fine-tuning")):
+    for key, marker, text in (
+        ("map_before", "x", "pruned, before fine-tuning"),
+        ("map_after", "o", "after fine-tuning"),
+    ):
         pts = [(r["gflops"], r[key], r["label"]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle="-", label=text)

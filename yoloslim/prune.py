@@ -63,8 +63,14 @@ class Pruner:
             consumers and close for the others.
     """
 
-    def __init__(self, model: nn.Module, importance: Importance = gamma_importance, round_to: int = 1,
-                 min_keep: float = 0.05, fold: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        importance: Importance = gamma_importance,
+        round_to: int = 1,
+        min_keep: float = 0.05,
+        fold: bool = True,
+    ) -> None:
         if round_to < 1:
             raise ValueError(f"round_to={round_to} must be a whole number >= 1")
         if not 0 <= min_keep <= 1:
@@ -92,7 +98,7 @@ class Pruner:
         n_remove = int(ratio * len(flat))
         below = torch.zeros(len(flat), dtype=torch.bool)
         below[order[:n_remove]] = True
-        below_of = dict(zip(scores, below.split([len(v) for v in scores.values()])))
+        below_of = dict(zip(scores, below.split([len(v) for v in scores.values()]), strict=True))
         keep = {}
         for g in self.graph.groups.values():
             if not g.prunable:

@@ -35,7 +35,9 @@ def layer_table(changes: Sequence[LayerChange]) -> str:
     width = max(len(c.name) for c in changes)
     lines = [f"{'layer':<{width}}  {'before':>6}  {'after':>6}  {'kept':>6}  prunable"]
     for c in changes:
-        lines.append(f"{c.name:<{width}}  {c.before:>6}  {c.after:>6}  {c.after / c.before:>6.1%}  {'yes' if c.prunable else 'no'}")
+        lines.append(
+            f"{c.name:<{width}}  {c.before:>6}  {c.after:>6}  {c.after / c.before:>6.1%}  {'yes' if c.prunable else 'no'}"
+        )
     return "\n".join(lines)
 
 

@@ -52,8 +52,19 @@ def trained_with(weights: str | Path) -> dict[str, Any]:
     return dict(ckpt.get("train_args") or {})
 
 
-def train(weights: str | Path, data: str | Path | None, epochs: int, imgsz: int, batch: int, device: str | None,
-          project: str | Path, name: str, sr: float = 0.0, finetune: bool = False, **overrides: Any) -> Path:
+def train(
+    weights: str | Path,
+    data: str | Path | None,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str | None,
+    project: str | Path,
+    name: str,
+    sr: float = 0.0,
+    finetune: bool = False,
+    **overrides: Any,
+) -> Path:
     """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0, fine-tuning with finetune=True).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
@@ -66,28 +77,45 @@ def train(weights: str | Path, data: str | Path | None, epochs: int, imgsz: int,
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
     model = YOLO(source)
-    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(run.parent),
-                name=name, exist_ok=True, sr=sr, finetune=finetune, **overrides)
+    model.train(
+        data=data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        project=str(run.parent),
+        name=name,
+        exist_ok=True,
+        sr=sr,
+        finetune=finetune,
+        **overrides,
+    )
     best = Path(model.trainer.best)
     return best if best.exists() else Path(model.trainer.last)
 
 
-def gamma_report(weights: list[str | Path], out: str | Path, labels: list[str] | None = None,
-                 side_by_side: bool = False) -> Path:
+def gamma_report(
+    weights: list[str | Path], out: str | Path, labels: list[str] | None = None, side_by_side: bool = False
+) -> Path:
     """Histograms of the prunable gammas of one or more checkpoints (PNG), with a text summary beside it."""
     paths = [check_weights_file(w) for w in weights]
     labels = labels or [_label(p) for p in paths]
     if len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
-    gammas = {label: prunable_gammas(load_model(path)[0]) for label, path in zip(labels, paths)}
+    gammas = {label: prunable_gammas(load_model(path)[0]) for label, path in zip(labels, paths, strict=True)}
     out = Path(out)
-    plot_gamma_histograms({k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
-                          out, side_by_side=side_by_side)
+    plot_gamma_histograms(
+        {k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
+        out,
+        side_by_side=side_by_side,
+    )
     lines = [f"{'checkpoint':<24} {'channels':>8} {'median':>8} {'<1e-2':>7}  file"]
-    for (label, values), path in zip(gammas.items(), paths):
+    for (label, values), path in zip(gammas.items(), paths, strict=True):
         s = gamma_stats(values)
-        lines.append(f"{label:<24} {sum(g.numel() for g in values):>8} {s['sparsity/median_gamma']:>8.4f} "
-                     f"{s['sparsity/share_lt_0.01']:>7.1%}  {path}")
+        lines.append(
+            f"{label:<24} {sum(g.numel() for g in values):>8} {s['sparsity/median_gamma']:>8.4f} "
+            f"{s['sparsity/share_lt_0.01']:>7.1%}  {path}"
+        )
     text = "\n".join(lines)
     out.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
     print(text)
@@ -100,8 +128,15 @@ def _label(path: Path) -> str:
     return path.parent.parent.name if path.parent.name == "weights" else path.stem
 
 
-def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int = 1, fold: bool = True,
-          min_keep: float = 0.05, data: str | Path | None = None) -> Path:
+def prune(
+    weights: str | Path,
+    ratio: float,
+    save_dir: str | Path,
+    round_to: int = 1,
+    fold: bool = True,
+    min_keep: float = 0.05,
+    data: str | Path | None = None,
+) -> Path:
     """Prune a checkpoint; write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
 
     The input is never modified, and the output is written atomically. With `data`, the pruned model
@@ -120,8 +155,17 @@ def prune(weights: str | Path, ratio: float, save_dir: str | Path, round_to: int
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     removed = removed_share(changes)
     _warn_if_not_sparse(model, plan.threshold)
-    mark_pruned(pruned, {"ratio": ratio, "source": str(source.resolve()), "threshold": plan.threshold,
-                         "removed": removed, "round_to": round_to, "fold": fold})
+    mark_pruned(
+        pruned,
+        {
+            "ratio": ratio,
+            "source": str(source.resolve()),
+            "threshold": plan.threshold,
+            "removed": removed,
+            "round_to": round_to,
+            "fold": fold,
+        },
+    )
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
     summary = prune_summary(before, after, plan.threshold, ratio, removed)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -149,18 +193,37 @@ def _warn_if_not_sparse(model: Any, threshold: float) -> None:
         )
 
 
-def validate(weights: str | Path, data: str | Path | None, imgsz: int = 640, batch: int = 16,
-             device: str | None = None, project: str | Path = "runs/yoloslim", name: str = "val") -> dict[str, float]:
+def validate(
+    weights: str | Path,
+    data: str | Path | None,
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str | None = None,
+    project: str | Path = "runs/yoloslim",
+    name: str = "val",
+) -> dict[str, float]:
     """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line."""
     source = check_weights_file(weights)
     data = resolve_data(data)
     model = YOLO(source)
     size = ModelSize.of(model.model, imgsz)  # before val, which fuses conv and BN in place
-    metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, project=_project(project), name=name,
-                        exist_ok=True, plots=False)
+    metrics = model.val(
+        data=data,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        project=_project(project),
+        name=name,
+        exist_ok=True,
+        plots=False,
+    )
     print(f"{source}: {size}")
-    return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": size.params,
-            "gflops": size.gflops}
+    return {
+        "map50": float(metrics.box.map50),
+        "map50_95": float(metrics.box.map),
+        "params": size.params,
+        "gflops": size.gflops,
+    }
 
 
 def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> dict[str, Any]:
@@ -176,4 +239,3 @@ def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> d
     size_mb = os.path.getsize(path) / 2**20
     print(f"ONNX {path}: {size_mb:.2f} MB, largest output difference vs torch {diff:.3g}")
     return {"onnx": path, "size_mb": size_mb, "max_diff": diff}
-
