@@ -153,7 +153,7 @@ class Pipeline:
     def onnx(self, weights: Path) -> Path:
         """The ONNX export of `weights` (next to it)."""
         return self.stage(
-            f"export {weights.parent.parent.name}",
+            f"export {weights.relative_to(self.dir)}",
             weights.with_suffix(".onnx"),
             lambda: steps.export(weights, imgsz=self.cfg.imgsz),
         )

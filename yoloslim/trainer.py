@@ -22,7 +22,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloslim.channels import UnsupportedModuleError, build_graph
+from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info
 from yoloslim.sparsity import add_l1_subgradient, gamma_stats, prunable_gammas, sr_at
 
@@ -84,7 +84,7 @@ class SlimTrainer(DetectionTrainer):
         if not (pruned or self.args.finetune):
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
             if self.args.sr > 0:
-                build_graph(model)  # an unsupported model fails here, before any training step
+                self._gammas = prunable_gammas(model)  # found once; an unsupported model fails here, before training
             return model
         if (nc := weights.model[-1].nc) != self.data["nc"]:
             raise ValueError(
