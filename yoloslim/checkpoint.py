@@ -9,8 +9,6 @@ layer list still describes the full-width network, which is why training must re
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +18,8 @@ import torch
 from torch import nn
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.nn.tasks import load_checkpoint
+
+from yoloslim.atomic import atomic_write_bytes
 
 PRUNED_KEY = "pruned"
 
@@ -65,8 +65,8 @@ def finished_training(last: str | Path) -> bool:
 def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra: Any) -> Path:
     """Write `model` as an Ultralytics checkpoint (FP16, like Ultralytics' own), atomically.
 
-    The bytes go to a temporary file in the target folder that is renamed over `path` only when
-    complete, so an interrupted save never leaves a truncated checkpoint behind.
+    The bytes go to a temporary file in the target folder that is flushed to disk and renamed over
+    `path` only when complete, so an interrupted save never leaves a truncated checkpoint behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,17 +84,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     }
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
