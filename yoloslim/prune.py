@@ -32,11 +32,13 @@ def gamma_importance(bn: nn.BatchNorm2d) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """The channels each group keeps (sorted indices), and the global threshold that chose them."""
+    """The channels each group keeps (sorted indices), the global threshold that chose them (the lowest
+    score kept) and the highest score removed (near 0 when only sparse-trained channels go)."""
 
     keep: dict[str, list[int]]
     threshold: float
     ratio: float
+    max_removed: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -92,25 +94,74 @@ class Pruner:
         the score of the lowest channel kept.
         """
         check_ratio(ratio)
+        return self._plan_lowest(self.scores(), int(ratio * self.n_channels), ratio)
+
+    def plan_share(self, share: float) -> PrunePlan:
+        """The plan that removes the fewest channels but at least `share` of them (floors and rounding included).
+
+        `plan(ratio)` can remove less than `ratio` where floors or equal C2f halves keep marked channels;
+        this searches the number of marked channels instead, so the share removed is a guarantee.
+        """
+        check_ratio(share)
+        if share > (most := self.max_share()):
+            raise ValueError(
+                f"removing {share:.1%} of the prunable channels is not possible: the per-layer floors "
+                f"(min_keep={self.min_keep:g}, round_to={self.round_to}) allow at most {most:.1%}"
+            )
         scores = self.scores()
+        order = torch.cat(list(scores.values())).argsort(stable=True)
+        wanted = math.ceil(share * self.n_channels - 1e-9)
+        lo, hi = wanted, self.n_channels
+        while lo < hi:  # the removed count never falls as more channels are marked
+            mid = (lo + hi) // 2
+            removed = sum(g.size - g.halves * k for g, k in zip(self.graph.prunable, self._kept(scores, order, mid)))
+            lo, hi = (lo, mid) if removed >= wanted else (mid + 1, hi)
+        return self._plan_lowest(scores, lo, share)
+
+    @property
+    def n_channels(self) -> int:
+        """How many prunable channels the model has."""
+        return sum(g.size for g in self.graph.prunable)
+
+    def removed(self, plan: PrunePlan) -> int:
+        """How many prunable channels `plan` removes."""
+        return sum(g.size - len(plan.keep[g.name]) for g in self.graph.prunable)
+
+    def max_share(self) -> float:
+        """The largest share of prunable channels the per-layer floors let any plan remove."""
+        kept = sum(g.halves * self._bounded(0, g.size // g.halves) for g in self.graph.prunable)
+        return 1 - kept / self.n_channels
+
+    def _kept(self, scores: dict[str, torch.Tensor], order: torch.Tensor, n_remove: int) -> list[int]:
+        """Per prunable group (graph order), the channels each half keeps when the `n_remove` lowest are marked."""
+        below = torch.zeros(len(order), dtype=torch.bool)
+        below[order[: min(n_remove, len(order) - 1)]] = True
+        return [
+            self._bounded(max(int((~b).sum()) for b in part.chunk(g.halves)), g.size // g.halves)
+            for g, part in zip(self.graph.prunable, below.split([len(v) for v in scores.values()]), strict=True)
+        ]
+
+    def _plan_lowest(self, scores: dict[str, torch.Tensor], n_remove: int, ratio: float) -> PrunePlan:
+        """Mark the `n_remove` lowest-scoring channels; each group keeps its unmarked ones, within its floor."""
         flat = torch.cat(list(scores.values()))
+        n_remove = min(n_remove, len(flat) - 1)
         order = flat.argsort(stable=True)
-        n_remove = int(ratio * len(flat))
-        below = torch.zeros(len(flat), dtype=torch.bool)
-        below[order[:n_remove]] = True
-        below_of = dict(zip(scores, below.split([len(v) for v in scores.values()]), strict=True))
-        keep = {}
+        kept = dict(zip(scores, self._kept(scores, order, n_remove), strict=True))
+        keep, max_removed = {}, -math.inf
         for g in self.graph.groups.values():
             if not g.prunable:
                 keep[g.name] = list(range(g.size))
                 continue
             parts = scores[g.name].chunk(g.halves)  # C2f.cv1: both halves keep the same count
-            k = self._bounded(max(int((~b).sum()) for b in below_of[g.name].chunk(g.halves)), len(parts[0]))
             keep[g.name] = sorted(
-                i * len(parts[0]) + j for i, p in enumerate(parts) for j in p.topk(k).indices.tolist()
+                i * len(parts[0]) + j for i, p in enumerate(parts) for j in p.topk(kept[g.name]).indices.tolist()
             )
+            removed = torch.ones(g.size, dtype=torch.bool)
+            removed[keep[g.name]] = False
+            if removed.any():
+                max_removed = max(max_removed, float(scores[g.name][removed].max()))
         threshold = float(flat[order[n_remove]]) if n_remove else -math.inf
-        return PrunePlan(keep, threshold, ratio)
+        return PrunePlan(keep, threshold, ratio, max_removed)
 
     def _bounded(self, k: int, n: int) -> int:
         """`k` raised to the floor and rounded up to a multiple of `round_to`, at most `n`."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-from yoloslim.prune import LayerChange
+from yoloslim.prune import LayerChange, PrunePlan
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,12 @@ def removed_share(changes: Sequence[LayerChange]) -> float:
     return sum(c.before - c.after for c in prunable) / total if total else 0.0
 
 
-def prune_summary(before: ModelSize, after: ModelSize, threshold: float, ratio: float, removed: float) -> str:
+def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, removed: float) -> str:
     """The summary lines of a prune report."""
     return "\n".join(
         [
-            f"requested ratio {ratio:.3f}, removed {removed:.3f} of prunable channels, gamma threshold {threshold:.6g}",
+            f"requested ratio {plan.ratio:.3f}, removed {removed:.3f} of prunable channels, gamma threshold "
+            f"{plan.threshold:.6g} (largest gamma removed {plan.max_removed:.6g})",
             f"params  {before.params:,} -> {after.params:,} ({after.params / before.params:.3f}x)",
             f"GFLOPs  {before.gflops:.3f} -> {after.gflops:.3f} ({after.gflops / before.gflops:.3f}x) at imgsz {after.imgsz}"
             if before.gflops
