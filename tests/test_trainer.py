@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
-from yoloslim.sparsity import gamma_stats, sr_at
+from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
 from .conftest import TINY, build_model, train_interrupted
 
@@ -30,7 +30,8 @@ def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScale
     trainer.model, trainer.scaler, trainer.ema = model, scaler, None
     trainer.epoch, trainer.epochs, trainer.device = epoch, epochs, torch.device("cpu")
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer._gammas = None
+    trainer._gammas, trainer.zeroing, trainer.world_size = None, None, 0
+    trainer._images = IMAGES_PER_SR  # one step over IMAGES_PER_SR images: the L1 coefficient is exactly sr_t
     return trainer
 
 
@@ -70,10 +71,11 @@ def test_one_step_adds_exactly_sr_sign_gamma(monkeypatch, amp_scale) -> None:
 
 
 def test_sparse_run_pushes_prunable_gammas_down(tiny_data, runs) -> None:
-    """Same seed, sr=0 vs a large sr: prunable gammas end far lower, shortcut-tied ones are not pushed down."""
+    """Same seed, sr=0 vs a large sr (1.2 per 16 images: 0.3 a step of 4): prunable gammas end far lower,
+    shortcut-tied ones are not pushed down."""
     fast = dict(TINY, batch=4, nbs=4, optimizer="SGD", lr0=0.3, warmup_epochs=0, epochs=4, val=False)
     result = {}
-    for sr in (0.0, 0.3):
+    for sr in (0.0, 1.2):
         model = YOLO("yolov8n.yaml")
         model.train(data=tiny_data, sr=sr, project=str(runs), name=f"sr{sr}", **fast)
         graph = build_graph(model.model)
@@ -90,9 +92,9 @@ def test_sparse_run_pushes_prunable_gammas_down(tiny_data, runs) -> None:
             .item()
             for kind in ("prunable", "tied")
         }
-    assert result[0.3]["prunable"] < 0.5 * result[0.0]["prunable"]
-    assert result[0.3]["tied"] > 0.95 * result[0.0]["tied"]
-    csv = (runs / "sr0.3" / "results.csv").read_text().splitlines()
+    assert result[1.2]["prunable"] < 0.5 * result[0.0]["prunable"]
+    assert result[1.2]["tied"] > 0.95 * result[0.0]["tied"]
+    csv = (runs / "sr1.2" / "results.csv").read_text().splitlines()
     header, rows = csv[0].split(","), [r.split(",") for r in csv[1:]]
     median = [float(r[header.index("sparsity/median_gamma")]) for r in rows]
     assert len(rows) == 4 and median[-1] < 0.5 * median[0]  # logged every epoch, shrinking

@@ -25,8 +25,12 @@ def weights_of(name: str) -> str:
 # Defaults per step: small enough to run on the demo data on a CPU in minutes. Scripts override them.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"weights": "yolov8n.yaml", "name": "normal", "epochs": 30, "sr": 0.0},
-    "sparse": {"weights": weights_of("normal"), "name": "sparse", "epochs": 30, "sr": 1e-2},
-    "gamma": {"weights": [weights_of("normal"), weights_of("sparse")], "out": f"{PROJECT}/gamma/gamma_hist.png"},
+    "sparse": {"weights": weights_of("normal"), "name": "sparse", "epochs": 30, "sr": 1e-2, "sparsity": 0.5},
+    "gamma": {
+        "weights": [weights_of("normal"), weights_of("sparse")],
+        "out": f"{PROJECT}/gamma/gamma_hist.png",
+        "prune_ratio": 0.5,
+    },
     "prune": {"weights": weights_of("sparse"), "save_dir": f"{PROJECT}/prune", "prune_ratio": 0.5},
     "finetune": {"weights": f"{PROJECT}/prune/pruned.pt", "name": "finetune", "epochs": 20},
     "val": {"weights": weights_of("finetune")},
@@ -63,6 +67,16 @@ def _sr(value: str) -> float:
     return args["sr"]
 
 
+def _sparsity(value: str) -> float:
+    """argparse type for --sparsity: the trainer's own check, reported by argparse."""
+    from yoloslim.target import check_sparsity
+
+    try:
+        return check_sparsity(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _ratio(value: str) -> float:
     """argparse type for --prune-ratio: the pruner's own check, reported by argparse."""
     from yoloslim.prune import check_ratio
@@ -83,12 +97,24 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
     if command in {"train", "sparse", "finetune"}:
         _add_train_args(p)
         if command != "finetune":
-            p.add_argument("--sr", type=_sr, help="L1 penalty on prunable BN gammas (0 = normal training)")
+            p.add_argument("--sr", type=_sr, help="L1 penalty on prunable BN gammas per 16 images (0 = none)")
+        if command == "sparse":
+            p.add_argument(
+                "--sparsity",
+                type=_sparsity,
+                help="share of prunable channels driven to exact zero by the last epoch (0 = plain L1 only); "
+                "prune at this ratio afterwards to remove only zeros",
+            )
     elif command == "gamma":
         p.add_argument("--weights", nargs="+", help="one or more .pt checkpoints (e.g. before and after sparsity)")
         p.add_argument("--labels", nargs="+", help="one label per checkpoint (default: run folder names)")
         p.add_argument("--out", help="PNG file to write (a .txt summary is written beside it)")
         p.add_argument("--side-by-side", action="store_true", help="one panel per checkpoint instead of overlaid")
+        p.add_argument(
+            "--prune-ratio",
+            type=_ratio,
+            help="draw the gamma threshold that this prune ratio gives the last checkpoint",
+        )
     elif command == "prune":
         p.add_argument("--weights", help="sparse-trained .pt checkpoint")
         _add_data(p, default=None)
@@ -127,6 +153,7 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag))
         p.add_argument("--device", default=None)
         p.add_argument("--sr", type=_sr, default=d.sr)
+        p.add_argument("--sparsity", type=_sparsity, default=d.sparsity)
         p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios))
         p.add_argument(
             "--compare-ratio",
@@ -183,7 +210,7 @@ def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 def _run_train(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
-    return steps.train(**_train_kwargs(a), sr=a.sr)
+    return steps.train(**_train_kwargs(a), sr=a.sr, sparsity=getattr(a, "sparsity", 0.0))
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -195,7 +222,7 @@ def _run_finetune(a: argparse.Namespace) -> Any:
 def _run_gamma(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
-    return steps.gamma_report(a.weights, a.out, labels=a.labels, side_by_side=a.side_by_side)
+    return steps.gamma_report(a.weights, a.out, labels=a.labels, side_by_side=a.side_by_side, ratio=a.prune_ratio)
 
 
 def _run_prune(a: argparse.Namespace) -> Any:
@@ -256,6 +283,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             epochs_sparse=a.epochs_sparse,
             epochs_finetune=a.epochs_finetune,
             sr=a.sr,
+            sparsity=a.sparsity,
             ratios=tuple(a.ratios),
             compare_ratio=None if a.no_compare else a.compare_ratio,
             round_to=a.round_to,
@@ -267,7 +295,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
     "train": (_run_train, "normal training (sr=0)"),
-    "sparse": (_run_train, "sparsity training: L1 penalty sr on prunable BN gammas"),
+    "sparse": (_run_train, "sparsity training: L1 penalty sr on prunable BN gammas, toward a --sparsity target"),
     "gamma": (_run_gamma, "histograms of prunable BN gammas of one or more checkpoints"),
     "prune": (_run_prune, "prune channels by a global gamma threshold and save pruned.pt"),
     "finetune": (_run_finetune, "fine-tune a pruned checkpoint as it is"),

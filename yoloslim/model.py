@@ -10,7 +10,8 @@ from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
-from yoloslim.trainer import SlimTrainer
+from yoloslim.target import check_target
+from yoloslim.trainer import SLIM_ARGS, SlimTrainer, check_slim_args
 
 
 class YOLO(_UltralyticsYOLO):
@@ -24,7 +25,15 @@ class YOLO(_UltralyticsYOLO):
         return tasks
 
     def train(self, trainer=None, **kwargs: Any):
-        """Ultralytics' `train`; `sr` and `finetune` are refused outside detection, where nothing would apply them."""
-        if (kwargs.get("sr") or kwargs.get("finetune")) and self.task != "detect":
-            raise ValueError(f"sr / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
+        """Ultralytics' `train`, after the slimming arguments are checked against this model.
+
+        Bad `sr` / `sparsity` / `finetune` values, slimming outside detection, a model the channel graph does
+        not cover and an unreachable sparsity target all fail here, before Ultralytics creates a run folder.
+        """
+        if any(kwargs.get(k) for k in SLIM_ARGS) and self.task != "detect":
+            raise ValueError(f"sr / sparsity / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
+        checked = dict(kwargs)
+        check_slim_args(checked)
+        if checked["sr"] > 0 or checked["sparsity"] > 0:
+            check_target(self.model, checked["sparsity"])
         return super().train(trainer=trainer, **kwargs)

@@ -27,6 +27,7 @@ from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import check_ratio
+from yoloslim.trainer import check_slim_args
 
 
 RESERVED = {
@@ -40,6 +41,7 @@ RESERVED = {
     "name",
     "exist_ok",
     "sr",
+    "sparsity",
     "finetune",
     "resume",
 }
@@ -53,6 +55,7 @@ STAGE_SETTINGS = (
     "epochs_sparse",
     "epochs_finetune",
     "sr",
+    "sparsity",
     "round_to",
     "train_args",
 )
@@ -72,6 +75,7 @@ class PipelineConfig:
     epochs_sparse: int = 15
     epochs_finetune: int = 5
     sr: float = 1e-2
+    sparsity: float = 0.6  # share of prunable channels the sparse stage drives to exact zero (0 = plain L1 only)
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     compare_ratio: float | None = 0.6  # ratio of the two comparisons; None skips them
     round_to: int = 1
@@ -86,8 +90,11 @@ class PipelineConfig:
             check_ratio(r)
         if self.compare_ratio is not None and self.compare_ratio not in self.ratios:
             raise ValueError(f"compare ratio {self.compare_ratio} must be one of the ratios {list(self.ratios)}")
-        if self.sr <= 0:
-            raise ValueError(f"sr={self.sr} must be > 0: the pipeline's second stage is sparsity training")
+        check_slim_args({"sr": self.sr, "sparsity": self.sparsity})
+        if self.sr <= 0 and self.sparsity <= 0:
+            raise ValueError(
+                f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is sparsity training"
+            )
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         steps.check_model_source(self.weights)
@@ -171,12 +178,15 @@ class Pipeline:
         """Run every stage; write and print the table; return its rows."""
         c = self.cfg
         normal = self.train("normal", c.weights, c.epochs_normal)
-        sparse = self.train("sparse", normal, c.epochs_sparse, sr=c.sr)
+        sparse = self.train("sparse", normal, c.epochs_sparse, sr=c.sr, sparsity=c.sparsity)
         self.stage(
             "gamma",
             self.dir / "gamma_hist.png",
             lambda: steps.gamma_report(
-                [normal, sparse], self.dir / "gamma_hist.png", labels=["normal (sr=0)", f"sparse (sr={c.sr:g})"]
+                [normal, sparse],
+                self.dir / "gamma_hist.png",
+                labels=["normal (sr=0)", f"sparse (sr={c.sr:g}, sparsity={c.sparsity:g})"],
+                ratio=c.sparsity or max(c.ratios),
             ),
         )
         rows = [self.row(f"{r:g}", self.pruned(f"prune-{r:g}", sparse, r)) for r in (0.0, *c.ratios)]

@@ -11,13 +11,22 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from yoloslim.atomic import atomic_write  # noqa: E402
+
 
 def plot_gamma_histograms(
-    gammas: Mapping[str, np.ndarray], path: Path, side_by_side: bool = False, bins: int = 100
+    gammas: Mapping[str, np.ndarray],
+    path: Path,
+    side_by_side: bool = False,
+    bins: int = 100,
+    threshold: tuple[str, float] | None = None,
+    small: float = 1e-2,
 ) -> Path:
     """Histograms of |gamma| for each labelled model (e.g. before / after sparsity training), saved as PNG.
 
-    Overlaid on one log-count axis by default, or one panel per model with `side_by_side`.
+    A linear |gamma| axis from 0 with log counts, overlaid by default or one panel per model with
+    `side_by_side`. Each legend entry gives the share of gammas below `small`; `threshold` (a label and a
+    value) is drawn as a vertical line, e.g. the gamma threshold of a prune ratio.
     """
     labels = list(gammas)
     hi = max(float(np.max(v)) for v in gammas.values())
@@ -28,16 +37,23 @@ def plot_gamma_histograms(
         ax = axes[0][i if side_by_side else 0]
         values = gammas[label]
         ax.hist(
-            values, bins=edges, alpha=1.0 if side_by_side else 0.55, label=f"{label} (median {np.median(values):.3g})"
+            values,
+            bins=edges,
+            alpha=1.0 if side_by_side else 0.55,
+            label=f"{label}: median {np.median(values):.3g}, {np.mean(values < small):.0%} < {small:g}",
         )
+        if threshold is not None and (side_by_side or i == 0):
+            ax.axvline(
+                threshold[1], color="red", linestyle="--", label=f"threshold {threshold[1]:.3g} ({threshold[0]})"
+            )
+        ax.set_xlim(left=0)
         ax.set_yscale("log")
         ax.set_xlabel("|BN gamma| of prunable channels")
         ax.legend(fontsize=8)
         ax.set_title(label if side_by_side else "BN gamma distribution")
     axes[0][0].set_ylabel("channels")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -59,7 +75,6 @@ def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path

@@ -1,8 +1,11 @@
 """The L1 penalty on BN scale factors (network slimming, Liu et al. 2017, arXiv:1708.06519).
 
-Sparsity training minimises `loss + sr * sum |gamma|` over the prunable gammas. Its sub-gradient
-`sr * sign(gamma)` is added to the gammas' gradients once per optimizer step, after AMP unscaling and
-before gradient clipping, with `sr` decayed linearly over the run.
+Sparsity training minimises `loss + sr * sum |gamma|` over the prunable gammas, with `sr` the penalty for
+every `IMAGES_PER_SR` images. Ultralytics' loss is a sum over images, accumulated over the micro-batches of
+one optimizer step, so the sub-gradient added at a step is `sr * images / IMAGES_PER_SR * sign(gamma)`:
+the same penalty per image whatever `batch`, `nbs`, `accumulate` (warm-up included) or the GPU count.
+It is added to the still-scaled gradient (so AMP's unscaling turns it into exactly that) before
+Ultralytics clips, with `sr` decayed linearly over the run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,14 @@ import torch
 from torch import nn
 
 from yoloslim.channels import build_graph
+
+
+IMAGES_PER_SR = 16  # Ultralytics' default batch: there, sr is the seed's per-micro-batch sr * sign(gamma)
+
+
+def sr_for_images(sr: float, images: int) -> float:
+    """The L1 coefficient for one optimizer step whose gradient sums the loss of `images` images."""
+    return sr * images / IMAGES_PER_SR
 
 
 def sr_at(sr: float, epoch: int, epochs: int) -> float:

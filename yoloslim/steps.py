@@ -14,12 +14,13 @@ import numpy as np
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
+from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
-from yoloslim.prune import check_ratio, prune_model
+from yoloslim.prune import Pruner, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, removed_share, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.trainer import check_slim_args
@@ -63,14 +64,16 @@ def train(
     name: str,
     sr: float = 0.0,
     finetune: bool = False,
+    sparsity: float = 0.0,
     **overrides: Any,
 ) -> Path:
-    """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0, fine-tuning with finetune=True).
+    """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0 and/or a `sparsity` target, fine-tuning
+    with finetune=True).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
     steps' default paths chain.
     """
-    check_slim_args({"sr": sr, "finetune": finetune})
+    check_slim_args({"sr": sr, "finetune": finetune, "sparsity": sparsity})
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):
@@ -88,6 +91,7 @@ def train(
         exist_ok=True,
         sr=sr,
         finetune=finetune,
+        sparsity=sparsity,
         **overrides,
     )
     best = Path(model.trainer.best)
@@ -95,19 +99,33 @@ def train(
 
 
 def gamma_report(
-    weights: list[str | Path], out: str | Path, labels: list[str] | None = None, side_by_side: bool = False
+    weights: list[str | Path],
+    out: str | Path,
+    labels: list[str] | None = None,
+    side_by_side: bool = False,
+    ratio: float | None = None,
 ) -> Path:
-    """Histograms of the prunable gammas of one or more checkpoints (PNG), with a text summary beside it."""
+    """Histograms of the prunable gammas of one or more checkpoints (PNG), with a text summary beside it.
+
+    With `ratio`, the plot marks the gamma threshold that pruning the last checkpoint at that ratio uses.
+    """
     paths = [check_weights_file(w) for w in weights]
     labels = labels or [_label(p) for p in paths]
     if len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
-    gammas = {label: prunable_gammas(load_model(path)[0]) for label, path in zip(labels, paths, strict=True)}
+    models = [load_model(path)[0] for path in paths]
+    gammas = {label: prunable_gammas(model) for label, model in zip(labels, models, strict=True)}
+    threshold = None
+    if ratio is not None:
+        check_ratio(ratio)
+        plan = Pruner(models[-1]).plan(ratio)
+        threshold = (f"prune {ratio:g} of {labels[-1]}", max(plan.max_removed, 0.0))
     out = Path(out)
     plot_gamma_histograms(
         {k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
         out,
         side_by_side=side_by_side,
+        threshold=threshold,
     )
     lines = [f"{'checkpoint':<24} {'channels':>8} {'median':>8} {'<1e-2':>7}  file"]
     for (label, values), path in zip(gammas.items(), paths, strict=True):
@@ -116,8 +134,10 @@ def gamma_report(
             f"{label:<24} {sum(g.numel() for g in values):>8} {s['sparsity/median_gamma']:>8.4f} "
             f"{s['sparsity/share_lt_0.01']:>7.1%}  {path}"
         )
+    if threshold:
+        lines.append(f"gamma threshold of '{threshold[0]}': {threshold[1]:.4g} (largest |gamma| removed)")
     text = "\n".join(lines)
-    out.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(out.with_suffix(".txt"), text + "\n")
     print(text)
     LOGGER.info(f"{PREFIX} gamma histograms saved to {out}")
     return out
@@ -154,20 +174,21 @@ def prune(
     pruned, plan, changes = prune_model(model, ratio, round_to=round_to, fold=fold, min_keep=min_keep)
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     removed = removed_share(changes)
-    _warn_if_not_sparse(model, plan.threshold)
+    _warn_if_not_sparse(model, plan.max_removed)
     mark_pruned(
         pruned,
         {
             "ratio": ratio,
             "source": str(source.resolve()),
             "threshold": plan.threshold,
+            "max_removed": plan.max_removed,
             "removed": removed,
             "round_to": round_to,
             "fold": fold,
         },
     )
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
-    summary = prune_summary(before, after, plan.threshold, ratio, removed)
+    summary = prune_summary(before, after, plan, removed)
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "prune_report.txt").write_text(f"{layer_table(changes)}\n\n{summary}\n", encoding="utf-8")
     write_layer_csv(changes, save_dir / "prune_layers.csv")
@@ -182,12 +203,12 @@ def prune(
 NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1
 
 
-def _warn_if_not_sparse(model: Any, threshold: float) -> None:
-    """Say so when pruning removes channels that were far from zero (the model was not sparse-trained)."""
-    if threshold > NOT_SPARSE_THRESHOLD:
+def _warn_if_not_sparse(model: Any, max_removed: float) -> None:
+    """Say so when pruning removes channels that were far from zero (the model was not sparse-trained enough)."""
+    if max_removed > NOT_SPARSE_THRESHOLD:
         stats = gamma_stats(prunable_gammas(model))
         LOGGER.warning(
-            f"{PREFIX} the gamma threshold {threshold:.3g} removes channels far from zero (only "
+            f"{PREFIX} pruning removes channels far from zero (|gamma| up to {max_removed:.3g}; only "
             f"{stats['sparsity/share_lt_0.01']:.0%} of gammas < 0.01): this model looks not sparse-trained, expect a "
             "large accuracy drop before fine-tuning (run train_sparsity.py first, or prune less)"
         )

@@ -24,13 +24,14 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info
-from yoloslim.sparsity import add_l1_subgradient, gamma_stats, prunable_gammas, sr_at
+from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
+from yoloslim.target import ChannelZeroing, check_sparsity
 
-SLIM_ARGS: dict[str, Any] = {"sr": 0.0, "finetune": False}
+SLIM_ARGS: dict[str, Any] = {"sr": 0.0, "sparsity": 0.0, "finetune": False}
 
 
 def register_args() -> None:
-    """Make `sr` and `finetune` known to Ultralytics' default config (idempotent)."""
+    """Make `sr`, `sparsity` and `finetune` known to Ultralytics' default config (idempotent)."""
     for key, value in SLIM_ARGS.items():
         DEFAULT_CFG_DICT.setdefault(key, value)
         if not hasattr(DEFAULT_CFG, key):
@@ -41,7 +42,7 @@ register_args()
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> None:
-    """Validate `sr` and `finetune` (a dict or namespace) before any training starts; normalise their types."""
+    """Validate `sr`, `sparsity` and `finetune` (a dict or namespace) before any training starts; normalise types."""
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
     sr = get("sr", 0.0)
     try:
@@ -53,21 +54,32 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
     finetune = get("finetune", False)
     if not isinstance(finetune, bool):
         raise ValueError(f"finetune={finetune!r} must be True or False")
-    if isinstance(args, dict):
-        args["sr"] = value
-    else:
-        args.sr = value
+    sparsity = check_sparsity(get("sparsity", 0.0))
+    if sparsity and finetune:
+        raise ValueError(
+            "sparsity and finetune=True do not go together: sparsity training comes before pruning, fine-tuning after"
+        )
+    for key, v in (("sr", value), ("sparsity", sparsity)):
+        if isinstance(args, dict):
+            args[key] = v
+        else:
+            setattr(args, key, v)
 
 
 class SlimTrainer(DetectionTrainer):
-    """DetectionTrainer with the network-slimming L1 penalty (`sr`) and pruned-model fine-tuning (`finetune`)."""
+    """DetectionTrainer with the network-slimming L1 penalty (`sr`), a sparsity target (`sparsity`) and
+    pruned-model fine-tuning (`finetune`)."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Validate `sr` / `finetune` first, then set up as Ultralytics does."""
+        """Validate the slimming arguments first, then set up as Ultralytics does."""
         check_slim_args(overrides or {})
         super().__init__(cfg, overrides, _callbacks)
         check_slim_args(self.args)  # resume replaces args with the checkpoint's
         self._gammas: list[nn.Parameter] | None = None
+        self.zeroing: ChannelZeroing | None = None
+        self._images = 0  # images whose loss gradient the next optimizer step applies
+        self._batches = (0, 0)  # (epoch, micro-batches seen in it), for the schedule's progress
+        self.add_callback("on_train_end", lambda trainer: trainer.report_target())
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Train a pruned model as it is; build everything else the Ultralytics way."""
@@ -81,11 +93,18 @@ class SlimTrainer(DetectionTrainer):
             raise ValueError(
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
-        if not (pruned or self.args.finetune):
+        if pruned or self.args.finetune:
+            model = self._pruned_model(weights, pruned, verbose)
+        else:
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-            if self.args.sr > 0:
-                self._gammas = prunable_gammas(model)  # found once; an unsupported model fails here, before training
-            return model
+        if self.args.sr > 0 or self.args.sparsity > 0:  # an unsupported model or target fails here, before training
+            self._gammas = prunable_gammas(model)
+        if self.args.sparsity > 0:
+            self.zeroing = ChannelZeroing(model, self.args.sparsity)
+        return model
+
+    def _pruned_model(self, weights: nn.Module, pruned: bool, verbose: bool) -> nn.Module:
+        """The pruned model object itself, made trainable (the yaml would rebuild it at full width)."""
         if (nc := weights.model[-1].nc) != self.data["nc"]:
             raise ValueError(
                 f"the pruned model predicts {nc} classes but dataset '{self.args.data}' has {self.data['nc']}: "
@@ -100,13 +119,31 @@ class SlimTrainer(DetectionTrainer):
             weights.info()
         return weights
 
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Count the images of each micro-batch (the L1 term is per image) and the schedule's progress."""
+        self._images += batch["img"].shape[0]
+        epoch, seen = self._batches
+        self._batches = (self.epoch, seen + 1 if epoch == self.epoch else 1)
+        return super().preprocess_batch(batch)
+
+    def progress(self) -> float:
+        """How far training is, from 0 to 1, counted in micro-batches."""
+        epoch, seen = self._batches
+        return min((epoch + seen / max(len(self.train_loader), 1)) / max(self.epochs, 1), 1.0)
+
     def optimizer_step(self) -> None:
-        """Add the L1 sub-gradient on prunable gammas, then step as Ultralytics does (unscale, clip, step)."""
-        sr = sr_at(self.args.sr, self.epoch, self.epochs)
+        """Add the L1 sub-gradient on prunable gammas, step as Ultralytics does (unscale, clip, step, EMA), then
+        hold the zeroed channels of a sparsity target at zero in the model and its EMA."""
+        sr = sr_for_images(sr_at(self.args.sr, self.epoch, self.epochs), self._images * max(self.world_size, 1))
+        self._images = 0
         if sr > 0:
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             add_l1_subgradient(self.prunable_gammas(), sr * scale)
+        if self.zeroing is not None:
+            self.zeroing.clear_grads()
         super().optimizer_step()
+        if self.zeroing is not None:
+            self.zeroing.update(self.progress(), [unwrap_model(self.model), *([self.ema.ema] if self.ema else [])])
 
     def prunable_gammas(self) -> list[nn.Parameter]:
         """The prunable gammas of the model being trained, found once from the channel graph.
@@ -117,7 +154,7 @@ class SlimTrainer(DetectionTrainer):
             try:
                 self._gammas = prunable_gammas(unwrap_model(self.model))
             except UnsupportedModuleError:
-                if self.args.sr > 0:
+                if self.args.sr > 0 or self.args.sparsity > 0:
                     raise
                 self._gammas = []
         return self._gammas
@@ -128,8 +165,29 @@ class SlimTrainer(DetectionTrainer):
             return super().save_metrics(metrics)
         stats = gamma_stats(self.prunable_gammas())
         stats["sparsity/sr"] = sr_at(self.args.sr, self.epoch, self.epochs)
-        LOGGER.info(
-            f"{colorstr('sparsity:')} {stats['sparsity/share_lt_0.01']:.1%} of {sum(g.numel() for g in self._gammas)} "
-            f"prunable gammas < 0.01, median |gamma| {stats['sparsity/median_gamma']:.4f}, sr {stats['sparsity/sr']:.2e}"
+        text = (
+            f"{stats['sparsity/share_lt_0.01']:.1%} of {sum(g.numel() for g in self._gammas)} prunable gammas < 0.01, "
+            f"median |gamma| {stats['sparsity/median_gamma']:.4f}, sr {stats['sparsity/sr']:.2e} per {IMAGES_PER_SR} images"
         )
+        if self.zeroing is not None:
+            stats["sparsity/target_now"] = self.zeroing.share
+            text += f", zeroed {self.zeroing.share:.1%} (target {self.args.sparsity:.1%})"
+        LOGGER.info(f"{colorstr('sparsity:')} {text}")
         super().save_metrics({**metrics, **stats})
+
+    def report_target(self) -> None:
+        """At the end of training, say whether the sparsity target was reached, with the share reached."""
+        if not self.args.sparsity or not self.prunable_gammas():
+            return
+        model = self.ema.ema if self.ema else unwrap_model(self.model)
+        reached = gamma_stats(prunable_gammas(model))["sparsity/share_lt_0.01"]
+        if reached + 1e-9 >= self.args.sparsity:
+            LOGGER.info(
+                f"{colorstr('sparsity:')} target reached: {reached:.1%} of prunable gammas < 0.01 "
+                f"(target {self.args.sparsity:.1%}); prune at ratio {self.args.sparsity:g} to remove only zeros"
+            )
+        else:
+            LOGGER.warning(
+                f"{colorstr('sparsity:')} target NOT reached: {reached:.1%} of prunable gammas < 0.01, target "
+                f"{self.args.sparsity:.1%} (the run stopped before the end of its schedule?)"
+            )

@@ -1,0 +1,174 @@
+"""Sparsity training toward a target: the schedule, reaching it with AdamW and SGD, EMA, resume, pruning only zeros."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from yoloslim import YOLO, Pruner, UnsupportedModuleError, steps
+from yoloslim.checkpoint import load_model
+from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, prunable_gammas, sr_at
+from yoloslim.target import ChannelZeroing, scheduled_share
+
+from .conftest import TINY, build_model, train_interrupted
+
+FAST = dict(TINY, batch=4, nbs=4, val=False)
+
+
+def _share(weights: Path) -> float:
+    """Share of prunable gammas < 0.01 in a saved checkpoint (the EMA weights Ultralytics saves)."""
+    return gamma_stats(prunable_gammas(load_model(weights)[0]))["sparsity/share_lt_0.01"]
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "results.csv", newline="") as f:
+        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_cubic_schedule() -> None:
+    assert scheduled_share(0.6, 0.0) == 0
+    assert scheduled_share(0.6, 1 / 3) == pytest.approx(0.6 * (1 - 0.5**3))
+    assert scheduled_share(0.6, 2 / 3) == pytest.approx(0.6) == scheduled_share(0.6, 1.0)
+    shares = [scheduled_share(0.5, t / 100) for t in range(101)]
+    assert shares == sorted(shares)  # never falls
+
+
+@pytest.mark.parametrize("share", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8s.yaml"])
+def test_plan_share_removes_at_least_the_share(cfg, share) -> None:
+    pruner = Pruner(build_model(cfg))
+    removed = pruner.removed(pruner.plan_share(share))
+    assert share * pruner.n_channels <= removed < share * pruner.n_channels + 16  # at least it, by little more
+    with pytest.raises(ValueError, match="allow at most"):
+        Pruner(build_model(cfg), min_keep=0.5).plan_share(0.6)
+
+
+def test_zeroing_holds_zeros_in_every_copy() -> None:
+    model, ema = build_model(), build_model()
+    zeroing = ChannelZeroing(model, 0.5)
+    zeroing.update(1.0, [model, ema])
+    for m in (model, ema):
+        gammas = torch.cat([g.detach().flatten() for g in prunable_gammas(m)])
+        assert (gammas == 0).float().mean() >= 0.5
+    bns = dict(model.named_modules())
+    for name, idx in zeroing.zeroed.items():
+        assert not bns[name].bias[idx].any()  # beta too: a zeroed channel outputs exactly SiLU(0) = 0
+    with pytest.raises(ValueError, match="cannot be reached"):
+        ChannelZeroing(model, 0.99)
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "SGD"])
+def test_target_reached_and_saved(tiny_data, runs, optimizer) -> None:
+    """Three epochs reach the target in the saved (EMA) weights; pruning at it removes only zeros, exactly."""
+    name = f"target-{optimizer}"
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=tiny_data, epochs=3, sr=1e-2, sparsity=0.5, optimizer=optimizer, project=str(runs), name=name, **FAST
+    )
+    run = runs / name
+    assert _share(run / "weights" / "last.pt") >= 0.5
+    rows = _rows(run)
+    targets = [float(r["sparsity/target_now"]) for r in rows]
+    assert len(rows) == 3 and targets == sorted(targets) and targets[-1] == 0.5
+    assert float(rows[-1]["sparsity/share_lt_0.01"]) >= 0.5
+    sparse, _ = load_model(run / "weights" / "last.pt")
+    pruned = steps.prune(run / "weights" / "last.pt", 0.5, runs / f"{name}-pruned")
+    small, _ = load_model(pruned)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(small.float().eval()(x)[0], sparse.float().eval()(x)[0], atol=1e-4)
+    report = (runs / f"{name}-pruned" / "prune_report.txt").read_text()
+    assert "largest gamma removed 0" in report
+
+
+@pytest.mark.parametrize(
+    ("nbs", "warmup_epochs", "images_per_step"),
+    [(4, 0, [4] * 8), (16, 0, [16, 16]), (16, 1, [4, 8, 16])],  # warm-up ramps accumulate from 1 to 4
+)
+def test_penalty_is_per_image_whatever_nbs(monkeypatch, tiny_data, runs, nbs, warmup_epochs, images_per_step) -> None:
+    """Each optimizer step adds sr_t * images / 16 * sign(gamma): the L1 term follows the images whose loss the
+    step applies, so the penalty per image is the same at any nbs / accumulate, warm-up included."""
+    import yoloslim.trainer as trainer_module
+
+    added = []
+
+    def spy(gammas, coefficient):
+        added.append(coefficient)
+
+    monkeypatch.setattr(trainer_module, "add_l1_subgradient", spy)
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", lambda t: added.append(("epoch", t.epoch)))
+    model.train(
+        data=tiny_data,
+        epochs=2,
+        sr=0.5,
+        warmup_epochs=warmup_epochs,
+        project=str(runs),
+        name=f"nbs{nbs}-{warmup_epochs}",
+        **{**FAST, "nbs": nbs},
+    )
+    epoch, images = 0, []
+    for item in added:
+        if isinstance(item, tuple):
+            epoch = item[1]
+        else:
+            images.append(item / sr_at(0.5, epoch, 2) * IMAGES_PER_SR)
+    assert images == pytest.approx(images_per_step)
+
+
+def test_interrupted_run_resumes_its_schedule(tiny_data, runs) -> None:
+    args = dict(data=tiny_data, epochs=3, sr=1e-2, sparsity=0.5, project=str(runs), name="target-resume", **FAST)
+    train_interrupted(YOLO("yolov8n.yaml"), **args)
+    run = runs / "target-resume"
+    first = _share(run / "weights" / "last.pt")
+    assert 0 < first < 0.5  # part of the way after one epoch of three
+    resumed = YOLO(run / "weights" / "last.pt")
+    resumed.train(resume=True)
+    assert resumed.trainer.start_epoch == 1 and resumed.trainer.args.sparsity == 0.5
+    targets = [float(r["sparsity/target_now"]) for r in _rows(run)]
+    assert len(targets) == 3 and targets == sorted(targets) and targets[-1] == 0.5
+    assert _share(run / "weights" / "last.pt") >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ({"sparsity": 1.0}, ValueError, r"must be in \[0, 1\)"),
+        ({"sparsity": -0.2}, ValueError, r"must be in \[0, 1\)"),
+        ({"sparsity": "half"}, ValueError, "not a number"),
+        ({"sparsity": 0.5, "finetune": True}, ValueError, "do not go together"),
+        ({"sparsity": 0.99}, ValueError, "cannot be reached"),
+        ({"sparsity": 0.5, "model": "yolo11n.yaml"}, UnsupportedModuleError, "C3k2"),
+    ],
+)
+def test_bad_sparsity_fails_before_training(tiny_data, runs, args, error, message) -> None:
+    args = dict(args)
+    name = f"bad-{len(list(runs.iterdir()))}"
+    with pytest.raises(error, match=message):
+        YOLO(args.pop("model", "yolov8n.yaml")).train(
+            data=tiny_data, epochs=1, project=str(runs), name=name, **args, **FAST
+        )
+    assert not (runs / name).exists()
+
+
+def test_cli_sparsity_errors_are_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "yoloslim", "sparse", "--sparsity", "1.5"], capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode != 0 and "must be in [0, 1)" in lines[-1] and "Traceback" not in out.stderr
+
+
+def test_plain_sr_is_the_seed_form_without_zeroing(tiny_data, runs) -> None:
+    model = YOLO("yolov8n.yaml")
+    model.train(data=tiny_data, epochs=1, sr=1e-2, project=str(runs), name="seed-form", **FAST)
+    assert model.trainer.zeroing is None
+    assert "sparsity/target_now" not in _rows(runs / "seed-form")[0]
+    assert math.isclose(_share(runs / "seed-form" / "weights" / "last.pt"), 0.0)

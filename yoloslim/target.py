@@ -1,0 +1,112 @@
+"""Sparsity training toward a target: a share of prunable channels driven to exact zero in the user's epochs.
+
+The L1 sub-gradient alone (`sparsity.py`) moves each gamma by about `lr` a step under Adam and is clipped
+with the rest of the gradient, so a few hundred steps leave no gamma near zero. With `sparsity=s` the
+trainer also zeroes channels progressively, as in gradual magnitude pruning (Zhu & Gupta 2017, "To prune,
+or not to prune", arXiv:1710.01878), applied to whole BN channels:
+
+- the share of zeroed channels follows the cubic schedule `s * (1 - (1 - t / ramp)^3)` of training progress
+  `t`, reaching `s` at `RAMP_END` of the run; the remaining epochs train the survivors with the zeros held;
+- which channels: the lowest-ranked by the `Pruner`'s own importance, floors and equal C2f halves
+  (`Pruner.plan_share`), so the L1 term is the ranking signal and pruning at `s` later removes exactly
+  the zeroed channels, nothing else;
+- a zeroed channel has gamma = beta = 0, so it outputs exactly 0 (SiLU(0) = 0): removing it changes no output;
+- zeros are applied after every optimizer step to the model and to its EMA (which Ultralytics validates
+  and saves), and gradients of zeroed channels are cleared before clipping so they take none of its budget.
+
+The mask is a function of the weights (zeros rank lowest) and of the epoch, so `resume` continues it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from yoloslim.prune import Pruner
+
+RAMP_END = 2 / 3  # share of the run over which the zeroed share rises to the target
+UPDATE_STEP = 0.01  # re-rank when the scheduled share has grown by this much (ranking is ~0.1 s on a CPU)
+
+
+def check_sparsity(value: object) -> float:
+    """A sparsity target: a share of prunable channels in [0, 1) (0 = no target)."""
+    try:
+        share = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity={value!r} is not a number: pass a share of channels in [0, 1), e.g. 0.5") from None
+    if not 0 <= share < 1:
+        raise ValueError(f"sparsity={value!r} must be in [0, 1): the share of prunable channels to drive to zero")
+    return share
+
+
+def scheduled_share(target: float, progress: float, ramp: float = RAMP_END) -> float:
+    """Zhu & Gupta's cubic schedule: 0 at the start, `target` from `ramp` of the run on."""
+    t = min(max(progress / ramp, 0.0), 1.0)
+    return target * (1 - (1 - t) ** 3)
+
+
+def check_target(model: nn.Module, target: float, **pruner_args) -> Pruner:
+    """The pruner that ranks `model`'s channels, once `target` is known to be reachable under its floors.
+
+    Raises `UnsupportedModuleError` for a model the channel graph does not cover, and ValueError for a
+    target the per-layer floors do not allow.
+    """
+    pruner = Pruner(model, **pruner_args)
+    if check_sparsity(target) > (most := pruner.max_share()):
+        raise ValueError(
+            f"sparsity={target:g} cannot be reached: the per-layer floors allow at most {most:.1%} of the "
+            "prunable channels to be zeroed; lower it (or the pruner's min_keep)"
+        )
+    return pruner
+
+
+class ChannelZeroing:
+    """Drives a growing set of prunable channels of a model (and of copies of it, like the EMA) to exact zero.
+
+    Args:
+        model: the model being trained; its channel graph and the pruner's ranking choose the channels.
+        target: the final share of prunable channels to zero.
+        pruner_args: passed to `Pruner` (importance, min_keep, round_to): use those you will prune with.
+    """
+
+    def __init__(self, model: nn.Module, target: float, **pruner_args) -> None:
+        self.target = check_sparsity(target)
+        self.pruner = check_target(model, target, **pruner_args)
+        self.share = 0.0  # the share currently zeroed
+        self.zeroed: dict[str, torch.Tensor] = {}  # BN name -> indices of its zeroed channels
+
+    def update(self, progress: float, models: list[nn.Module]) -> None:
+        """Grow the zeroed set to the schedule at `progress` (0 to 1 of the run), then zero it in `models`."""
+        share = scheduled_share(self.target, progress)
+        if share >= self.share + UPDATE_STEP or (share == self.target > self.share) or (share and not self.zeroed):
+            plan = self.pruner.plan_share(share)
+            self.share = share
+            self.zeroed = {
+                g.name: torch.tensor(sorted(set(range(g.size)) - set(plan.keep[g.name])), dtype=torch.long)
+                for g in self.pruner.graph.prunable
+                if len(plan.keep[g.name]) < g.size
+            }
+        self.apply(models)
+
+    @torch.no_grad()
+    def apply(self, models: list[nn.Module]) -> None:
+        """Set gamma and beta of every zeroed channel to 0 in each of `models` (same architecture)."""
+        for model in models:
+            modules = dict(model.named_modules())
+            for name, idx in self.zeroed.items():
+                bn = modules[name]
+                bn.weight.index_fill_(0, idx.to(bn.weight.device), 0)
+                bn.bias.index_fill_(0, idx.to(bn.bias.device), 0)
+
+    @torch.no_grad()
+    def clear_grads(self) -> None:
+        """Zero the gradients of zeroed channels (they would only take a share of the clipping budget)."""
+        modules = self.pruner.modules
+        for name, idx in self.zeroed.items():
+            for p in (modules[name].weight, modules[name].bias):
+                if p.grad is not None:
+                    p.grad.index_fill_(0, idx.to(p.grad.device), 0)
+
+    def zeroed_count(self) -> int:
+        """How many prunable channels are zeroed now."""
+        return sum(len(idx) for idx in self.zeroed.values())
