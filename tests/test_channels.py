@@ -25,7 +25,7 @@ def test_named_examples_yolov8n() -> None:
 
 
 def test_rules_of_design(model: DetectionModel) -> None:
-    """Check every group against the table in DESIGN.md, layer kind by layer kind."""
+    """Check every group against the table in docs/DESIGN.md, layer kind by layer kind."""
     graph = build_graph(model)
     prunable = set(prunable_bn_names(model))
     modules = dict(model.named_modules())

@@ -9,7 +9,7 @@ traces a `DetectionModel` layer by layer and records, as plain data:
   group channel feeds it, through `Concat` offsets, `Upsample`, the SPPF pooling concat, the C2f
   split / concat and every Detect branch.
 
-The rules follow DESIGN.md: channels tied to a Bottleneck shortcut are not prunable (the residual add
+The rules follow docs/DESIGN.md: channels tied to a Bottleneck shortcut are not prunable (the residual add
 needs equal shapes), C2f.cv1 keeps equal halves (stock `chunk(2)`), Detect outputs are fixed. A module
 the rules do not cover raises `UnsupportedModuleError` naming it, never a silent wrong answer.
 """
@@ -85,6 +85,11 @@ class _Tracer:
             raise UnsupportedModuleError(
                 f"{name} is {type(block).__name__}; yoloslim prunes only plain Conv blocks here"
             )
+        if not isinstance(getattr(block, "bn", None), nn.BatchNorm2d):
+            raise UnsupportedModuleError(
+                f"{name} has no BatchNorm: the model is fused (conv and BN merged, as .val() and .predict() leave "
+                "it), so no gamma scores its channels; load the checkpoint again from its file"
+            )
         self.consumer(f"{name}.conv", block.conv, inputs, has_bn=True)
         group = ChannelGroup(f"{name}.bn", name, block.conv.out_channels, prunable, reason, halves)
         self.graph.groups[group.name] = group
@@ -151,7 +156,7 @@ class _Tracer:
     def trace(self, model: DetectionModel) -> ChannelGraph:
         """Trace every layer of `model.model`, following each layer's `f` (from) indices."""
         outputs: list[list[Source]] = []
-        x: list[Source] = [("", j) for j in range(model.yaml.get("channels", 3))]
+        x: list[Source] = [("", j) for j in range(input_channels(model))]
         for i, m in enumerate(model.model):
             name = f"model.{i}"
             f = m.f
@@ -185,6 +190,12 @@ class _Tracer:
                 )
             outputs.append(x)
         return self.graph
+
+
+def input_channels(model: nn.Module) -> int:
+    """The image channels a model reads: `channels` in its yaml (Ultralytics 8.3+), `ch` in older checkpoints."""
+    yaml = getattr(model, "yaml", None) or {}
+    return int(yaml.get("channels", yaml.get("ch", 3)))
 
 
 def build_graph(model: nn.Module) -> ChannelGraph:

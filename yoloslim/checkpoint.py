@@ -30,11 +30,28 @@ def pruned_info(model: nn.Module) -> dict[str, Any] | None:
     return yaml.get(PRUNED_KEY) if isinstance(yaml, dict) else None
 
 
+# What stock Ultralytics reads as the model scale when it rebuilds a model from its yaml (training, resume):
+# no scale has this name, so the rebuild stops with a KeyError that says what to do instead of silently
+# training the full-width network with only the weights that happen to fit.
+STOCK_REBUILD_GUARD = "pruned by yoloslim: a rebuild from this yaml drops the pruning; train it with yoloslim.YOLO"
+
+
 def mark_pruned(model: nn.Module, info: dict[str, Any]) -> None:
-    """Record in `model.yaml` that the model was pruned; a pruned model pruned again keeps its history."""
-    history = (pruned_info(model) or {}).get("history", [])
-    previous = {k: v for k, v in (pruned_info(model) or {}).items() if k != "history"}
-    model.yaml = {**model.yaml, PRUNED_KEY: {**info, "history": [*history, previous] if previous else history}}
+    """Record in `model.yaml` that the model was pruned; a pruned model pruned again keeps its history.
+
+    The yaml's `scale` becomes `STOCK_REBUILD_GUARD` (the original is kept in the record), so stock
+    Ultralytics fails loudly where it would rebuild the full-width network; predict, val and export never
+    read it. yoloslim trains a pruned model object as it is.
+    """
+    old = pruned_info(model) or {}
+    history = old.get("history", [])
+    previous = {k: v for k, v in old.items() if k != "history"}
+    scale = old.get("scale", model.yaml.get("scale"))
+    scales = model.yaml.get("scales") or {
+        "unpruned": [model.yaml.get("depth_multiple", 1.0), model.yaml.get("width_multiple", 1.0), 1024]
+    }
+    record = {**info, "scale": scale, "history": [*history, previous] if previous else history}
+    model.yaml = {**model.yaml, "scale": STOCK_REBUILD_GUARD, "scales": scales, PRUNED_KEY: record}
 
 
 def check_weights_file(path: str | Path) -> Path:
@@ -51,9 +68,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load an Ultralytics checkpoint's model (FP32, eval mode) and the checkpoint dict, with clear errors."""
     path = check_weights_file(path)
     try:
-        return load_checkpoint(path)
+        model, ckpt = load_checkpoint(path)
     except Exception as e:  # torch / pickle raise many types for a file that is not a checkpoint
         raise ValueError(f"'{path}' is not a readable Ultralytics checkpoint ({type(e).__name__}: {e})") from e
+    yaml = getattr(model, "yaml", None)
+    if isinstance(yaml, dict) and "ch" in yaml and "channels" not in yaml:  # checkpoints older than 8.3
+        model.yaml = {**yaml, "channels": yaml["ch"]}
+    return model, ckpt
 
 
 def finished_training(last: str | Path) -> bool:

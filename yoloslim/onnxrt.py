@@ -11,6 +11,8 @@ import onnxruntime
 import torch
 from torch import nn
 
+from yoloslim.channels import input_channels
+
 
 def session(path: str | Path) -> onnxruntime.InferenceSession:
     """A CPU onnxruntime session for `path` (onnxruntime picks its thread count: every core)."""
@@ -19,7 +21,7 @@ def session(path: str | Path) -> onnxruntime.InferenceSession:
 
 def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: int = 0) -> float:
     """Largest absolute difference between the ONNX file's and the torch model's first output on one input."""
-    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
+    x = torch.rand(1, input_channels(model), imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
     model = model.float().eval()
     with torch.no_grad():
         expected = model(x)
@@ -34,8 +36,8 @@ def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: 
 def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30) -> float:
     """Median onnxruntime CPU latency of one image (batch 1), after `warmup` runs, over `repeats` runs."""
     sess = session(path)
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    name, channels = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[1]
+    x = np.random.default_rng(0).random((1, channels, imgsz, imgsz), dtype=np.float32)
     for _ in range(warmup):
         sess.run(None, {name: x})
     times = []

@@ -174,6 +174,10 @@ class Pruner:
         for g in self.graph.groups.values():
             mask = torch.zeros(g.size, dtype=torch.bool)
             mask[plan.keep.get(g.name, list(range(g.size)))] = True
+            if not mask.any():
+                raise ValueError(
+                    f"{g.name}: the plan keeps none of its {g.size} channels; every layer keeps at least one"
+                )
             if g.halves == 2 and mask[: g.size // 2].sum() != mask[g.size // 2 :].sum():
                 raise ValueError(f"{g.name}: C2f.cv1 halves must keep equal counts (stock chunk(2))")
             if not g.prunable and not mask.all():

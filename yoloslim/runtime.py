@@ -5,8 +5,10 @@ auto-installing requirements and the CUDA AMP check, and onnxruntime sends telem
 of those either waits on a timeout or fails on a machine without internet, so this module switches
 them off (the user's own environment settings win) before `ultralytics` is first imported.
 
-On CUDA, Ultralytics' AMP check would download yolo26n.pt once; without that file it is skipped
-(AMP stays on, as Ultralytics itself decides when the download fails).
+On CUDA, Ultralytics' AMP check would download yolo26n.pt once; offline and without that file only that
+step is skipped (AMP stays on, as Ultralytics itself decides when the download fails), and the rest of
+its decision, its list of GPUs where AMP breaks training included, stands. Plot fonts that Ultralytics
+would download are answered from installed fonts, under their own names.
 
 It also undoes Ultralytics' CPU thread cap (`cpu_count - 1` torch threads): on a 2-core machine that
 is one core, and training measured 1.4-1.7x faster on both. Set `YOLOSLIM_THREADS` to choose.
@@ -16,9 +18,7 @@ is one core, and training measured 1.4-1.7x faster on both. Set `YOLOSLIM_THREAD
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,50 +29,117 @@ _ENV_DEFAULTS = {
     "YOLO_AUTOINSTALL": "False",  # never pip-install missing requirements at run time
     "ORT_DISABLE_TELEMETRY": "1",  # onnxruntime's own telemetry
 }
-_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # the fonts Ultralytics' `check_font` would download
+
+
+_OMP_MARK = "YOLOSLIM_OMP_FROM_ULTRALYTICS"  # OMP_NUM_THREADS as Ultralytics' import set it, not the user
 
 
 def _user_threads() -> int:
-    """Torch threads for CPU work: YOLOSLIM_THREADS, else the user's OMP_NUM_THREADS, else every core."""
+    """Torch threads for CPU work: YOLOSLIM_THREADS, else the user's OMP_NUM_THREADS, else every core.
+
+    Importing Ultralytics sets OMP_NUM_THREADS=1 when it is unset, and child processes inherit it; the
+    value is then marked, so that a child does not take Ultralytics' cap for the user's choice.
+    """
     for var in ("YOLOSLIM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "")
+        if var == "OMP_NUM_THREADS" and value == os.environ.get(_OMP_MARK):
+            continue
         if value.isdigit() and int(value) > 0:
             return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _install_local_fonts(config_dir: Path) -> None:
-    """Put a font where `check_font` looks first, so plotting never tries to download Arial.
+def _local_font(check_font: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Ultralytics' `check_font`, answered from installed fonts when the one it names is missing offline.
 
-    matplotlib ships DejaVu Sans (wide Unicode coverage); Ultralytics only needs *a* TrueType font.
+    Ultralytics downloads Arial.ttf (Latin labels) and Arial.Unicode.ttf (other scripts) into its config
+    folder. Offline, a font Ultralytics finds itself (config folder, matplotlib's list) is used as is;
+    otherwise the answer is an installed font under its own name, never a file written under Arial's:
+    matplotlib's DejaVu Sans for Latin labels, and for other scripts an installed font that covers CJK
+    (matplotlib's font manager finds it), else DejaVu Sans with one warning that such labels may show as boxes.
+    """
+    from ultralytics.utils import LOGGER, ONLINE, USER_CONFIG_DIR
+
+    def check(font: str = "Arial.ttf") -> Any:
+        from matplotlib import font_manager
+
+        name = Path(font).name
+        known = (USER_CONFIG_DIR / name).exists() or any(name in f.fname for f in font_manager.fontManager.ttflist)
+        if ONLINE or known:
+            return check_font(font)
+        if name == "Arial.Unicode.ttf":
+            if cjk := _cjk_font():
+                return cjk
+            if not check.warned:
+                check.warned = True
+                LOGGER.warning(
+                    "yoloslim: offline and no installed font covers CJK: non-Latin class names may show as boxes "
+                    "in plots (install one, e.g. the fonts-noto-cjk package, or put Arial.Unicode.ttf in "
+                    f"{USER_CONFIG_DIR})"
+                )
+        return Path(font_manager.findfont("DejaVu Sans"))
+
+    check.warned = False
+    check.offline = True
+    return check
+
+
+def _remove_old_font_copies(config_dir: Path) -> None:
+    """Delete the DejaVu Sans copies that yoloslim 0.1 wrote as Arial*.ttf into Ultralytics' config folder.
+
+    Only byte-for-byte copies of matplotlib's DejaVuSans.ttf are removed: a real Arial stays.
     """
     from matplotlib import get_data_path
 
-    source = Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    for name in _FONTS:
-        target = config_dir / name
-        if not target.exists() and source.exists():
-            config_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=config_dir)  # unique: DDP ranks import at once
-            os.close(fd)
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+    dejavu = Path(get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        copy = config_dir / name
+        try:
+            if copy.stat().st_size == dejavu.stat().st_size and copy.read_bytes() == dejavu.read_bytes():
+                copy.unlink()
+        except OSError:
+            continue
+
+
+def _cjk_font() -> Path | None:
+    """An installed TrueType/OpenType font that has glyphs for Chinese, Japanese and Korean, if any."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    for entry in font_manager.fontManager.ttflist:
+        if any(key in entry.name for key in ("CJK", "WenQuanYi", "Droid Sans Fallback", "Unifont", "Noto Sans SC")):
+            try:
+                charmap = FT2Font(entry.fname).get_charmap()
+            except (OSError, RuntimeError):
+                continue
+            if all(ord(ch) in charmap for ch in "中日한"):
+                return Path(entry.fname)
+    return None
 
 
 def _offline_amp_check(check_amp: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """Ultralytics' AMP check, minus its one-time download of yolo26n.pt when that file is not there.
+    """Ultralytics' AMP check, with only its one-time download of yolo26n.pt taken out when offline.
 
-    Offline, the download fails after a network attempt and Ultralytics then keeps AMP on; this
-    reaches the same answer without touching the network.
+    Ultralytics' own decision runs unchanged (CPU / MPS: no AMP; its list of GPUs where AMP breaks training,
+    such as the GTX 16xx family: AMP off); only the step that would download yolo26n.pt, when that file is
+    not there and the machine is offline, is answered with the ConnectionError Ultralytics itself handles
+    ("checks skipped", AMP stays on), without touching the network.
     """
-    from ultralytics.utils import LOGGER, ONLINE, WEIGHTS_DIR
+    import ultralytics
+    from ultralytics.utils import ONLINE, WEIGHTS_DIR
+
+    def no_download(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("offline: yolo26n.pt is not in the weights dir (yoloslim skipped its download)")
 
     def check(model: Any) -> bool:
-        device = next(model.parameters()).device
-        if not ONLINE and device.type == "cuda" and not (Path(WEIGHTS_DIR) / "yolo26n.pt").is_file():
-            LOGGER.info("AMP: checks skipped offline (no yolo26n.pt in the weights dir); AMP stays on")
-            return True
-        return check_amp(model)
+        if ONLINE or (Path(WEIGHTS_DIR) / "yolo26n.pt").is_file():
+            return check_amp(model)
+        real = ultralytics.YOLO  # check_amp imports YOLO from the package when it gets that far
+        ultralytics.YOLO = no_download
+        try:
+            return check_amp(model)
+        finally:
+            ultralytics.YOLO = real
 
     check.offline = True
     return check
@@ -81,20 +148,29 @@ def _offline_amp_check(check_amp: Callable[[Any], bool]) -> Callable[[Any], bool
 def configure() -> int:
     """Apply the offline settings and the thread count; return the number of torch threads used."""
     threads = _user_threads()  # read before ultralytics sets OMP_NUM_THREADS=1 on import
+    omp_unset = not os.environ.get("OMP_NUM_THREADS") and "ultralytics" not in sys.modules
     missing = [key for key in _ENV_DEFAULTS if key not in os.environ]
     for key in missing:
         os.environ[key] = _ENV_DEFAULTS[key]
     if "ultralytics" in sys.modules and "YOLO_OFFLINE" in missing:  # its online probe ran without our settings
         warnings.warn("import yoloslim before ultralytics so that its offline settings apply", stacklevel=3)
+    from ultralytics.data import utils as data_utils
     from ultralytics.engine import trainer
-    from ultralytics.utils import USER_CONFIG_DIR, torch_utils
+    from ultralytics.utils import USER_CONFIG_DIR, checks, plotting, torch_utils
+
+    if omp_unset and os.environ.get("OMP_NUM_THREADS"):
+        os.environ[_OMP_MARK] = os.environ["OMP_NUM_THREADS"]
 
     # `select_device` calls torch.set_num_threads(NUM_THREADS) on CPU each time a trainer, validator or
     # predictor starts; this is the one value it reads.
     torch_utils.NUM_THREADS = threads
     if not getattr(trainer.check_amp, "offline", False):
         trainer.check_amp = _offline_amp_check(trainer.check_amp)  # the name BaseTrainer._setup_train calls
-    _install_local_fonts(Path(USER_CONFIG_DIR))
+    _remove_old_font_copies(Path(USER_CONFIG_DIR))
+    if not getattr(checks.check_font, "offline", False):
+        font_check = _local_font(checks.check_font)
+        for module in (checks, data_utils, plotting):  # every name Ultralytics calls it by
+            module.check_font = font_check
     return threads
 
 

@@ -36,13 +36,14 @@ def prunable_gammas(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def add_l1_subgradient(gammas: list[nn.Parameter], sr: float) -> None:
-    """`grad += sr * sign(gamma)` for each gamma that has a gradient."""
-    if sr == 0:
-        return
+def add_l1_subgradient(gammas: list[nn.Parameter], sr: float) -> int:
+    """`grad += sr * sign(gamma)` for each gamma that has a gradient; return how many had one."""
+    reached = 0
     for g in gammas:
         if g.grad is not None:
             g.grad.add_(torch.sign(g), alpha=sr)
+            reached += 1
+    return reached
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from typing import Any
 
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, colorstr
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML, colorstr
+from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim.channels import UnsupportedModuleError
@@ -38,7 +39,23 @@ def register_args() -> None:
             setattr(DEFAULT_CFG, key, value)
 
 
+def refuse_slim_args_in_stock_trainer(trainer: Any) -> None:
+    """`on_pretrain_routine_start` of every Ultralytics trainer: a stock trainer would silently ignore
+    `sr`, `sparsity` and `finetune` (registered process-wide above), so it refuses them instead."""
+    if isinstance(trainer, SlimTrainer):
+        return
+    if used := [k for k, default in SLIM_ARGS.items() if getattr(trainer.args, k, default) not in (default, None)]:
+        raise ValueError(
+            f"{', '.join(used)} would be ignored by Ultralytics' own {type(trainer).__name__}: train with yoloslim's "
+            "YOLO (from yoloslim import YOLO), which applies them to detection models"
+        )
+
+
 register_args()
+if refuse_slim_args_in_stock_trainer.__name__ not in {
+    f.__name__ for f in default_callbacks["on_pretrain_routine_start"]
+}:
+    default_callbacks["on_pretrain_routine_start"].append(refuse_slim_args_in_stock_trainer)
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> None:
@@ -113,6 +130,8 @@ class SlimTrainer(DetectionTrainer):
         if pruned and not self.args.finetune:
             LOGGER.info(f"{colorstr('yoloslim:')} the model is pruned, so it is fine-tuned as it is (finetune=True)")
             self.args.finetune = True
+            if RANK in {-1, 0}:  # Ultralytics wrote args.yaml before the model was known: record what happens
+                YAML.save(self.save_dir / "args.yaml", vars(self.args))
         for p in weights.parameters():
             p.requires_grad_(True)
         if verbose:
@@ -138,7 +157,11 @@ class SlimTrainer(DetectionTrainer):
         self._images = 0
         if sr > 0:
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-            add_l1_subgradient(self.prunable_gammas(), sr * scale)
+            if not add_l1_subgradient(self.prunable_gammas(), sr * scale):
+                raise RuntimeError(
+                    "sparsity training reached none of the prunable gammas (none has a gradient): the model's "
+                    "parameters were replaced or frozen after setup, so this would train as a normal run"
+                )
         if self.zeroing is not None:
             self.zeroing.clear_grads()
         super().optimizer_step()
