@@ -77,6 +77,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, ckpt
 
 
+def readable(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint that loads (False for a missing, truncated or foreign file)."""
+    try:
+        load_model(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def finished_training(last: str | Path) -> bool:
     """Whether the run that wrote `last` (its last.pt) ended: Ultralytics strips it to epoch -1 at the end."""
     last = Path(last)

@@ -141,20 +141,25 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         _add_data(p)
         p.add_argument("--weights", default=d.weights, help="model yaml or .pt to start the normal training from")
         p.add_argument("--run-dir", default=d.run_dir, help="folder for every stage's artefacts (re-run to resume)")
-        for flag in (
-            "imgsz",
-            "batch",
-            "epochs_normal",
-            "epochs_sparse",
-            "epochs_finetune",
-            "round_to",
-            "latency_repeats",
+        for flag, text in (
+            ("imgsz", "training and validation image size"),
+            ("batch", "batch size of every training stage (nbs defaults to it: one optimizer step per batch)"),
+            ("epochs_normal", "epochs of normal training"),
+            ("epochs_sparse", "epochs of sparsity training"),
+            ("epochs_finetune", "epochs of fine-tuning for each pruned model"),
+            ("round_to", "keep channel counts in multiples of N"),
+            ("latency_repeats", "onnxruntime runs per model for the latency column"),
         ):
-            p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag))
-        p.add_argument("--device", default=None)
-        p.add_argument("--sr", type=_sr, default=d.sr)
-        p.add_argument("--sparsity", type=_sparsity, default=d.sparsity)
-        p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios))
+            p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag), help=text)
+        p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (Ultralytics picks when unset)")
+        p.add_argument("--sr", type=_sr, default=d.sr, help="L1 penalty on prunable BN gammas per 16 images")
+        p.add_argument(
+            "--sparsity",
+            type=_sparsity,
+            default=d.sparsity,
+            help="share of prunable channels the sparse stage drives to exact zero (0 = the plain L1 form)",
+        )
+        p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios), help="prune ratios besides 0")
         p.add_argument(
             "--compare-ratio",
             type=_ratio,
@@ -174,7 +179,11 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
 
 def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
     """The parser of one step, with the step's defaults overridden by `defaults` (a script's editable ones)."""
-    p = argparse.ArgumentParser(prog=Path(sys.argv[0]).name, description=COMMANDS[command][1])
+    p = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name,
+        description=COMMANDS[command][1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _configure(command, p)
     p.set_defaults(**{k.replace("-", "_"): v for k, v in defaults.items()})
     return p
@@ -320,5 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yoloslim", description="Network slimming for Ultralytics YOLOv8 detectors")
     sub = parser.add_subparsers(dest="command", required=True)
     for command, (_, help_text) in COMMANDS.items():
-        _configure(command, sub.add_parser(command, help=help_text, description=help_text))
+        sub_parser = sub.add_parser(
+            command, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        _configure(command, sub_parser)
     run(parser.parse_args(argv))

@@ -12,6 +12,7 @@ interrupted pipeline picks up where it stopped when the same command is run agai
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,8 @@ from typing import Any
 from ultralytics.utils import LOGGER
 
 from yoloslim import steps
-from yoloslim.checkpoint import finished_training
+from yoloslim.atomic import atomic_write_text
+from yoloslim.checkpoint import finished_training, readable
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
@@ -129,12 +131,17 @@ class Pipeline:
         args = {"nbs": c.batch, **c.train_args}  # one optimizer step per batch: the L1 term acts once per step
 
         def work() -> None:
-            if last.exists():
+            if readable(last):
                 YOLO(last).train(resume=True)
             else:
+                if last.exists():  # killed while Ultralytics wrote it: start the stage again
+                    LOGGER.warning(f"{steps.PREFIX} {last} is truncated or unreadable; stage '{name}' starts again")
+                    last.replace(last.with_name("last.pt.unreadable"))
                 steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device, self.dir, name, **kwargs, **args)
 
-        return self.stage(name, last.with_name("best.pt"), work, done=lambda: finished_training(last))
+        return self.stage(
+            name, last.with_name("best.pt"), work, done=lambda: readable(last) and finished_training(last)
+        )
 
     def metrics(self, name: str, weights: Path) -> dict[str, float]:
         """Validation metrics of `weights`, cached as `run_dir/metrics/name.json`."""
@@ -150,10 +157,7 @@ class Pipeline:
                 project=self.dir / "val",
                 name=name,
             )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(m, indent=1))
-            tmp.replace(out)
+            atomic_write_text(out, json.dumps(m, indent=1))
 
         return json.loads(self.stage(f"val {name}", out, work).read_text())
 
@@ -299,12 +303,12 @@ class Pipeline:
             f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs."
         )
         markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"
-        (self.dir / f"{stem}.md").write_text(markdown, encoding="utf-8")
-        with open(self.dir / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:
-            fields = [k for k in rows[0] if k != "onnx"]
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        atomic_write_text(self.dir / f"{stem}.md", markdown)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=[k for k in rows[0] if k != "onnx"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.dir / f"{stem}.csv", table.getvalue())
         print(f"\n{stem}:\n{markdown}")
 
 
@@ -321,5 +325,5 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
                 f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
                 "stale; use another --run-dir (or delete that folder)"
             )
-    saved_file.write_text(json.dumps(settings, indent=1))
+    atomic_write_text(saved_file, json.dumps(settings, indent=1))
     return pipeline.run()

@@ -7,6 +7,8 @@ to fix), and returns the file or figures it produced.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
-from yoloslim.atomic import atomic_write_text
+from yoloslim.atomic import atomic_write, atomic_write_text
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -190,7 +192,7 @@ def prune(
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
     summary = prune_summary(before, after, plan, removed)
     save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / "prune_report.txt").write_text(f"{layer_table(changes)}\n\n{summary}\n", encoding="utf-8")
+    atomic_write_text(save_dir / "prune_report.txt", f"{layer_table(changes)}\n\n{summary}\n")
     write_layer_csv(changes, save_dir / "prune_layers.csv")
     save_checkpoint(pruned, out, train_args=train_args)  # last: its presence means the step finished
     print(layer_table(changes), "", summary, sep="\n")
@@ -250,13 +252,20 @@ def validate(
 def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> dict[str, Any]:
     """Export a checkpoint to ONNX with Ultralytics' exporter, then check it with onnxruntime.
 
-    Prints and returns the file, its size and the largest output difference against the torch model.
+    Ultralytics writes the file in place; here it exports a copy of the checkpoint in a temporary folder
+    beside it and renames the finished file next to the checkpoint, so a process killed mid-export never
+    leaves a partial ONNX file where a rerun would trust it. Prints and returns the file, its size and the
+    largest output difference against the torch model.
     """
     source = check_weights_file(weights)
-    model = YOLO(source)
-    path = Path(model.export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
+    final = source.with_suffix(".onnx")
+    with tempfile.TemporaryDirectory(prefix=f".{source.stem}-export-", dir=source.parent) as tmp:
+        copy = Path(tmp) / source.name
+        shutil.copyfile(source, copy)
+        exported = Path(YOLO(copy).export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
+        atomic_write(final, lambda f: f.write(exported.read_bytes()))
     reference, _ = load_model(source)
-    diff = max_output_difference(path, reference, imgsz)
-    size_mb = os.path.getsize(path) / 2**20
-    print(f"ONNX {path}: {size_mb:.2f} MB, largest output difference vs torch {diff:.3g}")
-    return {"onnx": path, "size_mb": size_mb, "max_diff": diff}
+    diff = max_output_difference(final, reference, imgsz)
+    size_mb = os.path.getsize(final) / 2**20
+    print(f"ONNX {final}: {size_mb:.2f} MB, largest output difference vs torch {diff:.3g}")
+    return {"onnx": final, "size_mb": size_mb, "max_diff": diff}

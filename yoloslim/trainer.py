@@ -1,16 +1,22 @@
 """`SlimTrainer`: Ultralytics' detection trainer with sparsity training and pruned-model fine-tuning.
 
-Two Ultralytics hooks are overridden, nothing else is copied from Ultralytics:
+Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 
-- `optimizer_step` adds the L1 sub-gradient `sr_t * sign(gamma)` to the prunable gammas once per step.
-  It is added to the still-scaled gradient as `scale * sr_t * sign(gamma)`, so `scaler.unscale_` turns it
-  into exactly `sr_t * sign(gamma)` before Ultralytics clips the gradients: AMP and clipping stay on.
+- `optimizer_step` adds the L1 sub-gradient `sr_t * images / 16 * sign(gamma)` to the prunable gammas once per
+  step. It is added to the still-scaled gradient as `scale * ...`, so `scaler.unscale_` turns it into exactly
+  that before Ultralytics clips the gradients: AMP and clipping stay on. With a `sparsity` target it then
+  holds the zeroed channels at zero in the model and its EMA (`target.py`).
+- `preprocess_batch` counts the images each step applies (the L1 term is per image) and the progress.
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
-  network from `model.yaml` and silently drop the pruning). Resume and the DDP launcher reach the same path.
+  network from `model.yaml` and silently drop the pruning). Resume reaches the same path; Ultralytics'
+  DDP workers receive the trainer's model object itself (8.4 pickles it), which keeps its pruned shapes.
+- `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
-`sr` and `finetune` are registered as real Ultralytics arguments when this module is imported, so they
-pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and the
-DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
+`sr`, `sparsity` and `finetune` are registered as real Ultralytics arguments when this module is imported,
+so they pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and
+the DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
+A stock Ultralytics trainer refuses them (a default `on_pretrain_routine_start` callback) instead of
+silently ignoring them.
 """
 
 from __future__ import annotations
