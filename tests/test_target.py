@@ -30,9 +30,9 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def test_cubic_schedule() -> None:
-    assert scheduled_share(0.6, 0.0) == 0
-    assert scheduled_share(0.6, 1 / 3) == pytest.approx(0.6 * (1 - 0.5**3))
-    assert scheduled_share(0.6, 2 / 3) == pytest.approx(0.6) == scheduled_share(0.6, 1.0)
+    assert scheduled_share(0.6, 0.0) == 0 == scheduled_share(0.6, 0.25)  # the L1 term acts alone first
+    assert scheduled_share(0.6, 0.5) == pytest.approx(0.6 * (1 - 0.5**3))
+    assert scheduled_share(0.6, 0.75) == pytest.approx(0.6) == scheduled_share(0.6, 1.0)
     shares = [scheduled_share(0.5, t / 100) for t in range(101)]
     assert shares == sorted(shares)  # never falls
 
