@@ -3,9 +3,10 @@
 Every row starts from the same normal-trained checkpoint (the demo pipeline's, trained here first if it is
 missing) and runs the same sparse budget on the demo data (imgsz 160, batch 16, nbs 16, so one optimizer
 step per batch). Columns: median |gamma| and the share < 0.01 at the end, the sparse model's mAP50-95,
-mAP50-95 after pruning it at the target ratio (before fine-tuning), and the stage's wall time.
+mAP50-95 after pruning it at the target ratio (before fine-tuning) and its GFLOPs against the unpruned
+model's, and the stage's wall time.
 
-    python bench/sparsity.py [--epochs 15] [--target 0.6] [--run-dir runs/bench-sparsity]
+    python bench/sparsity.py [--epochs 15] [--target 0.6] [--run-dir runs/bench-sparsity] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
 from yoloslim import steps
+from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import load_model
 from yoloslim.pipeline import PipelineConfig
 from yoloslim.sparsity import gamma_stats, prunable_gammas
@@ -57,6 +59,7 @@ def measure(normal: Path, run_dir: Path, name: str, epochs: int, target: float, 
         "share": stats["sparsity/share_lt_0.01"],
         "map": metrics["map50_95"],
         "pruned": pruned_metrics["map50_95"],
+        "gflops": pruned_metrics["gflops"] / metrics["gflops"],
         "seconds": seconds,
     }
 
@@ -73,6 +76,7 @@ def main() -> None:
         help="sparsity target and prune ratio (default: %(default)s)",
     )
     parser.add_argument("--run-dir", default="runs/bench-sparsity", help="folder for the runs (default: %(default)s)")
+    parser.add_argument("--out", help="also write the table to this Markdown file (e.g. docs/SPARSITY.md)")
     a = parser.parse_args()
     run_dir = Path(a.run_dir).resolve()
     normal = normal_checkpoint(run_dir)
@@ -84,15 +88,17 @@ def main() -> None:
         f"{a.epochs} sparse epochs from {normal}, demo data, imgsz {IMGSZ}, batch {BATCH}, nbs {BATCH}, "
         f"pruned at {T} (before fine-tuning)",
         "",
-        f"| row | median \\|gamma\\| | share < 0.01 | sparse mAP50-95 | pruned at {T} mAP50-95 | seconds |",
-        "|---|---|---|---|---|---|",
+        f"| row | median \\|gamma\\| | share < 0.01 | sparse mAP50-95 | pruned at {T} mAP50-95 | pruned GFLOPs | seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in results:
         lines.append(
             f"| {label.format(target=T)} | {r['median']:.3f} | {r['share']:.1%} | {r['map']:.4f} | {r['pruned']:.4f} "
-            f"| {r['seconds']:.0f} |"
+            f"| {r['gflops']:.2f}x | {r['seconds']:.0f} |"
         )
     print("\n".join(lines))
+    if a.out:
+        atomic_write_text(a.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
