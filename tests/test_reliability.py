@@ -108,3 +108,43 @@ def test_penalty_that_reaches_no_gamma_fails_loudly(tiny_data, runs) -> None:
     model.add_callback("on_train_start", replace_parameters)
     with pytest.raises(RuntimeError, match="reached none of the prunable gammas"):
         model.train(data=tiny_data, epochs=1, sr=0.01, project=str(runs), name="stale", **TINY)
+
+
+def test_checkpoint_write_is_durable_and_leaves_the_umask_alone(monkeypatch, tmp_path) -> None:
+    """save_checkpoint flushes the bytes to disk before the rename and never reads or sets the umask."""
+    import os
+
+    import yoloslim.atomic as atomic
+
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the process umask was touched"))
+    path = save_checkpoint(build_model(), tmp_path / "m.pt")
+    assert calls == ["fsync", "replace"] and load_model(path)[0] is not None
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # the usual mode for a new file, not mkstemp's private one
+
+
+def test_repo_stands_on_its_own() -> None:
+    """The design notes the code cites and the ships set RESULTS.md uses are in the repo."""
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("DESIGN.md", "RESULTS.md", "RELIABILITY.md", "SPARSITY.md"):
+        assert (root / "docs" / doc).is_file(), doc
+    ships = yaml.safe_load((root / "datasets" / "ships" / "ships.yaml").read_text())
+    for split, count in (("train", 222), ("val", 95)):
+        images = list((root / "datasets" / "ships" / ships[split]).glob("*.jpg"))
+        labels = {p.stem for p in (root / "datasets" / "ships" / split / "labels").glob("*.txt")}
+        assert len(images) == count and {p.stem for p in images} == labels
+    assert "CC BY 4.0" in (root / "datasets" / "ships" / "README.md").read_text()
+    assert "datasets/ships/ships.yaml" in (root / "docs" / "RESULTS.md").read_text()
+
+
+def test_every_pipeline_flag_shows_its_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "yoloslim", "pipeline", "--help"], capture_output=True, text=True, timeout=120
+    )
+    text = " ".join(out.stdout.split())
+    for flag in ("--imgsz", "--batch", "--epochs-normal", "--epochs-sparse", "--epochs-finetune", "--sr", "--sparsity"):
+        after = text.split(f" {flag} ", 1)[1]
+        assert "(default:" in after.split(" --", 1)[0], flag
