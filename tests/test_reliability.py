@@ -1,4 +1,5 @@
-"""Bad inputs and silent no-ops found in review: each fails loudly, says what to do, and writes nothing."""
+"""Bad inputs and silent no-ops found in review: each fails loudly, says what to do, and never trains on or
+modifies the user's weights."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_stock_trainer_refuses_slimming_arguments(tiny_data, runs, args) -> None
     name = f"stock-{next(iter(args))}"
     with pytest.raises(ValueError, match="would be ignored by Ultralytics' own DetectionTrainer.*yoloslim"):
         StockYOLO("yolov8n.yaml").train(data=tiny_data, epochs=1, project=str(runs), name=name, **args, **TINY)
-    assert not (runs / name / "weights" / "last.pt").exists()
+    # Ultralytics makes the run folder and args.yaml before any trainer callback; no epoch is trained
+    assert not (runs / name / "results.csv").exists() and not list((runs / name).rglob("*.pt"))
 
 
 def test_fused_model_is_a_clear_error() -> None:
@@ -64,6 +66,12 @@ def test_old_checkpoint_ch_key_is_read(tmp_path) -> None:
     out = steps.prune(path, 0.3, tmp_path / "pruned")
     small, _ = load_model(out)
     assert small.model[0].conv.in_channels == 1 and small(torch.rand(1, 1, 64, 64))[0].shape[1] == 4 + 2
+
+
+def test_sparsity_on_a_pruned_model_is_refused(pruned, tiny_data, runs) -> None:
+    with pytest.raises(ValueError, match="already pruned"):
+        YOLO(pruned).train(data=tiny_data, epochs=1, sparsity=0.3, project=str(runs), name="pruned-sparse", **TINY)
+    assert not (runs / "pruned-sparse").exists()
 
 
 def test_finetune_recorded_as_it_happens(pruned, tiny_data, runs) -> None:
@@ -122,8 +130,9 @@ def test_checkpoint_write_is_durable_and_leaves_the_umask_alone(monkeypatch, tmp
     monkeypatch.setattr(atomic.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
     monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the process umask was touched"))
     path = save_checkpoint(build_model(), tmp_path / "m.pt")
-    assert calls == ["fsync", "replace"] and load_model(path)[0] is not None
-    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # the usual mode for a new file, not mkstemp's private one
+    assert calls == ["fsync", "replace", "fsync"] and load_model(path)[0] is not None  # file, rename, folder
+    (tmp_path / "probe").touch()  # any new file: the process umask applies as usual
+    assert path.stat().st_mode & 0o777 == (tmp_path / "probe").stat().st_mode & 0o777
 
 
 def test_repo_stands_on_its_own() -> None:

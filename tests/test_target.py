@@ -67,10 +67,18 @@ def test_target_reached_and_saved(tiny_data, runs, optimizer) -> None:
     name = f"target-{optimizer}"
     model = YOLO("yolov8n.yaml")
     model.train(
-        data=tiny_data, epochs=3, sr=1e-2, sparsity=0.5, optimizer=optimizer, project=str(runs), name=name, **FAST
+        data=tiny_data,
+        epochs=3,
+        sr=1e-2,
+        sparsity=0.5,
+        optimizer=optimizer,
+        project=str(runs),
+        name=name,
+        **{**FAST, "val": True},
     )
     run = runs / name
     assert _share(run / "weights" / "last.pt") >= 0.5
+    assert _share(run / "weights" / "best.pt") >= 0.5  # no epoch before the target can become best.pt
     rows = _rows(run)
     targets = [float(r["sparsity/target_now"]) for r in rows]
     assert len(rows) == 3 and targets == sorted(targets) and targets[-1] == 0.5

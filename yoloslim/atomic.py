@@ -1,7 +1,7 @@
 """Atomic file writes: a reader (or a rerun after a crash) sees the old file or the whole new one, never a part.
 
-The bytes go to a temporary file in the target folder, are flushed to disk (`fsync`), and the file is then
-renamed over the target. The temporary file is created with mode 0o666, so the process umask applies as it
+The bytes go to a temporary file in the target folder, are flushed to disk (`fsync`), the file is then
+renamed over the target, and the folder is flushed so that the rename is durable too. The temporary file is created with mode 0o666, so the process umask applies as it
 would to any new file, without reading or changing the umask.
 """
 
@@ -41,4 +41,9 @@ def atomic_write(path: str | Path, write: Callable, suffix: str = "") -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
     return path

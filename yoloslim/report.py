@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -55,7 +56,8 @@ def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, removed:
     return "\n".join(
         [
             f"requested ratio {plan.ratio:.3f}, removed {removed:.3f} of prunable channels, gamma threshold "
-            f"{plan.threshold:.6g} (largest gamma removed {plan.max_removed:.6g})",
+            f"{plan.threshold:.6g} (largest gamma removed "
+            f"{'none' if plan.max_removed == -math.inf else f'{plan.max_removed:.6g}'})",
             f"params  {before.params:,} -> {after.params:,} ({after.params / before.params:.3f}x)",
             f"GFLOPs  {before.gflops:.3f} -> {after.gflops:.3f} ({after.gflops / before.gflops:.3f}x) at imgsz {after.imgsz}"
             if before.gflops

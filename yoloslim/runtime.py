@@ -17,6 +17,7 @@ is one core, and training measured 1.4-1.7x faster on both. Set `YOLOSLIM_THREAD
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -101,6 +102,7 @@ def _remove_old_font_copies(config_dir: Path) -> None:
             continue
 
 
+@functools.cache
 def _cjk_font() -> Path | None:
     """An installed TrueType/OpenType font that has glyphs for Chinese, Japanese and Korean, if any."""
     from matplotlib import font_manager

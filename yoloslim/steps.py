@@ -189,7 +189,7 @@ def prune(
             "fold": fold,
         },
     )
-    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "finetune"}}
+    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "sparsity", "finetune"}}
     summary = prune_summary(before, after, plan, removed)
     save_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(save_dir / "prune_report.txt", f"{layer_table(changes)}\n\n{summary}\n")

@@ -10,8 +10,8 @@ or not to prune", arXiv:1710.01878), applied to whole BN channels:
   separated when zeroing starts), and the last quarter trains the survivors with the zeros held. Measured on
   the demo (docs/SPARSITY.md): zeroing from the start instead cost 4 pt of mAP50-95;
 - which channels: the lowest-ranked by the `Pruner`'s own importance, floors and equal C2f halves
-  (`Pruner.plan_share`), so the L1 term is the ranking signal and pruning at `s` later removes exactly
-  the zeroed channels, nothing else;
+  (`Pruner.plan_share`), so the L1 term is the ranking signal and pruning at ratio `s` later removes only
+  zeroed channels (all of them but the few that equal C2f halves or `round_to` keep, which stay zero);
 - a zeroed channel has gamma = beta = 0, so it outputs exactly 0 (SiLU(0) = 0): removing it changes no output;
 - zeros are applied after every optimizer step to the model and to its EMA (which Ultralytics validates
   and saves), and gradients of zeroed channels are cleared before clipping so they take none of its budget.

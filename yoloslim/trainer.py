@@ -57,6 +57,11 @@ def refuse_slim_args_in_stock_trainer(trainer: Any) -> None:
         )
 
 
+def report_target(trainer: Any) -> None:
+    """`on_train_end` of a SlimTrainer: report the sparsity target."""
+    trainer.report_target()
+
+
 register_args()
 if refuse_slim_args_in_stock_trainer.__name__ not in {
     f.__name__ for f in default_callbacks["on_pretrain_routine_start"]
@@ -95,14 +100,15 @@ class SlimTrainer(DetectionTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
-        check_slim_args(overrides or {})
+        check_slim_args(dict(overrides or {}))  # a copy: resume compares the caller's overrides with the checkpoint
         super().__init__(cfg, overrides, _callbacks)
         check_slim_args(self.args)  # resume replaces args with the checkpoint's
         self._gammas: list[nn.Parameter] | None = None
         self.zeroing: ChannelZeroing | None = None
         self._images = 0  # images whose loss gradient the next optimizer step applies
         self._batches = (0, 0)  # (epoch, micro-batches seen in it), for the schedule's progress
-        self.add_callback("on_train_end", lambda trainer: trainer.report_target())
+        if report_target not in self.callbacks["on_train_end"]:  # DDP workers receive the callbacks pickled
+            self.add_callback("on_train_end", report_target)
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Train a pruned model as it is; build everything else the Ultralytics way."""
@@ -116,6 +122,11 @@ class SlimTrainer(DetectionTrainer):
             raise ValueError(
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
+        if pruned and self.args.sparsity:
+            raise ValueError(
+                "sparsity on an already pruned model: sparsity-train the unpruned model and prune it once at the "
+                "target, or fine-tune this one (without sparsity)"
+            )
         if pruned or self.args.finetune:
             model = self._pruned_model(weights, pruned, verbose)
         else:
@@ -125,6 +136,19 @@ class SlimTrainer(DetectionTrainer):
         if self.args.sparsity > 0:
             self.zeroing = ChannelZeroing(model, self.args.sparsity)
         return model
+
+    def validate(self):
+        """Ultralytics' validation; while a sparsity target's zeroing is unfinished, no epoch becomes best.pt.
+
+        best.pt is what users prune: one saved before the target was reached would still hold live channels
+        among those the target zeroes.
+        """
+        if self.zeroing is None or self.zeroing.share >= self.args.sparsity:
+            return super().validate()
+        best = self.best_fitness
+        metrics, fitness = super().validate()
+        self.best_fitness = best
+        return metrics, fitness
 
     def _pruned_model(self, weights: nn.Module, pruned: bool, verbose: bool) -> nn.Module:
         """The pruned model object itself, made trainable (the yaml would rebuild it at full width)."""
@@ -168,6 +192,8 @@ class SlimTrainer(DetectionTrainer):
                     "sparsity training reached none of the prunable gammas (none has a gradient): the model's "
                     "parameters were replaced or frozen after setup, so this would train as a normal run"
                 )
+        if self.args.sparsity > 0 and self.zeroing is None:  # DDP workers get the model object, not get_model
+            self.zeroing = ChannelZeroing(unwrap_model(self.model), self.args.sparsity)
         if self.zeroing is not None:
             self.zeroing.clear_grads()
         super().optimizer_step()
