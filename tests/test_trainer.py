@@ -26,7 +26,7 @@ def test_sr_schedule_is_linear_decay() -> None:
 def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScaler, epoch: int, epochs: int):
     """A SlimTrainer holding just what `optimizer_step` reads (no dataset, no run folder)."""
     trainer = SlimTrainer.__new__(SlimTrainer)
-    trainer.args = SimpleNamespace(sr=sr)
+    trainer.args = SimpleNamespace(sr=sr, sparsity=0.0)
     trainer.model, trainer.scaler, trainer.ema = model, scaler, None
     trainer.epoch, trainer.epochs, trainer.device = epoch, epochs, torch.device("cpu")
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
