@@ -206,14 +206,17 @@ NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 
 
 
 def _warn_if_not_sparse(model: Any, max_removed: float) -> None:
-    """Say so when pruning removes channels that were far from zero (the model was not sparse-trained enough)."""
+    """Say so when pruning removes channels that were far from zero (not sparse-trained, or pruned past its target)."""
     if max_removed > NOT_SPARSE_THRESHOLD:
-        stats = gamma_stats(prunable_gammas(model))
-        LOGGER.warning(
-            f"{PREFIX} pruning removes channels far from zero (|gamma| up to {max_removed:.3g}; only "
-            f"{stats['sparsity/share_lt_0.01']:.0%} of gammas < 0.01): this model looks not sparse-trained, expect a "
-            "large accuracy drop before fine-tuning (run train_sparsity.py first, or prune less)"
+        share = gamma_stats(prunable_gammas(model))["sparsity/share_lt_0.01"]
+        why = (
+            f"the model was sparse-trained to {share:.0%} of gammas < 0.01 and this ratio prunes past that: "
+            "expect an accuracy drop before fine-tuning (prune at most that share, or train to a higher --sparsity)"
+            if share > 0
+            else "this model looks not sparse-trained (0% of gammas < 0.01): expect a large accuracy drop before "
+            "fine-tuning (run train_sparsity.py first, or prune less)"
         )
+        LOGGER.warning(f"{PREFIX} pruning removes channels far from zero (|gamma| up to {max_removed:.3g}); {why}")
 
 
 def validate(
