@@ -10,9 +10,8 @@ from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
-from yoloslim.checkpoint import pruned_info
 from yoloslim.target import check_target
-from yoloslim.trainer import SLIM_ARGS, SlimTrainer, check_slim_args
+from yoloslim.trainer import SLIM_ARGS, SlimTrainer, check_slim_args, refuse_sparsity_on_pruned
 
 
 class YOLO(_UltralyticsYOLO):
@@ -35,11 +34,7 @@ class YOLO(_UltralyticsYOLO):
             raise ValueError(f"sr / sparsity / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
         checked = dict(kwargs)
         check_slim_args(checked)
-        if checked["sparsity"] and pruned_info(self.model) is not None:
-            raise ValueError(
-                "sparsity on an already pruned model: sparsity-train the unpruned model and prune it once at the "
-                "target, or fine-tune this one (without sparsity)"
-            )
+        refuse_sparsity_on_pruned(self.model, checked["sparsity"])
         if checked["sr"] > 0 or checked["sparsity"] > 0:
             check_target(self.model, checked["sparsity"])
         return super().train(trainer=trainer, **kwargs)

@@ -11,8 +11,6 @@ interrupted pipeline picks up where it stopped when the same command is run agai
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +20,7 @@ from typing import Any
 from ultralytics.utils import LOGGER
 
 from yoloslim import steps
-from yoloslim.atomic import atomic_write_text
+from yoloslim.atomic import atomic_write_csv, atomic_write_text
 from yoloslim.checkpoint import finished_training, readable
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -304,11 +302,7 @@ class Pipeline:
         )
         markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"
         atomic_write_text(self.dir / f"{stem}.md", markdown)
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=[k for k in rows[0] if k != "onnx"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.dir / f"{stem}.csv", table.getvalue())
+        atomic_write_csv(self.dir / f"{stem}.csv", [k for k in rows[0] if k != "onnx"], rows)
         print(f"\n{stem}:\n{markdown}")
 
 

@@ -94,7 +94,8 @@ class Pruner:
         the score of the lowest channel kept.
         """
         check_ratio(ratio)
-        return self._plan_lowest(self.scores(), int(ratio * self.n_channels), ratio)
+        scores = self.scores()
+        return self._plan_lowest(scores, self._order(scores), int(ratio * self.n_channels), ratio)
 
     def plan_share(self, share: float) -> PrunePlan:
         """The plan that removes the fewest channels but at least `share` of them (floors and rounding included).
@@ -109,14 +110,14 @@ class Pruner:
                 f"(min_keep={self.min_keep:g}, round_to={self.round_to}) allow at most {most:.1%}"
             )
         scores = self.scores()
-        order = torch.cat(list(scores.values())).argsort(stable=True)
+        order = self._order(scores)
         wanted = math.ceil(share * self.n_channels - 1e-9)
         lo, hi = wanted, self.n_channels
         while lo < hi:  # the removed count never falls as more channels are marked
             mid = (lo + hi) // 2
             removed = sum(g.size - g.halves * k for g, k in zip(self.graph.prunable, self._kept(scores, order, mid)))
             lo, hi = (lo, mid) if removed >= wanted else (mid + 1, hi)
-        return self._plan_lowest(scores, lo, share)
+        return self._plan_lowest(scores, order, lo, share)
 
     @property
     def n_channels(self) -> int:
@@ -132,6 +133,11 @@ class Pruner:
         kept = sum(g.halves * self._bounded(0, g.size // g.halves) for g in self.graph.prunable)
         return 1 - kept / self.n_channels
 
+    @staticmethod
+    def _order(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All prunable channels (flat, in graph order), lowest score first; ties keep graph order."""
+        return torch.cat(list(scores.values())).argsort(stable=True)
+
     def _kept(self, scores: dict[str, torch.Tensor], order: torch.Tensor, n_remove: int) -> list[int]:
         """Per prunable group (graph order), the channels each half keeps when the `n_remove` lowest are marked."""
         below = torch.zeros(len(order), dtype=torch.bool)
@@ -141,11 +147,12 @@ class Pruner:
             for g, part in zip(self.graph.prunable, below.split([len(v) for v in scores.values()]), strict=True)
         ]
 
-    def _plan_lowest(self, scores: dict[str, torch.Tensor], n_remove: int, ratio: float) -> PrunePlan:
+    def _plan_lowest(
+        self, scores: dict[str, torch.Tensor], order: torch.Tensor, n_remove: int, ratio: float
+    ) -> PrunePlan:
         """Mark the `n_remove` lowest-scoring channels; each group keeps its unmarked ones, within its floor."""
         flat = torch.cat(list(scores.values()))
         n_remove = min(n_remove, len(flat) - 1)
-        order = flat.argsort(stable=True)
         kept = dict(zip(scores, self._kept(scores, order, n_remove), strict=True))
         keep, max_removed = {}, -math.inf
         for g in self.graph.groups.values():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import math
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 from torch import nn
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-from yoloslim.atomic import atomic_write_text
+from yoloslim.atomic import atomic_write_csv
 from yoloslim.prune import LayerChange, PrunePlan
 
 
@@ -68,8 +66,4 @@ def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, removed:
 
 def write_layer_csv(changes: Sequence[LayerChange], path: Path) -> Path:
     """The per-layer report as CSV (one row per channel group)."""
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(asdict(changes[0])))
-    writer.writeheader()
-    writer.writerows(asdict(c) for c in changes)
-    return atomic_write_text(path, table.getvalue())
+    return atomic_write_csv(path, list(asdict(changes[0])), (asdict(c) for c in changes))

@@ -16,7 +16,7 @@ import numpy as np
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
-from yoloslim.atomic import atomic_write, atomic_write_text
+from yoloslim.atomic import atomic_write_text, durable_replace
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -266,7 +266,7 @@ def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> d
         copy = Path(tmp) / source.name
         shutil.copyfile(source, copy)
         exported = Path(YOLO(copy).export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
-        atomic_write(final, lambda f: f.write(exported.read_bytes()))
+        durable_replace(exported, final)
     reference, _ = load_model(source)
     diff = max_output_difference(final, reference, imgsz)
     size_mb = os.path.getsize(final) / 2**20

@@ -28,7 +28,7 @@ from yoloslim.prune import Pruner
 
 RAMP_START = 0.25  # share of the run before zeroing starts: the L1 term first separates the channels
 RAMP_END = 0.75  # share of the run at which the zeroed share reaches the target; the rest recovers
-UPDATE_STEP = 0.01  # re-rank when the scheduled share has grown by this much (ranking is ~0.1 s on a CPU)
+UPDATE_STEP = 0.01  # re-rank when the scheduled share has grown by this much (20-60 ms on yolov8s, CPU)
 
 
 def check_sparsity(value: object) -> float:
@@ -73,8 +73,8 @@ class ChannelZeroing:
     """
 
     def __init__(self, model: nn.Module, target: float, **pruner_args) -> None:
-        self.target = check_sparsity(target)
         self.pruner = check_target(model, target, **pruner_args)
+        self.target = float(target)
         self.share = 0.0  # the share currently zeroed
         self.zeroed: dict[str, torch.Tensor] = {}  # BN name -> indices of its zeroed channels
 
@@ -109,7 +109,3 @@ class ChannelZeroing:
             for p in (modules[name].weight, modules[name].bias):
                 if p.grad is not None:
                     p.grad.index_fill_(0, idx.to(p.grad.device), 0)
-
-    def zeroed_count(self) -> int:
-        """How many prunable channels are zeroed now."""
-        return sum(len(idx) for idx in self.zeroed.values())

@@ -94,6 +94,15 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             setattr(args, key, v)
 
 
+def refuse_sparsity_on_pruned(model: nn.Module, sparsity: float) -> None:
+    """A sparsity target is for the unpruned model: its zeros are what one later prune removes."""
+    if sparsity and pruned_info(model) is not None:
+        raise ValueError(
+            "sparsity on an already pruned model: sparsity-train the unpruned model and prune it once at the "
+            "target, or fine-tune this one (without sparsity)"
+        )
+
+
 class SlimTrainer(DetectionTrainer):
     """DetectionTrainer with the network-slimming L1 penalty (`sr`), a sparsity target (`sparsity`) and
     pruned-model fine-tuning (`finetune`)."""
@@ -122,11 +131,8 @@ class SlimTrainer(DetectionTrainer):
             raise ValueError(
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
-        if pruned and self.args.sparsity:
-            raise ValueError(
-                "sparsity on an already pruned model: sparsity-train the unpruned model and prune it once at the "
-                "target, or fine-tune this one (without sparsity)"
-            )
+        if weights is not None:
+            refuse_sparsity_on_pruned(weights, self.args.sparsity)
         if pruned or self.args.finetune:
             model = self._pruned_model(weights, pruned, verbose)
         else:
