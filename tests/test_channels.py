@@ -16,18 +16,36 @@ def model(request) -> DetectionModel:
 
 
 def test_named_examples_yolov8n() -> None:
-    names = prunable_bn_names(DetectionModel("yolov8n.yaml", nc=3, verbose=False))
-    graph = build_graph(DetectionModel("yolov8n.yaml", nc=3, verbose=False))
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    names = prunable_bn_names(model, streams=False)
+    graph = build_graph(model, streams=False)
     assert "model.2.m.0.cv1.bn" in names and "model.12.cv1.bn" in names
     for tied in ("model.2.cv1.bn", "model.2.m.0.cv2.bn"):
         assert tied not in names
         assert not graph.groups[tied].prunable and graph.groups[tied].reason
+    # with residual streams, the Bottleneck cv2s join the stream of the half they add onto
+    streams = build_graph(model)
+    assert streams.groups["model.2.m.0.cv2.bn"].residual == "model.2.cv1.bn"
+    assert streams.groups["model.2.m.0.cv2.bn"].offset == 16  # the second half of cv1's 32 channels
+    assert streams.groups["model.4.m.1.cv2.bn"].residual == "model.4.m.0.cv2.bn"
+    assert streams.groups["model.12.m.0.cv2.bn"].residual == ""  # neck C2f: no shortcut
 
 
-def test_rules_of_design(model: DetectionModel) -> None:
+def test_stream_units_yolov8s() -> None:
+    """A stream is one unit: the second half of cv1 plus every Bottleneck cv2 of the C2f, at their offsets."""
+    from yoloslim.cost import prunable_units
+
+    units = prunable_units(build_graph(DetectionModel("yolov8s.yaml", nc=3, verbose=False)))
+    stream = next(u for u in units if ("model.4.cv1.bn", 64) in u.members)
+    assert stream.members == (("model.4.cv1.bn", 64), ("model.4.m.0.cv2.bn", 0), ("model.4.m.1.cv2.bn", 0))
+    assert stream.size == 64 and units[stream.twin].members == (("model.4.cv1.bn", 0),)
+
+
+@pytest.mark.parametrize("streams", [False, True])
+def test_rules_of_design(model: DetectionModel, streams: bool) -> None:
     """Check every group against the table in docs/DESIGN.md, layer kind by layer kind."""
-    graph = build_graph(model)
-    prunable = set(prunable_bn_names(model))
+    graph = build_graph(model, streams)
+    prunable = set(prunable_bn_names(model, streams))
     modules = dict(model.named_modules())
     expected: dict[str, bool] = {}
     for i, layer in enumerate(model.model):
@@ -35,7 +53,7 @@ def test_rules_of_design(model: DetectionModel) -> None:
         if type(layer).__name__ == "Conv":
             expected[f"{p}.bn"] = True
         elif isinstance(layer, C2f):
-            shortcut = layer.m[0].add
+            shortcut = layer.m[0].add and not streams
             expected[f"{p}.cv1.bn"] = not shortcut
             expected[f"{p}.cv2.bn"] = True
             for k in range(len(layer.m)):
@@ -51,8 +69,8 @@ def test_rules_of_design(model: DetectionModel) -> None:
     bns = {n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)}
     assert set(expected) == bns == set(graph.groups)  # every BN is accounted for, and nothing else
     assert prunable == {n for n, ok in expected.items() if ok}
-    # backbone C2f blocks add a shortcut, neck ones do not
-    assert any(not ok for ok in expected.values()) and "model.12.cv1.bn" in prunable
+    # backbone C2f blocks add a shortcut, neck ones do not; with streams every BN is prunable
+    assert any(not ok for ok in expected.values()) != streams and "model.12.cv1.bn" in prunable
 
 
 def test_consumers_match_conv_widths(model: DetectionModel) -> None:

@@ -15,21 +15,15 @@ from yoloslim.pipeline import Pipeline, PipelineConfig, run_pipeline
 from .conftest import train_interrupted
 
 
+def _tiny(data: str, run, **settings) -> PipelineConfig:
+    """A pipeline on the tiny dataset at 64 px, one epoch per stage unless `settings` say otherwise."""
+    base = dict(imgsz=64, batch=8, device="cpu", epochs_normal=1, epochs_sparse=1, epochs_finetune=1, latency_repeats=3)
+    return PipelineConfig(data=data, run_dir=str(run), **{**base, **settings})
+
+
 def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
     run = tmp_path / "run"
-    config = PipelineConfig(
-        data=tiny_data,
-        run_dir=str(run),
-        imgsz=64,
-        batch=8,
-        device="cpu",
-        epochs_normal=2,
-        epochs_sparse=1,
-        epochs_finetune=1,
-        ratios=(0.3, 0.6),
-        compare_ratio=0.6,
-        latency_repeats=3,
-    )
+    config = _tiny(tiny_data, run, epochs_normal=2, ratios=(0.3, 0.6), compare_at=0.6)
     # a normal-training stage killed after its first epoch, as the pipeline would have started it
     train_interrupted(
         YOLO("yolov8n.yaml"),
@@ -67,7 +61,8 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
         "map_vs_gflops.png",
     ):
         assert (run / artefact).exists(), artefact
-    assert [r["ratio"] for r in rows] == ["0", "0.3", "0.6"]
+    assert [r["point"] for r in rows] == ["0", "0.3", "0.6"]
+    assert "mAP50-95 change vs the normal-trained model" in (run / "results.md").read_text()
     with open(run / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 3 and len((run / "results.md").read_text().splitlines()) >= 5
@@ -92,6 +87,24 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
 
 def test_bad_pipeline_settings() -> None:
     with pytest.raises(ValueError, match="must be one of the ratios"):
-        PipelineConfig(ratios=(0.5,), compare_ratio=0.6).check()
+        PipelineConfig(ratios=(0.5,), compare_at=0.6).check()
+    with pytest.raises(ValueError, match="must be one of the targets"):
+        PipelineConfig(targets=(0.5,), compare_at=0.6).check()
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        PipelineConfig(targets=(0.5, 1.5), compare_at=None).check()
     with pytest.raises(ValueError, match="set by the pipeline itself"):
         PipelineConfig(train_args={"epochs": 3}).check()
+
+
+def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
+    """One number drives both stages: the sparse stage zeroes to the smallest target, each row prunes to one."""
+    run = tmp_path / "targets"
+    config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None)
+    rows = run_pipeline(config)
+    assert [r["point"] for r in rows] == ["1", "0.6", "0.4"]
+    assert YOLO(run / "sparse" / "weights" / "last.pt").ckpt["train_args"]["target_gflops"] == 0.4
+    for row, target in zip(rows, (1.0, 0.6, 0.4)):
+        assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
+    report = (run / "prune-gflops-0.4" / "prune_report.txt").read_text()
+    assert "target gflops 0.400x" in report and "largest |gamma| removed 0" in report  # only zeros went
+    assert "| target GFLOPs |" in (run / "results.md").read_text() and (run / "map_vs_gflops.png").exists()

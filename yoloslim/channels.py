@@ -9,8 +9,10 @@ traces a `DetectionModel` layer by layer and records, as plain data:
   group channel feeds it, through `Concat` offsets, `Upsample`, the SPPF pooling concat, the C2f
   split / concat and every Detect branch.
 
-The rules follow docs/DESIGN.md: channels tied to a Bottleneck shortcut are not prunable (the residual add
-needs equal shapes), C2f.cv1 keeps equal halves (stock `chunk(2)`), Detect outputs are fixed. A module
+The rules follow docs/DESIGN.md: C2f.cv1 keeps equal halves (stock `chunk(2)`), Detect outputs are fixed, and
+the channels of a Bottleneck shortcut form a *residual stream*: the second half of C2f.cv1 and every
+Bottleneck cv2 that adds into it carry the same channels, so they are removed together (`streams=True`,
+recorded by each cv2's `residual` link) or not at all (`streams=False`, the seed's rule: not prunable). A module
 the rules do not cover raises `UnsupportedModuleError` naming it, never a silent wrong answer.
 """
 
@@ -34,6 +36,8 @@ class ChannelGroup:
     """Output channels of one `Conv` block, scored by its BN gamma.
 
     `halves == 2` marks C2f.cv1, whose output is chunked in two: both halves must keep equal counts.
+    `residual` names the group this one's output is added onto, channel for channel from `offset` on (a
+    Bottleneck shortcut): both carry one residual stream, and the Bottleneck's output is their sum.
     """
 
     name: str  # the BN module name as `model.named_modules()` gives it, e.g. "model.2.m.0.cv1.bn"
@@ -42,6 +46,8 @@ class ChannelGroup:
     prunable: bool
     reason: str = ""  # why it is not prunable
     halves: int = 1
+    residual: str = ""
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,19 @@ class ChannelGraph:
 class _Tracer:
     """Walks a DetectionModel's layers and fills a ChannelGraph."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams: bool) -> None:
         self.graph = ChannelGraph()
+        self.streams = streams
 
     def conv(
-        self, name: str, block: nn.Module, inputs: list[Source], prunable: bool, reason: str = "", halves: int = 1
+        self,
+        name: str,
+        block: nn.Module,
+        inputs: list[Source],
+        prunable: bool,
+        reason: str = "",
+        halves: int = 1,
+        residual: Source = ("", 0),
     ) -> list[Source]:
         """Record a Conv block as consumer of `inputs` and producer of a new group; return its outputs."""
         if type(block) is not Conv:
@@ -91,7 +105,7 @@ class _Tracer:
                 "it), so no gamma scores its channels; load the checkpoint again from its file"
             )
         self.consumer(f"{name}.conv", block.conv, inputs, has_bn=True)
-        group = ChannelGroup(f"{name}.bn", name, block.conv.out_channels, prunable, reason, halves)
+        group = ChannelGroup(f"{name}.bn", name, block.conv.out_channels, prunable, reason, halves, *residual)
         self.graph.groups[group.name] = group
         return [(group.name, j) for j in range(group.size)]
 
@@ -119,17 +133,18 @@ class _Tracer:
                 raise UnsupportedModuleError(
                     f"{name}.m.{k} is {type(b).__name__}; only C2f with Bottleneck is supported"
                 )
-        shortcut = any(b.add for b in m.m)
-        reason = "second half is the residual stream of its Bottleneck shortcuts (chunk(2) needs equal halves)"
-        y = self.conv(f"{name}.cv1", m.cv1, x, not shortcut, reason if shortcut else "", halves=2)
+        y = self.conv(f"{name}.cv1", m.cv1, x, prunable=True, halves=2)
         ys = [y[: m.c], y[m.c :]]
         for k, b in enumerate(m.m):
             h = self.conv(f"{name}.m.{k}.cv1", b.cv1, ys[-1], prunable=True)
-            if b.add:
-                out = self.conv(f"{name}.m.{k}.cv2", b.cv2, h, False, "tied to the Bottleneck shortcut add")
-                self.tie(ys[-1], "tied to the Bottleneck shortcut add")
-            else:
+            if not b.add:
                 out = self.conv(f"{name}.m.{k}.cv2", b.cv2, h, prunable=True)
+            elif self.streams:  # the sum is attributed to cv2, which records the stream it adds onto
+                out = self.conv(f"{name}.m.{k}.cv2", b.cv2, h, prunable=True, residual=ys[-1][0])
+            else:
+                reason = "tied to the Bottleneck shortcut add (residual streams off)"
+                out = self.conv(f"{name}.m.{k}.cv2", b.cv2, h, False, reason)
+                self.tie(ys[-1], reason)
             ys.append(out)
         return self.conv(f"{name}.cv2", m.cv2, [s for part in ys for s in part], prunable=True)
 
@@ -198,13 +213,16 @@ def input_channels(model: nn.Module) -> int:
     return int(yaml.get("channels", yaml.get("ch", 3)))
 
 
-def build_graph(model: nn.Module) -> ChannelGraph:
-    """The channel graph of a YOLOv8 `DetectionModel` of any scale (n to x, read from the model itself)."""
+def build_graph(model: nn.Module, streams: bool = True) -> ChannelGraph:
+    """The channel graph of a YOLOv8 `DetectionModel` of any scale (n to x, read from the model itself).
+
+    `streams=False` leaves the residual streams of Bottleneck shortcuts unprunable, as the seed did.
+    """
     if not isinstance(model, DetectionModel):
         raise UnsupportedModuleError(f"expected an Ultralytics DetectionModel, got {type(model).__name__}")
-    return _Tracer().trace(model)
+    return _Tracer(streams).trace(model)
 
 
-def prunable_bn_names(model: nn.Module) -> list[str]:
+def prunable_bn_names(model: nn.Module, streams: bool = True) -> list[str]:
     """Names (as `model.named_modules()` gives them) of the BNs whose gammas score prunable channels."""
-    return [g.name for g in build_graph(model).prunable]
+    return [g.name for g in build_graph(model, streams).prunable]

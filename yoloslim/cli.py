@@ -92,6 +92,36 @@ def _ratio(value: str) -> float:
     return ratio
 
 
+def _share(flag: str) -> Callable[[str], float]:
+    """argparse type for a target share in (0, 1], checked by the pruner's own check."""
+    from yoloslim.prune import check_budget
+
+    def parse(value: str) -> float:
+        try:
+            share = float(value)
+            check_budget("params" if "params" in flag else "gflops", share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {value!r} must be a number in (0, 1]: the share of the unpruned model's cost to keep, e.g. 0.4"
+            ) from None
+        return share
+
+    return parse
+
+
+def _add_ranking(p: argparse.ArgumentParser) -> None:
+    """The pruner's ranking flags, shared by sparse training (its zeroing) and pruning: use the same for both."""
+    p.add_argument(
+        "--importance",
+        choices=["flops", "gamma"],
+        default="flops",
+        help="channel ranking: |gamma| per GFLOP the channel costs (flops) or plain |gamma| (gamma)",
+    )
+    p.add_argument(
+        "--no-streams", action="store_true", help="leave the residual streams of Bottleneck shortcuts unpruned"
+    )
+
+
 def _configure(command: str, p: argparse.ArgumentParser) -> None:
     """Add the flags of `command` to `p`."""
     if command in {"train", "sparse", "finetune"}:
@@ -99,12 +129,20 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         if command != "finetune":
             p.add_argument("--sr", type=_sr, help="L1 penalty on prunable BN gammas per 16 images (0 = none)")
         if command == "sparse":
-            p.add_argument(
+            target = p.add_mutually_exclusive_group()
+            target.add_argument(
                 "--sparsity",
                 type=_sparsity,
                 help="share of prunable channels driven to exact zero by the last epoch (0 = plain L1 only); "
                 "prune at this ratio afterwards to remove only zeros",
             )
+            target.add_argument(
+                "--target-gflops",
+                type=_share("--target-gflops"),
+                help="instead of --sparsity: zero channels until the live ones keep this share of the GFLOPs; "
+                "prune with the same --target-gflops afterwards to remove only zeros",
+            )
+            _add_ranking(p)
     elif command == "gamma":
         p.add_argument("--weights", nargs="+", help="one or more .pt checkpoints (e.g. before and after sparsity)")
         p.add_argument("--labels", nargs="+", help="one label per checkpoint (default: run folder names)")
@@ -118,7 +156,19 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
     elif command == "prune":
         p.add_argument("--weights", help="sparse-trained .pt checkpoint")
         _add_data(p, default=None)
-        p.add_argument("--prune-ratio", type=_ratio, help="share of prunable channels to remove, in [0, 1)")
+        amount = p.add_mutually_exclusive_group()
+        amount.add_argument("--prune-ratio", type=_ratio, help="share of prunable channels to remove, in [0, 1)")
+        amount.add_argument(
+            "--target-gflops",
+            type=_share("--target-gflops"),
+            help="instead of a ratio: keep this share of the unpruned model's GFLOPs (at its training imgsz)",
+        )
+        amount.add_argument(
+            "--target-params",
+            type=_share("--target-params"),
+            help="instead of a ratio: keep this share of the unpruned model's parameters",
+        )
+        _add_ranking(p)
         p.add_argument("--save-dir", help="folder for pruned.pt and the per-layer report")
         p.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N")
         p.add_argument("--min-keep", type=float, default=0.05, help="per-layer floor, as a share of its channels")
@@ -159,13 +209,25 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             default=d.sparsity,
             help="share of prunable channels the sparse stage drives to exact zero (0 = the plain L1 form)",
         )
-        p.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios), help="prune ratios besides 0")
-        p.add_argument(
-            "--compare-ratio",
-            type=_ratio,
-            default=d.compare_ratio,
-            help="ratio of the normal-vs-sparse and fold on/off comparisons",
+        points = p.add_mutually_exclusive_group()
+        points.add_argument("--ratios", type=_ratio, nargs="+", default=list(d.ratios), help="prune ratios besides 0")
+        points.add_argument(
+            "--targets",
+            type=_share("--targets"),
+            nargs="+",
+            default=[],
+            help="instead of ratios: GFLOPs shares to prune to; the sparse stage then zeroes channels down to the "
+            "smallest (one number drives both stages) and --sparsity is not used",
         )
+        p.add_argument(
+            "--compare-at",
+            "--compare-ratio",
+            dest="compare_at",
+            type=float,
+            default=d.compare_at,
+            help="the ratio (or target) of the normal-vs-sparse and fold on/off comparisons",
+        )
+        _add_ranking(p)
         p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
         p.add_argument(
             "--train-args",
@@ -219,7 +281,10 @@ def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 def _run_train(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
-    return steps.train(**_train_kwargs(a), sr=a.sr, sparsity=getattr(a, "sparsity", 0.0))
+    if a.command == "train":
+        return steps.train(**_train_kwargs(a), sr=a.sr)
+    target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, importance=a.importance, streams=not a.no_streams)
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -244,14 +309,20 @@ def _run_prune(a: argparse.Namespace) -> Any:
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
     if not a.no_val:
         _fill_from_checkpoint(a)
+    target = (
+        ("gflops", a.target_gflops) if a.target_gflops else ("params", a.target_params) if a.target_params else None
+    )
     return steps.prune(
         a.weights,
-        a.prune_ratio,
+        None if target else a.prune_ratio,  # a target replaces the (default) ratio; both given is refused above
         a.save_dir,
         round_to=a.round_to,
         fold=not a.no_fold,
         min_keep=a.min_keep,
         data=None if a.no_val else a.data,
+        target=target,
+        importance=a.importance,
+        streams=not a.no_streams,
     )
 
 
@@ -294,7 +365,10 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             sr=a.sr,
             sparsity=a.sparsity,
             ratios=tuple(a.ratios),
-            compare_ratio=None if a.no_compare else a.compare_ratio,
+            targets=tuple(a.targets),
+            compare_at=None if a.no_compare else a.compare_at,
+            importance=a.importance,
+            streams=not a.no_streams,
             round_to=a.round_to,
             latency_repeats=a.latency_repeats,
             train_args=extra,
@@ -306,7 +380,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
     "train": (_run_train, "normal training (sr=0)"),
     "sparse": (_run_train, "sparsity training: L1 penalty sr on prunable BN gammas, toward a --sparsity target"),
     "gamma": (_run_gamma, "histograms of prunable BN gammas of one or more checkpoints"),
-    "prune": (_run_prune, "prune channels by a global gamma threshold and save pruned.pt"),
+    "prune": (_run_prune, "prune channels by a global ranking, to a ratio or a GFLOPs / params target; save pruned.pt"),
     "finetune": (_run_finetune, "fine-tune a pruned checkpoint as it is"),
     "val": (_run_val, "validate a checkpoint"),
     "export": (_run_export, "export a checkpoint to ONNX and check it with onnxruntime"),

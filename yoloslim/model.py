@@ -6,12 +6,20 @@ training and `YOLO("pruned.pt").train(data=..., finetune=True)` for fine-tuning 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from yoloslim.target import check_target
-from yoloslim.trainer import SLIM_ARGS, SlimTrainer, check_slim_args, refuse_sparsity_on_pruned
+from yoloslim.trainer import (
+    SLIM_ARGS,
+    SlimTrainer,
+    check_slim_args,
+    ranking_args,
+    refuse_sparsity_on_pruned,
+    zeroing_target,
+)
 
 
 class YOLO(_UltralyticsYOLO):
@@ -27,14 +35,15 @@ class YOLO(_UltralyticsYOLO):
     def train(self, trainer=None, **kwargs: Any):
         """Ultralytics' `train`, after the slimming arguments are checked against this model.
 
-        Bad `sr` / `sparsity` / `finetune` values, slimming outside detection, a model the channel graph does
+        Bad `sr` / `sparsity` / `target_gflops` / `finetune` values, slimming outside detection, a model the channel graph does
         not cover and an unreachable sparsity target all fail here, before Ultralytics creates a run folder.
         """
         if any(kwargs.get(k) for k in SLIM_ARGS) and self.task != "detect":
             raise ValueError(f"sr / sparsity / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
-        checked = dict(kwargs)
+        checked = {**SLIM_ARGS, **kwargs}
         check_slim_args(checked)
-        refuse_sparsity_on_pruned(self.model, checked["sparsity"])
-        if checked["sr"] > 0 or checked["sparsity"] > 0:
-            check_target(self.model, checked["sparsity"])
+        target = zeroing_target(SimpleNamespace(**checked))
+        refuse_sparsity_on_pruned(self.model, target)
+        if checked["sr"] > 0 or target:
+            check_target(self.model, *(target or ("channels", 0.0)), **ranking_args(checked))
         return super().train(trainer=trainer, **kwargs)

@@ -1,9 +1,12 @@
 """The whole network-slimming sequence in one resumable command, ending in one results table.
 
-normal training -> sparsity training -> gamma histograms -> prune at each ratio -> fine-tune each ->
-validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by side -> table
-(Markdown and CSV) and plots. Plus two comparisons at one ratio: pruning the normally trained model
-instead of the sparse one, and folding `act(beta)` off.
+normal training -> sparsity training -> gamma histograms -> prune at each ratio (or each GFLOPs target) ->
+fine-tune each -> validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by
+side -> table (Markdown and CSV) and plots. Plus two comparisons at one of them: pruning the normally
+trained model instead of the sparse one, and folding `act(beta)` off.
+
+With `targets`, one number drives both stages: the sparse stage zeroes channels until the live ones keep
+the smallest target's share of the GFLOPs (`target_gflops`), and each row prunes to one target.
 
 Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
 interrupted pipeline picks up where it stopped when the same command is run again.
@@ -26,7 +29,7 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
-from yoloslim.prune import check_ratio
+from yoloslim.prune import check_budget, check_ratio
 from yoloslim.trainer import check_slim_args
 
 
@@ -42,6 +45,9 @@ RESERVED = {
     "exist_ok",
     "sr",
     "sparsity",
+    "target_gflops",
+    "importance",
+    "streams",
     "finetune",
     "resume",
 }
@@ -56,6 +62,9 @@ STAGE_SETTINGS = (
     "epochs_finetune",
     "sr",
     "sparsity",
+    "targets",
+    "importance",
+    "streams",
     "round_to",
     "train_args",
 )
@@ -77,21 +86,35 @@ class PipelineConfig:
     sr: float = 1e-2
     sparsity: float = 0.6  # share of prunable channels the sparse stage drives to exact zero (0 = plain L1 only)
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    compare_ratio: float | None = 0.6  # ratio of the two comparisons; None skips them
+    targets: tuple[float, ...] = ()  # GFLOPs shares to prune to, instead of the ratios (and `sparsity`)
+    compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
+    importance: str = "flops"
+    streams: bool = True
     round_to: int = 1
     latency_repeats: int = 30
     # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
     # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch
     train_args: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def points(self) -> tuple[float, ...]:
+        """The rows' ratios, or their GFLOPs targets."""
+        return self.targets or self.ratios
+
+    def sparse_target(self) -> dict[str, float]:
+        """The sparse stage's target: the smallest GFLOPs target, or the `sparsity` share of channels."""
+        return {"target_gflops": min(self.targets)} if self.targets else {"sparsity": self.sparsity}
+
     def check(self) -> None:
         """Bad settings fail before any training."""
-        for r in (*self.ratios, *([self.compare_ratio] if self.compare_ratio is not None else [])):
-            check_ratio(r)
-        if self.compare_ratio is not None and self.compare_ratio not in self.ratios:
-            raise ValueError(f"compare ratio {self.compare_ratio} must be one of the ratios {list(self.ratios)}")
-        check_slim_args({"sr": self.sr, "sparsity": self.sparsity})
-        if self.sr <= 0 and self.sparsity <= 0:
+        what = "targets" if self.targets else "ratios"
+        for r in self.points:
+            check_budget("gflops", r) if self.targets else check_ratio(r)
+        if self.compare_at is not None and self.compare_at not in self.points:
+            raise ValueError(f"compare point {self.compare_at} must be one of the {what} {list(self.points)}")
+        slim = {"sr": self.sr, **self.sparse_target(), "importance": self.importance, "streams": self.streams}
+        check_slim_args(slim)
+        if self.sr <= 0 and not any(self.sparse_target().values()):
             raise ValueError(
                 f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is sparsity training"
             )
@@ -167,37 +190,43 @@ class Pipeline:
             lambda: steps.export(weights, imgsz=self.cfg.imgsz),
         )
 
-    def pruned(self, name: str, weights: Path, ratio: float, fold: bool = True) -> Path:
-        """A pruning stage whose output is `run_dir/name/pruned.pt`."""
+    def pruned(self, name: str, weights: Path, point: float, fold: bool = True) -> Path:
+        """A pruning stage (at a ratio, or a GFLOPs target) whose output is `run_dir/name/pruned.pt`."""
+        c = self.cfg
         save_dir = self.dir / name
+        ratio, target = (None, ("gflops", point)) if c.targets else (point, None)
+        args = {"round_to": c.round_to, "fold": fold, "importance": c.importance, "streams": c.streams}
         return self.stage(
-            name,
-            save_dir / "pruned.pt",
-            lambda: steps.prune(weights, ratio, save_dir, round_to=self.cfg.round_to, fold=fold),
+            name, save_dir / "pruned.pt", lambda: steps.prune(weights, ratio, save_dir, target=target, **args)
         )
 
     def run(self) -> list[dict[str, Any]]:
         """Run every stage; write and print the table; return its rows."""
         c = self.cfg
         normal = self.train("normal", c.weights, c.epochs_normal)
-        sparse = self.train("sparse", normal, c.epochs_sparse, sr=c.sr, sparsity=c.sparsity)
+        slim = {"sr": c.sr, **c.sparse_target(), "importance": c.importance, "streams": c.streams}
+        sparse = self.train("sparse", normal, c.epochs_sparse, **slim)
+        target_text = ", ".join(f"{k}={v:g}" for k, v in c.sparse_target().items())
         self.stage(
             "gamma",
             self.dir / "gamma_hist.png",
             lambda: steps.gamma_report(
                 [normal, sparse],
                 self.dir / "gamma_hist.png",
-                labels=["normal (sr=0)", f"sparse (sr={c.sr:g}, sparsity={c.sparsity:g})"],
-                ratio=c.sparsity or max(c.ratios),
+                labels=["normal (sr=0)", f"sparse (sr={c.sr:g}, {target_text})"],
+                ratio=None if c.targets else (c.sparsity or max(c.ratios)),
             ),
         )
-        rows = [self.row(f"{r:g}", self.pruned(f"prune-{r:g}", sparse, r)) for r in (0.0, *c.ratios)]
+        name = "gflops-" if c.targets else ""
+        unpruned = 1.0 if c.targets else 0.0  # the first row: the sparse model through the pruner, unchanged
+        rows = [self.row(f"{p:g}", self.pruned(f"prune-{name}{p:g}", sparse, p)) for p in (unpruned, *c.points)]
         compare = []
-        if c.compare_ratio is not None:
-            r = c.compare_ratio
+        if (p := c.compare_at) is not None:
             compare = [
-                self.row(f"{r:g} normal-trained", self.pruned(f"prune-normal-{r:g}", normal, r)),
-                self.row(f"{r:g} no fold", self.pruned(f"prune-nofold-{r:g}", sparse, r, fold=False), finetune=False),
+                self.row(f"{p:g} normal-trained", self.pruned(f"prune-{name}normal-{p:g}", normal, p)),
+                self.row(
+                    f"{p:g} no fold", self.pruned(f"prune-{name}nofold-{p:g}", sparse, p, fold=False), finetune=False
+                ),
             ]
         n = self.metrics("normal", normal)
         s = self.metrics("sparse", sparse)
@@ -206,21 +235,23 @@ class Pipeline:
             f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; "
             f"sparsity training mAP50 {s['map50']:.4f}, mAP50-95 {s['map50_95']:.4f}."
         )
-        self.write_table(rows, rows[0], "results", note)
+        self.write_table(rows, rows[0], n, "results", note)
         if compare:
-            same_ratio = next(row for row in rows if row["ratio"] == f"{c.compare_ratio:g}")
-            self.write_table([same_ratio, *compare], rows[0], "comparisons", note)
+            same = next(row for row in rows if row["point"] == f"{c.compare_at:g}")
+            self.write_table([same, *compare], rows[0], n, "comparisons", note)
         plot_map_vs_gflops(
             [
                 {
-                    "label": r["ratio"],
-                    "gflops": r["gflops"],
+                    "label": r["point"],
+                    "gflops": r["gflops"] / rows[0]["gflops"],
                     "map_before": r["map50_95_before"],
                     "map_after": r["map50_95_after"],
                 }
                 for r in rows
             ],
+            n["map50_95"],
             self.dir / "map_vs_gflops.png",
+            title=f"{Path(c.weights).stem} on {Path(c.data).stem}, imgsz {c.imgsz}",
         )
         return rows
 
@@ -229,7 +260,7 @@ class Pipeline:
         key = label.replace(" ", "-")
         before = self.metrics(f"pruned-{key}", pruned)
         row = {
-            "ratio": label,
+            "point": label,
             "params": before["params"],
             "gflops": before["gflops"],
             "map50_before": before["map50"],
@@ -255,8 +286,11 @@ class Pipeline:
             row["latency_ms"] = measured[row["onnx"]]
             row["onnx_mb"] = row["onnx"].stat().st_size / 2**20
 
-    def write_table(self, rows: list[dict[str, Any]], base: dict[str, Any], stem: str, note: str) -> None:
-        """Markdown and CSV tables; sizes and latency carry their ratio to `base` in brackets."""
+    def write_table(
+        self, rows: list[dict[str, Any]], base: dict[str, Any], normal: dict[str, float], stem: str, note: str
+    ) -> None:
+        """Markdown and CSV tables; sizes and latency carry their ratio to `base` (the unpruned sparse model) in
+        brackets, and the last column is the change from the `normal`-trained model, the user's starting point."""
 
         def ratio(row: dict[str, Any], key: str, fmt: str) -> str:
             return f"{row[key]:{fmt}} ({row[key] / base[key]:.2f}x)"
@@ -266,8 +300,12 @@ class Pipeline:
                 return "-"
             return f"{row[key]:.4f}" if row is base else f"{row[key]:.4f} ({100 * (row[key] - base[key]):+.1f})"
 
+        def change(row: dict[str, Any]) -> str:
+            best = row["map50_95_after"] if row["map50_95_after"] is not None else row["map50_95_before"]
+            return f"{100 * (best - normal['map50_95']):+.1f}"
+
         head = (
-            "ratio",
+            "target GFLOPs" if self.cfg.targets else "ratio",
             "params (M)",
             "GFLOPs",
             "mAP50 pruned",
@@ -276,6 +314,7 @@ class Pipeline:
             "mAP50-95 fine-tuned",
             "ONNX MB",
             "ORT ms/img",
+            "mAP50-95 change vs the normal-trained model (pt)",
         )
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
@@ -283,7 +322,7 @@ class Pipeline:
                 "| "
                 + " | ".join(
                     [
-                        r["ratio"],
+                        r["point"],
                         f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
                         ratio(r, "gflops", ".3f"),
                         pts(r, "map50_before"),
@@ -292,12 +331,15 @@ class Pipeline:
                         pts(r, "map50_95_after"),
                         ratio(r, "onnx_mb", ".2f"),
                         ratio(r, "latency_ms", ".2f"),
+                        change(r),
                     ]
                 )
                 + " |"
             )
         legend = (
-            "mAP: absolute, with the change from the ratio-0 row in points in brackets; "
+            "mAP: absolute, with the change from the unpruned sparse model (first row) in points in brackets; the last "
+            "column: fine-tuned (else pruned) mAP50-95 minus the normal-trained model's "
+            f"({normal['map50_95']:.4f}); "
             f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs."
         )
         markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"

@@ -58,20 +58,43 @@ def plot_gamma_histograms(
     return path
 
 
-def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """mAP50-95 against GFLOPs, one point per row (label, gflops, map before / after fine-tuning)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+# The reference's README table (YOLOv8s on its own single-class set): GFLOPs as a share of its baseline and the
+# fine-tuned mAP50-95 change from its baseline in points, at prune ratios 0.2, 0.4 and 0.6.
+REFERENCE_YOLOV8S = ((0.71, 1.6), (0.54, 1.3), (0.40, 0.6))
+
+
+def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], normal_map: float, path: Path, title: str = "") -> Path:
+    """mAP50-95 change from the normal-trained model (pt) against GFLOPs as a share of the unpruned model.
+
+    One point per row (label, gflops share, map before / after fine-tuning), the normal-trained model as its
+    own marked point at (1, 0), and the reference's YOLOv8s figures for scale.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.plot(
+        [1.0], [0.0], marker="*", markersize=14, linestyle="", color="black", label=f"normal-trained ({normal_map:.4f})"
+    )
     for key, marker, text in (
         ("map_before", "x", "pruned, before fine-tuning"),
         ("map_after", "o", "after fine-tuning"),
     ):
-        pts = [(r["gflops"], r[key], r["label"]) for r in rows if r.get(key) is not None]
+        pts = [(r["gflops"], 100 * (r[key] - normal_map), r["label"]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle="-", label=text)
             for x, y, label in pts:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("GFLOPs")
-    ax.set_ylabel("mAP50-95")
+    ref = REFERENCE_YOLOV8S
+    ax.plot(
+        [p[0] for p in ref],
+        [p[1] for p in ref],
+        marker="s",
+        linestyle=":",
+        color="grey",
+        label="reference YOLOv8s, fine-tuned",
+    )
+    ax.set_xlabel("GFLOPs (share of the unpruned model)")
+    ax.set_ylabel("mAP50-95 change vs normal-trained (pt)")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -14,31 +14,46 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch import nn
 from ultralytics.nn.modules import C2f
 
 from yoloslim.channels import ChannelGraph, ChannelGroup, Consumer, build_graph
+from yoloslim.cost import KINDS, CostModel, Unit, prunable_units
 
-Importance = Callable[[nn.BatchNorm2d], torch.Tensor]
+Importance = Callable[["Pruner", Unit], torch.Tensor]
 
 
-def gamma_importance(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Network slimming's channel score: |gamma| of the BN that follows the conv."""
-    return bn.weight.detach().abs().float()
+def gamma_importance(pruner: Pruner, unit: Unit) -> torch.Tensor:
+    """Network slimming's channel score: |gamma| of the BN after the conv, the mean over a stream's BNs
+    (each is L1-penalised in sparse training, so the mean is what the penalty drives down)."""
+    return torch.stack([pruner.gamma(bn)[o : o + unit.size] for bn, o in unit.members]).mean(0)
+
+
+def flops_importance(pruner: Pruner, unit: Unit) -> torch.Tensor:
+    """Cost-aware score: |gamma| per GFLOP, relative to the mean channel's (in the spirit of the resource-
+    weighted penalties of MorphNet, Gordon et al. 2018, arXiv:1711.06798). A channel of a high-resolution
+    layer costs many times one of the P5 layers, so plain |gamma| keeps the expensive layers whole."""
+    return gamma_importance(pruner, unit) / pruner.relative_cost[pruner.units.index(unit)]
+
+
+IMPORTANCE: dict[str, Importance] = {"gamma": gamma_importance, "flops": flops_importance}
 
 
 @dataclass(frozen=True)
 class PrunePlan:
     """The channels each group keeps (sorted indices), the global threshold that chose them (the lowest
-    score kept) and the highest score removed (near 0 when only sparse-trained channels go)."""
+    importance kept), the share of prunable channels removed (`ratio`) and the largest |gamma| removed
+    (near 0 when only sparse-trained channels go, whatever the importance)."""
 
     keep: dict[str, list[int]]
     threshold: float
     ratio: float
     max_removed: float = -math.inf
+    removed: float = 0.0  # the share of prunable channels removed (a residual stream's channel counts once)
 
 
 @dataclass(frozen=True)
@@ -56,35 +71,61 @@ class Pruner:
 
     Args:
         model: the model to prune (modified by `apply`; pass a copy to keep the original).
-        importance: channel score from a BN; higher means more important.
+        importance: channel score of a unit (higher is more important), or a name in `IMPORTANCE`.
         round_to: keep counts in multiples of this (GPU-friendly shapes), capped at the layer width.
         min_keep: the per-layer floor, as a share of the layer's channels (at least one channel is kept),
             so that every ratio in [0, 1) works and no layer is ever emptied.
         fold: fold each removed channel's constant output `act(beta)` into its consumers (the next BN's
             running mean, or a head conv's bias), which makes removing zero-gamma channels exact for 1x1
             consumers and close for the others.
+        streams: prune the residual streams of Bottleneck shortcuts (all their BNs together).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        importance: Importance = gamma_importance,
+        importance: Importance | str = "flops",
         round_to: int = 1,
         min_keep: float = 0.05,
         fold: bool = True,
+        streams: bool = True,
     ) -> None:
         if round_to < 1:
             raise ValueError(f"round_to={round_to} must be a whole number >= 1")
         if not 0 <= min_keep <= 1:
             raise ValueError(f"min_keep={min_keep} must be a share in [0, 1]")
+        if isinstance(importance, str):
+            if importance not in IMPORTANCE:
+                raise ValueError(f"importance '{importance}' is not one of {sorted(IMPORTANCE)}")
+            importance = IMPORTANCE[importance]
         self.model = model
-        self.graph: ChannelGraph = build_graph(model)
+        self.graph: ChannelGraph = build_graph(model, streams)
+        self.units = prunable_units(self.graph)
         self.modules = dict(model.named_modules())
         self.importance, self.round_to, self.min_keep, self.fold = importance, round_to, min_keep, fold
+        self._cost: CostModel | None = None
 
-    def scores(self) -> dict[str, torch.Tensor]:
-        """The importance of every channel of every prunable group."""
-        return {g.name: self.importance(self.modules[g.name]) for g in self.graph.prunable}
+    @property
+    def cost(self) -> CostModel:
+        """The model's cost as a function of kept counts (measured on first use, at the model's full width)."""
+        if self._cost is None:
+            self._cost = CostModel(self.model, self.graph, self.units)
+        return self._cost
+
+    @cached_property
+    def relative_cost(self) -> torch.Tensor:
+        """GFLOPs of one channel of each unit, divided by the mean over all prunable channels."""
+        per = self.cost.per_channel("gflops").float()
+        sizes = torch.tensor([u.size for u in self.units], dtype=torch.float32)
+        return per / ((per * sizes).sum() / sizes.sum())
+
+    def gamma(self, bn: str) -> torch.Tensor:
+        """|gamma| of a BN."""
+        return self.modules[bn].weight.detach().abs().float().cpu()
+
+    def scores(self) -> list[torch.Tensor]:
+        """The importance of every channel of every prunable unit (forward order)."""
+        return [self.importance(self, u).float().cpu() for u in self.units]
 
     def plan(self, ratio: float) -> PrunePlan:
         """Mark the `ratio` lowest-scoring prunable channels globally; keep the rest, within floors and rounding.
@@ -109,66 +150,101 @@ class Pruner:
                 f"removing {share:.1%} of the prunable channels is not possible: the per-layer floors "
                 f"(min_keep={self.min_keep:g}, round_to={self.round_to}) allow at most {most:.1%}"
             )
-        scores = self.scores()
-        order = self._order(scores)
         wanted = math.ceil(share * self.n_channels - 1e-9)
-        lo, hi = wanted, self.n_channels
-        while lo < hi:  # the removed count never falls as more channels are marked
-            mid = (lo + hi) // 2
-            removed = sum(g.size - g.halves * k for g, k in zip(self.graph.prunable, self._kept(scores, order, mid)))
-            lo, hi = (lo, mid) if removed >= wanted else (mid + 1, hi)
-        return self._plan_lowest(scores, order, lo, share)
+        return self._search(lambda counts: self.n_channels - sum(counts) >= wanted, share)
+
+    def plan_budget(self, kind: str, target: float) -> PrunePlan:
+        """The plan that removes the fewest channels but leaves at most `target` of the unpruned model's
+        GFLOPs (`kind="gflops"`) or parameters (`kind="params"`): AtomNAS-style, the ranking is cut where
+        the cost of what remains meets the budget (Mei et al. 2020, arXiv:1912.09640)."""
+        check_budget(kind, target)
+        if target < (least := self.min_cost_share(kind)):
+            raise ValueError(
+                f"target {kind}={target:g} is below what the per-layer floors allow: the smallest reachable is "
+                f"{least:.3f} (min_keep={self.min_keep:g}, round_to={self.round_to}); raise the target or lower min_keep"
+            )
+        plan = self._search(lambda counts: self.cost.share(counts, kind) <= target + 1e-12, 0.0)
+        return replace(plan, ratio=plan.removed)
+
+    def min_cost_share(self, kind: str) -> float:
+        """The smallest share of the `kind` cost that the per-layer floors let any plan reach."""
+        return self.cost.share(self._floors(), kind)
+
+    def live_cost_share(self, kind: str, small: float = 1e-2) -> float:
+        """The `kind` cost share kept by the channels whose score is at least `small` (floors included):
+        what pruning every channel below `small` would leave."""
+        return self.cost.share([self._bounded(int((s >= small).sum()), len(s)) for s in self.scores()], kind)
+
+    def cost_share(self, plan: PrunePlan, kind: str) -> float:
+        """The `kind` cost of `plan` as a share of the unpruned model's (convs only, see `cost.py`)."""
+        return self.cost.share(self._counts(plan), kind)
 
     @property
     def n_channels(self) -> int:
-        """How many prunable channels the model has."""
-        return sum(g.size for g in self.graph.prunable)
-
-    def removed(self, plan: PrunePlan) -> int:
-        """How many prunable channels `plan` removes."""
-        return sum(g.size - len(plan.keep[g.name]) for g in self.graph.prunable)
+        """How many prunable channels the model has (a residual stream's channel counts once)."""
+        return sum(u.size for u in self.units)
 
     def max_share(self) -> float:
         """The largest share of prunable channels the per-layer floors let any plan remove."""
-        kept = sum(g.halves * self._bounded(0, g.size // g.halves) for g in self.graph.prunable)
-        return 1 - kept / self.n_channels
+        return 1 - sum(self._floors()) / self.n_channels
+
+    def _floors(self) -> list[int]:
+        """Per unit, the fewest channels it can keep."""
+        return [self._bounded(0, u.size) for u in self.units]
+
+    def _counts(self, plan: PrunePlan) -> list[int]:
+        """Per unit, the channels `plan` keeps."""
+        counts = []
+        for unit in self.units:
+            bn, offset = unit.members[0]
+            counts.append(sum(1 for i in plan.keep[bn] if offset <= i < offset + unit.size))
+        return counts
+
+    def _search(self, fits: Callable[[list[int]], bool], ratio: float) -> PrunePlan:
+        """The plan marking the fewest lowest-ranked channels whose kept counts `fits` (monotone in the count)."""
+        scores = self.scores()
+        order = self._order(scores)
+        lo, hi = 0, self.n_channels - 1
+        while lo < hi:  # the kept counts never grow as more channels are marked
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(self._kept(scores, order, mid)) else (mid + 1, hi)
+        return self._plan_lowest(scores, order, lo, ratio)
 
     @staticmethod
-    def _order(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _order(scores: list[torch.Tensor]) -> torch.Tensor:
         """All prunable channels (flat, in graph order), lowest score first; ties keep graph order."""
-        return torch.cat(list(scores.values())).argsort(stable=True)
+        return torch.cat(scores).argsort(stable=True)
 
-    def _kept(self, scores: dict[str, torch.Tensor], order: torch.Tensor, n_remove: int) -> list[int]:
-        """Per prunable group (graph order), the channels each half keeps when the `n_remove` lowest are marked."""
+    def _kept(self, scores: list[torch.Tensor], order: torch.Tensor, n_remove: int) -> list[int]:
+        """Per unit, the channels it keeps when the `n_remove` lowest are marked (twins keep the larger count)."""
         below = torch.zeros(len(order), dtype=torch.bool)
         below[order[: min(n_remove, len(order) - 1)]] = True
+        unmarked = [int((~b).sum()) for b in below.split([len(s) for s in scores])]
         return [
-            self._bounded(max(int((~b).sum()) for b in part.chunk(g.halves)), g.size // g.halves)
-            for g, part in zip(self.graph.prunable, below.split([len(v) for v in scores.values()]), strict=True)
+            self._bounded(max(unmarked[u], unmarked[unit.twin] if unit.twin >= 0 else 0), unit.size)
+            for u, unit in enumerate(self.units)
         ]
 
-    def _plan_lowest(
-        self, scores: dict[str, torch.Tensor], order: torch.Tensor, n_remove: int, ratio: float
-    ) -> PrunePlan:
-        """Mark the `n_remove` lowest-scoring channels; each group keeps its unmarked ones, within its floor."""
-        flat = torch.cat(list(scores.values()))
+    def _plan_lowest(self, scores: list[torch.Tensor], order: torch.Tensor, n_remove: int, ratio: float) -> PrunePlan:
+        """Mark the `n_remove` lowest-scoring channels; each unit keeps its unmarked ones, within its floor."""
+        flat = torch.cat(scores)
         n_remove = min(n_remove, len(flat) - 1)
-        kept = dict(zip(scores, self._kept(scores, order, n_remove), strict=True))
-        keep, max_removed = {}, -math.inf
-        for g in self.graph.groups.values():
-            if not g.prunable:
-                keep[g.name] = list(range(g.size))
-                continue
-            parts = scores[g.name].chunk(g.halves)  # C2f.cv1: both halves keep the same count
-            keep[g.name] = sorted(
-                i * len(parts[0]) + j for i, p in enumerate(parts) for j in p.topk(kept[g.name]).indices.tolist()
-            )
-            removed = torch.ones(g.size, dtype=torch.bool)
-            removed[keep[g.name]] = False
-            if removed.any():
-                max_removed = max(max_removed, float(scores[g.name][removed].max()))
+        keep = {g.name: list(range(g.size)) for g in self.graph.groups.values()}
+        for g in self.graph.prunable:
+            keep[g.name] = []
+        max_removed = -math.inf
+        counts = self._kept(scores, order, n_remove)
+        for unit, score, k in zip(self.units, scores, counts, strict=True):
+            kept = score.topk(k).indices
+            for bn, offset in unit.members:
+                keep[bn] += (kept + offset).tolist()
+            if k < unit.size:
+                removed = torch.ones(unit.size, dtype=torch.bool)
+                removed[kept] = False
+                max_removed = max(max_removed, float(gamma_importance(self, unit)[removed].max()))
         threshold = float(flat[order[n_remove]]) if n_remove else -math.inf
-        return PrunePlan(keep, threshold, ratio, max_removed)
+        removed = 1 - sum(counts) / self.n_channels
+        return PrunePlan({name: sorted(k) for name, k in keep.items()}, threshold, ratio, max_removed, removed)
 
     def _bounded(self, k: int, n: int) -> int:
         """`k` raised to the floor and rounded up to a multiple of `round_to`, at most `n`."""
@@ -189,6 +265,8 @@ class Pruner:
                 raise ValueError(f"{g.name}: C2f.cv1 halves must keep equal counts (stock chunk(2))")
             if not g.prunable and not mask.all():
                 raise ValueError(f"{g.name} is not prunable: {g.reason}")
+            if g.residual and not torch.equal(mask, masks[g.residual][g.offset : g.offset + g.size]):
+                raise ValueError(f"{g.name} adds onto {g.residual}: a residual stream keeps the same channels in both")
             masks[g.name] = mask
         with torch.no_grad():
             for c in self.graph.consumers.values():  # consumers first: folding reads the producers' unsliced BNs
@@ -219,10 +297,11 @@ class Pruner:
         conv.in_channels = int(keep.sum())
 
     def _constant_output(self, group: str, index: int) -> torch.Tensor:
-        """What a channel emits when its gamma is zero: `act(beta)` of its Conv block."""
+        """What a channel emits when its gamma is zero: `act(beta)` of its Conv block, plus, for a Bottleneck
+        cv2, what the stream it adds onto carries."""
         g = self.graph.groups[group]
-        beta = self.modules[g.name].bias[index].float()
-        return self.modules[g.conv].act(beta)
+        out = self.modules[g.conv].act(self.modules[g.name].bias[index].float())
+        return out + self._constant_output(g.residual, g.offset + index) if g.residual else out
 
     def _slice_producer(self, g: ChannelGroup, mask: torch.Tensor) -> None:
         """Drop the removed output filters of a Conv block and the matching BN entries."""
@@ -239,16 +318,37 @@ class Pruner:
         bn.num_features = int(mask.sum())
 
 
+def check_budget(kind: str, target: float) -> None:
+    """A compute budget: a share in (0, 1] of the unpruned model's GFLOPs or parameters."""
+    if kind not in KINDS:
+        raise ValueError(f"budget kind '{kind}' is not one of {KINDS}")
+    if not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(
+            f"target {kind}={target!r} must be in (0, 1]: the share of the unpruned model's {kind} to keep, "
+            "e.g. 0.4 keeps 40%"
+        )
+
+
 def check_ratio(ratio: float) -> None:
     """A prune ratio must be a share of channels in [0, 1)."""
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ValueError(f"prune ratio {ratio!r} must be in [0, 1): e.g. 0.5 removes half of the prunable channels")
 
 
-def prune_model(model: nn.Module, ratio: float, **pruner_args) -> tuple[nn.Module, PrunePlan, list[LayerChange]]:
-    """A pruned copy of `model` (the input is left untouched), the plan used and the per-layer changes."""
-    check_ratio(ratio)
+def prune_model(
+    model: nn.Module, ratio: float | None = None, target: tuple[str, float] | None = None, **pruner_args
+) -> tuple[nn.Module, PrunePlan, list[LayerChange]]:
+    """A pruned copy of `model` (the input is left untouched), the plan used and the per-layer changes.
+
+    Give either a channel `ratio` or a compute `target` (`("gflops", 0.4)`: keep 40% of the GFLOPs).
+    """
+    if (ratio is None) == (target is None):
+        raise ValueError("give either a prune ratio or a target (GFLOPs or params share), not both or neither")
+    if ratio is not None:
+        check_ratio(ratio)
+    else:
+        check_budget(*target)
     pruned = deepcopy(model).float().eval()
     pruner = Pruner(pruned, **pruner_args)
-    plan = pruner.plan(ratio)
+    plan = pruner.plan(ratio) if ratio is not None else pruner.plan_budget(*target)
     return pruned, plan, pruner.apply(plan)

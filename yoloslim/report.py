@@ -42,22 +42,22 @@ def layer_table(changes: Sequence[LayerChange]) -> str:
     return "\n".join(lines)
 
 
-def removed_share(changes: Sequence[LayerChange]) -> float:
-    """The share of prunable channels actually removed."""
-    prunable = [c for c in changes if c.prunable]
-    total = sum(c.before for c in prunable)
-    return sum(c.before - c.after for c in prunable) / total if total else 0.0
-
-
-def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, removed: float) -> str:
-    """The summary lines of a prune report."""
+def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, target: tuple[str, float] | None) -> str:
+    """The summary lines of a prune report: what was asked (a ratio or a target), what was reached."""
+    gflops = after.gflops / before.gflops if before.gflops else math.nan
+    params = after.params / before.params
+    if target is None:
+        asked = f"requested ratio {plan.ratio:.3f}"
+    else:
+        kind, value = target
+        asked = f"target {kind} {value:.3f}x, reached {gflops if kind == 'gflops' else params:.3f}x"
+    largest = "none" if plan.max_removed == -math.inf else f"{plan.max_removed:.6g}"
     return "\n".join(
         [
-            f"requested ratio {plan.ratio:.3f}, removed {removed:.3f} of prunable channels, gamma threshold "
-            f"{plan.threshold:.6g} (largest gamma removed "
-            f"{'none' if plan.max_removed == -math.inf else f'{plan.max_removed:.6g}'})",
-            f"params  {before.params:,} -> {after.params:,} ({after.params / before.params:.3f}x)",
-            f"GFLOPs  {before.gflops:.3f} -> {after.gflops:.3f} ({after.gflops / before.gflops:.3f}x) at imgsz {after.imgsz}"
+            f"{asked}, removed {plan.removed:.3f} of prunable channels (equivalent channel ratio), importance "
+            f"threshold {plan.threshold:.6g}, largest |gamma| removed {largest}",
+            f"params  {before.params:,} -> {after.params:,} ({params:.3f}x)",
+            f"GFLOPs  {before.gflops:.3f} -> {after.gflops:.3f} ({gflops:.3f}x) at imgsz {after.imgsz}"
             if before.gflops
             else "GFLOPs  unavailable (thop failed)",
         ]

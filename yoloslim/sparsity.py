@@ -29,10 +29,14 @@ def sr_at(sr: float, epoch: int, epochs: int) -> float:
     return sr * (1 - 0.9 * epoch / max(epochs, 1))
 
 
-def prunable_gammas(model: nn.Module) -> list[nn.Parameter]:
-    """The gamma (BN weight) parameters of every prunable channel group of `model`, in graph order."""
+def prunable_gammas(model: nn.Module, streams: bool = True) -> list[nn.Parameter]:
+    """The gamma (BN weight) parameters of every prunable channel group of `model`, in graph order.
+
+    With `streams`, each BN of a residual stream is one of them: the L1 term penalises the stream's gammas
+    together, and their mean is the stream channel's importance.
+    """
     modules = dict(model.named_modules())
-    return [modules[g.name].weight for g in build_graph(model).prunable]
+    return [modules[g.name].weight for g in build_graph(model, streams).prunable]
 
 
 @torch.no_grad()

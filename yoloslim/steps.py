@@ -22,10 +22,10 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
-from yoloslim.prune import Pruner, check_ratio, prune_model
-from yoloslim.report import ModelSize, layer_table, prune_summary, removed_share, write_layer_csv
+from yoloslim.prune import Pruner, check_budget, check_ratio, prune_model
+from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
-from yoloslim.trainer import check_slim_args
+from yoloslim.trainer import SLIM_ARGS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
 
@@ -75,7 +75,9 @@ def train(
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
     steps' default paths chain.
     """
-    check_slim_args({"sr": sr, "finetune": finetune, "sparsity": sparsity})
+    check_slim_args(
+        {"sr": sr, "finetune": finetune, "sparsity": sparsity, **{k: v for k, v in overrides.items() if k in SLIM_ARGS}}
+    )
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):
@@ -152,19 +154,27 @@ def _label(path: Path) -> str:
 
 def prune(
     weights: str | Path,
-    ratio: float,
+    ratio: float | None,
     save_dir: str | Path,
     round_to: int = 1,
     fold: bool = True,
     min_keep: float = 0.05,
     data: str | Path | None = None,
+    target: tuple[str, float] | None = None,
+    importance: str = "flops",
+    streams: bool = True,
 ) -> Path:
-    """Prune a checkpoint; write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
+    """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the
+    GFLOPs); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
 
     The input is never modified, and the output is written atomically. With `data`, the pruned model
     (before fine-tuning) is validated on it.
     """
-    check_ratio(ratio)
+    if (ratio is None) == (target is None):
+        raise ValueError(
+            "give either --prune-ratio or a target (--target-gflops / --target-params), not both or neither"
+        )
+    check_ratio(ratio) if ratio is not None else check_budget(*target)
     source = check_weights_file(weights)
     save_dir = Path(save_dir)
     out = save_dir / "pruned.pt"
@@ -173,24 +183,15 @@ def prune(
     model, ckpt = load_model(source)
     data = resolve_data(data) if data is not None else None
     imgsz = int((ckpt.get("train_args") or {}).get("imgsz") or 640)
-    pruned, plan, changes = prune_model(model, ratio, round_to=round_to, fold=fold, min_keep=min_keep)
+    args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
+    pruned, plan, changes = prune_model(model, ratio, target, **args)
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
-    removed = removed_share(changes)
     _warn_if_not_sparse(model, plan.max_removed)
-    mark_pruned(
-        pruned,
-        {
-            "ratio": ratio,
-            "source": str(source.resolve()),
-            "threshold": plan.threshold,
-            "max_removed": plan.max_removed,
-            "removed": removed,
-            "round_to": round_to,
-            "fold": fold,
-        },
-    )
-    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in {"sr", "sparsity", "finetune"}}
-    summary = prune_summary(before, after, plan, removed)
+    info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve())}
+    info.update(threshold=plan.threshold, max_removed=plan.max_removed, removed=plan.removed, **args)
+    mark_pruned(pruned, info)
+    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in SLIM_ARGS}
+    summary = prune_summary(before, after, plan, target)
     save_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(save_dir / "prune_report.txt", f"{layer_table(changes)}\n\n{summary}\n")
     write_layer_csv(changes, save_dir / "prune_layers.csv")

@@ -4,7 +4,7 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 
 - `optimizer_step` adds the L1 sub-gradient `sr_t * images / 16 * sign(gamma)` to the prunable gammas once per
   step. It is added to the still-scaled gradient as `scale * ...`, so `scaler.unscale_` turns it into exactly
-  that before Ultralytics clips the gradients: AMP and clipping stay on. With a `sparsity` target it then
+  that before Ultralytics clips the gradients: AMP and clipping stay on. With a `sparsity` or `target_gflops` target it then
   holds the zeroed channels at zero in the model and its EMA (`target.py`).
 - `preprocess_batch` counts the images each step applies (the L1 term is per image) and the progress.
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
@@ -12,7 +12,8 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
   DDP workers receive the trainer's model object itself (8.4 pickles it), which keeps its pruned shapes.
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
-`sr`, `sparsity` and `finetune` are registered as real Ultralytics arguments when this module is imported,
+The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
+the zeroing shares with `prune`, and `finetune`) are registered as real Ultralytics arguments on import,
 so they pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and
 the DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
 A stock Ultralytics trainer refuses them (a default `on_pretrain_routine_start` callback) instead of
@@ -32,13 +33,21 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
-from yoloslim.target import ChannelZeroing, check_sparsity
+from yoloslim.prune import IMPORTANCE, Pruner
+from yoloslim.target import ChannelZeroing, check_sparsity, check_target_gflops
 
-SLIM_ARGS: dict[str, Any] = {"sr": 0.0, "sparsity": 0.0, "finetune": False}
+SLIM_ARGS: dict[str, Any] = {
+    "sr": 0.0,
+    "sparsity": 0.0,
+    "target_gflops": 0.0,
+    "importance": "flops",
+    "streams": True,
+    "finetune": False,
+}
 
 
 def register_args() -> None:
-    """Make `sr`, `sparsity` and `finetune` known to Ultralytics' default config (idempotent)."""
+    """Make the `SLIM_ARGS` known to Ultralytics' default config (idempotent)."""
     for key, value in SLIM_ARGS.items():
         DEFAULT_CFG_DICT.setdefault(key, value)
         if not hasattr(DEFAULT_CFG, key):
@@ -47,7 +56,7 @@ def register_args() -> None:
 
 def refuse_slim_args_in_stock_trainer(trainer: Any) -> None:
     """`on_pretrain_routine_start` of every Ultralytics trainer: a stock trainer would silently ignore
-    `sr`, `sparsity` and `finetune` (registered process-wide above), so it refuses them instead."""
+    the `SLIM_ARGS` (registered process-wide above), so it refuses them instead."""
     if isinstance(trainer, SlimTrainer):
         return
     if used := [k for k, default in SLIM_ARGS.items() if getattr(trainer.args, k, default) not in (default, None)]:
@@ -70,7 +79,7 @@ if refuse_slim_args_in_stock_trainer.__name__ not in {
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> None:
-    """Validate `sr`, `sparsity` and `finetune` (a dict or namespace) before any training starts; normalise types."""
+    """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts; normalise types."""
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
     sr = get("sr", 0.0)
     try:
@@ -83,20 +92,43 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
     if not isinstance(finetune, bool):
         raise ValueError(f"finetune={finetune!r} must be True or False")
     sparsity = check_sparsity(get("sparsity", 0.0))
-    if sparsity and finetune:
+    gflops = check_target_gflops(get("target_gflops", 0.0))
+    if sparsity and gflops:
         raise ValueError(
-            "sparsity and finetune=True do not go together: sparsity training comes before pruning, fine-tuning after"
+            f"sparsity={sparsity:g} and target_gflops={gflops:g}: give one target (a share of channels, or of GFLOPs)"
         )
-    for key, v in (("sr", value), ("sparsity", sparsity)):
+    if (sparsity or gflops) and finetune:
+        raise ValueError(
+            "a sparsity target and finetune=True do not go together: sparsity training comes before pruning, "
+            "fine-tuning after"
+        )
+    if (importance := get("importance", "flops")) not in IMPORTANCE:
+        raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
+    if not isinstance(get("streams", True), bool):
+        raise ValueError(f"streams={get('streams')!r} must be True or False")
+    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops)):
         if isinstance(args, dict):
             args[key] = v
         else:
             setattr(args, key, v)
 
 
-def refuse_sparsity_on_pruned(model: nn.Module, sparsity: float) -> None:
+def zeroing_target(args: Any) -> tuple[str, float] | None:
+    """The trainer's sparsity target as (kind, value) for `ChannelZeroing`, or None without one."""
+    if args.target_gflops:
+        return "gflops", args.target_gflops
+    return ("channels", args.sparsity) if args.sparsity else None
+
+
+def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
+    """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
+    get = args.get if isinstance(args, dict) else lambda k: getattr(args, k)
+    return {"importance": get("importance"), "streams": get("streams")}
+
+
+def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
     """A sparsity target is for the unpruned model: its zeros are what one later prune removes."""
-    if sparsity and pruned_info(model) is not None:
+    if target and pruned_info(model) is not None:
         raise ValueError(
             "sparsity on an already pruned model: sparsity-train the unpruned model and prune it once at the "
             "target, or fine-tune this one (without sparsity)"
@@ -132,16 +164,22 @@ class SlimTrainer(DetectionTrainer):
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
         if weights is not None:
-            refuse_sparsity_on_pruned(weights, self.args.sparsity)
+            refuse_sparsity_on_pruned(weights, zeroing_target(self.args))
         if pruned or self.args.finetune:
             model = self._pruned_model(weights, pruned, verbose)
         else:
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        if self.args.sr > 0 or self.args.sparsity > 0:  # an unsupported model or target fails here, before training
-            self._gammas = prunable_gammas(model)
-        if self.args.sparsity > 0:
-            self.zeroing = ChannelZeroing(model, self.args.sparsity)
+        if self.args.sr > 0 or zeroing_target(self.args):  # an unsupported model or target fails here, before training
+            self._gammas = prunable_gammas(model, self.args.streams)
+        self.zeroing = self.channel_zeroing(model)
         return model
+
+    def channel_zeroing(self, model: nn.Module) -> ChannelZeroing | None:
+        """The zeroing of the sparsity target, ranked as `prune` will rank (importance, streams), or None."""
+        target = zeroing_target(self.args)
+        if target is None:
+            return None
+        return ChannelZeroing(model, *target, **ranking_args(self.args))
 
     def validate(self):
         """Ultralytics' validation; while a sparsity target's zeroing is unfinished, no epoch becomes best.pt.
@@ -149,7 +187,7 @@ class SlimTrainer(DetectionTrainer):
         best.pt is what users prune: one saved before the target was reached would still hold live channels
         among those the target zeroes.
         """
-        if self.zeroing is None or self.zeroing.share >= self.args.sparsity:
+        if self.zeroing is None or self.zeroing.finished:
             return super().validate()
         best = self.best_fitness
         metrics, fitness = super().validate()
@@ -198,8 +236,8 @@ class SlimTrainer(DetectionTrainer):
                     "sparsity training reached none of the prunable gammas (none has a gradient): the model's "
                     "parameters were replaced or frozen after setup, so this would train as a normal run"
                 )
-        if self.args.sparsity > 0 and self.zeroing is None:  # DDP workers get the model object, not get_model
-            self.zeroing = ChannelZeroing(unwrap_model(self.model), self.args.sparsity)
+        if self.zeroing is None:  # DDP workers get the model object, not get_model
+            self.zeroing = self.channel_zeroing(unwrap_model(self.model))
         if self.zeroing is not None:
             self.zeroing.clear_grads()
         super().optimizer_step()
@@ -213,9 +251,9 @@ class SlimTrainer(DetectionTrainer):
         """
         if self._gammas is None:
             try:
-                self._gammas = prunable_gammas(unwrap_model(self.model))
+                self._gammas = prunable_gammas(unwrap_model(self.model), self.args.streams)
             except UnsupportedModuleError:
-                if self.args.sr > 0 or self.args.sparsity > 0:
+                if self.args.sr > 0 or zeroing_target(self.args):
                     raise
                 self._gammas = []
         return self._gammas
@@ -231,24 +269,33 @@ class SlimTrainer(DetectionTrainer):
             f"median |gamma| {stats['sparsity/median_gamma']:.4f}, sr {stats['sparsity/sr']:.2e} per {IMAGES_PER_SR} images"
         )
         if self.zeroing is not None:
-            stats["sparsity/target_now"] = self.zeroing.share
-            text += f", zeroed {self.zeroing.share:.1%} (target {self.args.sparsity:.1%})"
+            z = self.zeroing
+            stats["sparsity/target_now"] = z.amount
+            what = "of prunable channels" if z.kind == "channels" else f"of the {z.kind}"
+            text += f", zeroed {z.amount:.1%} {what} (target {z.final:.1%})"
         LOGGER.info(f"{colorstr('sparsity:')} {text}")
         super().save_metrics({**metrics, **stats})
 
     def report_target(self) -> None:
-        """At the end of training, say whether the sparsity target was reached, with the share reached."""
-        if not self.args.sparsity or not self.prunable_gammas():
+        """At the end of training, say whether the sparsity target was reached, with what was reached."""
+        if (target := zeroing_target(self.args)) is None or not self.prunable_gammas():
             return
         model = self.ema.ema if self.ema else unwrap_model(self.model)
-        reached = gamma_stats(prunable_gammas(model))["sparsity/share_lt_0.01"]
-        if reached + 1e-9 >= self.args.sparsity:
-            LOGGER.info(
-                f"{colorstr('sparsity:')} target reached: {reached:.1%} of prunable gammas < 0.01 "
-                f"(target {self.args.sparsity:.1%}); prune at ratio {self.args.sparsity:g} to remove only zeros"
+        kind, value = target
+        if kind == "channels":
+            reached = gamma_stats(prunable_gammas(model, self.args.streams))["sparsity/share_lt_0.01"]
+            ok, text = reached + 1e-9 >= value, f"{reached:.1%} of prunable gammas < 0.01 (target {value:.1%})"
+            hint = f"prune at ratio {value:g}"
+        else:
+            reached = Pruner(model, importance="gamma", streams=self.args.streams).live_cost_share(kind)
+            ok, text = (
+                reached <= value + 1e-6,
+                f"the channels with gamma >= 0.01 keep {reached:.3f} of the {kind} (target {value:g})",
             )
+            hint = f"prune with --target-{kind} {value:g}"
+        if ok:
+            LOGGER.info(f"{colorstr('sparsity:')} target reached: {text}; {hint} to remove only zeros")
         else:
             LOGGER.warning(
-                f"{colorstr('sparsity:')} target NOT reached: {reached:.1%} of prunable gammas < 0.01, target "
-                f"{self.args.sparsity:.1%} (the run stopped before the end of its schedule?)"
+                f"{colorstr('sparsity:')} target NOT reached: {text} (the run stopped before the end of its schedule?)"
             )

@@ -1,0 +1,19 @@
+"""The Markdown table every bench script prints (and writes with `--out`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from yoloslim.atomic import atomic_write_text
+
+
+def emit(caption: str, columns: Sequence[str], rows: Iterable[Sequence[object]], out: Path | None) -> str:
+    """Print a caption and a Markdown table; also write them to `out` when given. Returns the text."""
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        atomic_write_text(out, text)
+    return text
