@@ -179,3 +179,20 @@ def test_sparse_training_to_a_gflops_target_then_prune_to_it(tiny_data, runs) ->
     assert get_flops(small, 64) / get_flops(sparse, 64) == pytest.approx(0.4, rel=TOLERANCE)
     with pytest.raises(ValueError, match="give one target"):
         YOLO("yolov8n.yaml").train(data=tiny_data, sparsity=0.5, target_gflops=0.4, **TINY)
+
+
+def test_bad_training_targets_fail_before_a_run_folder(tiny_data, tmp_path) -> None:
+    args = dict(TINY, data=tiny_data, epochs=1, sr=1e-2, project=str(tmp_path), name="bad")
+    for extra, message in (
+        ({"sparsity": 0.5, "target_gflops": 0.4}, "give one target"),
+        ({"target_gflops": 0.001}, "cannot be reached: the per-layer floors keep at least"),
+        ({"target_gflops": 1.5}, "must be in \\(0, 1\\]"),
+        ({"importance": "l2"}, "must be one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            YOLO("yolov8n.yaml").train(**args, **extra)
+    assert not (tmp_path / "bad").exists()
+    cli = [sys.executable, "train_sparsity.py", "--data", tiny_data, "--project", str(tmp_path), "--name", "bad"]
+    out = subprocess.run(cli + ["--sparsity", "0.5", "--target-gflops", "0.4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "not allowed with argument" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "bad").exists()
