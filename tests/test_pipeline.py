@@ -102,7 +102,9 @@ def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
     config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None)
     rows = run_pipeline(config)
     assert [r["point"] for r in rows] == ["1", "0.6", "0.4"]
-    assert YOLO(run / "sparse" / "weights" / "last.pt").ckpt["train_args"]["target_gflops"] == 0.4
+    sparse_args = YOLO(run / "sparse" / "weights" / "last.pt").ckpt["train_args"]
+    assert sparse_args["target_gflops"] == 0.4 and sparse_args["warmup_epochs"] == 0  # trained weights: no warm-up
+    assert YOLO(run / "normal" / "weights" / "last.pt").ckpt["train_args"]["warmup_epochs"] == 3  # from yaml
     for row, target in zip(rows, (1.0, 0.6, 0.4)):
         assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
     report = (run / "prune-gflops-0.4" / "prune_report.txt").read_text()

@@ -73,7 +73,9 @@ def train(
     with finetune=True).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
-    steps' default paths chain.
+    steps' default paths chain. A run that starts from trained weights (a .pt) does not warm up unless
+    `warmup_epochs` is given: Ultralytics' warm-up starts the bias learning rate at 0.1 for at least 100
+    iterations (7 epochs of a 222-image set), which wrecked a pretrained YOLOv8s in each stage (docs/RESULTS.md).
     """
     check_slim_args(
         {"sr": sr, "finetune": finetune, "sparsity": sparsity, **{k: v for k, v in overrides.items() if k in SLIM_ARGS}}
@@ -83,6 +85,8 @@ def train(
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
+    if Path(source).suffix == ".pt":
+        overrides.setdefault("warmup_epochs", 0)
     model = YOLO(source)
     model.train(
         data=data,
