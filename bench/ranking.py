@@ -26,7 +26,8 @@ BATCH = 16
 ROWS = (  # label, ranking arguments (shared by the sparse stage's zeroing and by prune)
     ("|gamma| per GFLOP, streams pruned", {"importance": "flops", "streams": True}),
     ("plain |gamma|, streams pruned", {"importance": "gamma", "streams": True}),
-    ("|gamma| per GFLOP, streams whole", {"importance": "flops", "streams": False}),
+    ("plain |gamma|, streams whole", {"importance": "gamma", "streams": False}),
+    ("|gamma| per sqrt(GFLOP), streams pruned", {"importance": "sqrt-flops", "streams": True}),
 )
 
 

@@ -111,11 +111,13 @@ def _share(flag: str) -> Callable[[str], float]:
 
 def _add_ranking(p: argparse.ArgumentParser) -> None:
     """The pruner's ranking flags, shared by sparse training (its zeroing) and pruning: use the same for both."""
+    from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE
+
     p.add_argument(
         "--importance",
-        choices=["flops", "gamma"],
-        default="flops",
-        help="channel ranking: |gamma| per GFLOP the channel costs (flops) or plain |gamma| (gamma)",
+        choices=list(IMPORTANCE),
+        default=DEFAULT_IMPORTANCE,
+        help="channel ranking: plain |gamma| (gamma), |gamma| per GFLOP the channel costs (flops), or per its square root",
     )
     p.add_argument(
         "--no-streams", action="store_true", help="leave the residual streams of Bottleneck shortcuts unpruned"

@@ -29,7 +29,7 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
-from yoloslim.prune import check_budget, check_ratio
+from yoloslim.prune import DEFAULT_IMPORTANCE, check_budget, check_ratio
 from yoloslim.trainer import check_slim_args
 
 
@@ -88,7 +88,7 @@ class PipelineConfig:
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     targets: tuple[float, ...] = ()  # GFLOPs shares to prune to, instead of the ratios (and `sparsity`)
     compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
-    importance: str = "flops"
+    importance: str = DEFAULT_IMPORTANCE
     streams: bool = True
     round_to: int = 1
     latency_repeats: int = 30

@@ -22,7 +22,7 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
-from yoloslim.prune import Pruner, check_budget, check_ratio, prune_model
+from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_budget, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.trainer import SLIM_ARGS, check_slim_args
@@ -165,7 +165,7 @@ def prune(
     min_keep: float = 0.05,
     data: str | Path | None = None,
     target: tuple[str, float] | None = None,
-    importance: str = "flops",
+    importance: str = DEFAULT_IMPORTANCE,
     streams: bool = True,
 ) -> Path:
     """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the

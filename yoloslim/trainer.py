@@ -33,14 +33,14 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
-from yoloslim.prune import IMPORTANCE, Pruner
+from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, Pruner
 from yoloslim.target import ChannelZeroing, check_sparsity, check_target_gflops
 
 SLIM_ARGS: dict[str, Any] = {
     "sr": 0.0,
     "sparsity": 0.0,
     "target_gflops": 0.0,
-    "importance": "flops",
+    "importance": DEFAULT_IMPORTANCE,
     "streams": True,
     "finetune": False,
 }
@@ -102,7 +102,7 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             "a sparsity target and finetune=True do not go together: sparsity training comes before pruning, "
             "fine-tuning after"
         )
-    if (importance := get("importance", "flops")) not in IMPORTANCE:
+    if (importance := get("importance", DEFAULT_IMPORTANCE)) not in IMPORTANCE:
         raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
     if not isinstance(get("streams", True), bool):
         raise ValueError(f"streams={get('streams')!r} must be True or False")
