@@ -23,6 +23,9 @@ from table import emit
 from yoloslim.atomic import atomic_write_text
 
 BATCH = 16
+# every stage: one optimizer step per batch, and Ultralytics' 3 warm-up epochs (the first rows were measured
+# before yoloslim turned warm-up off for trained starts; kept so that all rows compare)
+TRAIN = {"nbs": BATCH, "warmup_epochs": 3.0}
 ROWS = (  # label, ranking arguments (shared by the sparse stage's zeroing and by prune)
     ("|gamma| per GFLOP, streams pruned", {"importance": "flops", "streams": True}),
     ("plain |gamma|, streams pruned", {"importance": "gamma", "streams": True}),
@@ -48,15 +51,15 @@ def measure(a: argparse.Namespace, name: str, ranking: dict) -> dict:
             None,
             a.run_dir,
             name,
-            nbs=BATCH,
             sr=1e-2,
             target_gflops=a.target,
+            **TRAIN,
             **ranking,
         )
     pruned = steps.prune(sparse, None, a.run_dir / f"{name}-pruned", target=("gflops", a.target), **ranking)
     before = steps.validate(pruned, a.data, name=f"{name}-pruned", **common)
     tuned = steps.train(
-        pruned, a.data, a.finetune, a.imgsz, BATCH, None, a.run_dir, f"{name}-ft", nbs=BATCH, finetune=True
+        pruned, a.data, a.finetune, a.imgsz, BATCH, None, a.run_dir, f"{name}-ft", finetune=True, **TRAIN
     )
     after = steps.validate(tuned, a.data, name=f"{name}-ft", **common)
     row = {"before": before, "after": after}
