@@ -3,18 +3,24 @@
 from yoloslim import runtime  # noqa: F401  (must run before ultralytics is imported)
 from yoloslim.channels import ChannelGraph, UnsupportedModuleError, build_graph, prunable_bn_names
 from yoloslim.model import YOLO
-from yoloslim.prune import Pruner, PrunePlan, gamma_importance, prune_model
+from yoloslim.cost import CostModel, Unit, prunable_units
+from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, cost_weighted, gamma_importance, prune_model
 from yoloslim.trainer import SlimTrainer
 
 __all__ = [
     "YOLO",
     "ChannelGraph",
+    "CostModel",
+    "IMPORTANCE",
     "Pruner",
     "PrunePlan",
     "SlimTrainer",
+    "Unit",
     "UnsupportedModuleError",
     "build_graph",
+    "cost_weighted",
     "gamma_importance",
     "prunable_bn_names",
+    "prunable_units",
     "prune_model",
 ]
