@@ -41,8 +41,10 @@ def main() -> None:
                     w, None, a.run_dir / name, min_keep=floor, target=("gflops", a.target), importance=importance
                 )
                 m = steps.validate(out, a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=name)
-                rows = (a.run_dir / name / "prune_layers.csv").read_text().splitlines()[1:]
-                kept = min(int(r.split(",")[2]) / int(r.split(",")[1]) for r in rows if r.split(",")[3] == "True")
+                layers = [
+                    line.split(",") for line in (a.run_dir / name / "prune_layers.csv").read_text().splitlines()[1:]
+                ]
+                kept = min(int(after) / int(before) for _, before, after, prunable in layers if prunable == "True")
                 ratio = pruned_info(load_model(out)[0])["removed"]
                 gflops = f"{m['gflops'] / base['gflops']:.3f}x"
                 rows.append((w, importance, floor, gflops, f"{m['map50_95']:.4f}", f"{kept:.1%}", f"{ratio:.3f}"))
