@@ -46,7 +46,9 @@ def cost_weighted(exponent: float) -> Importance:
     return importance
 
 
-DEFAULT_IMPORTANCE = "gamma"  # chosen by bench/ranking.py on ships: "flops" thinned the stem to 1 channel (docs/RESULTS.md)
+DEFAULT_IMPORTANCE = (
+    "gamma"  # chosen by bench/ranking.py on ships: "flops" thinned the stem to 1 channel (docs/RESULTS.md)
+)
 IMPORTANCE: dict[str, Importance] = {
     "gamma": gamma_importance,
     "flops": cost_weighted(1.0),
@@ -57,8 +59,9 @@ IMPORTANCE: dict[str, Importance] = {
 @dataclass(frozen=True)
 class PrunePlan:
     """The channels each group keeps (sorted indices), the global threshold that chose them (the lowest
-    importance kept), the share of prunable channels removed (`ratio`) and the largest |gamma| removed
-    (near 0 when only sparse-trained channels go, whatever the importance)."""
+    importance kept), the ratio asked for (for a budget plan: the share it removes), the largest |gamma|
+    removed (near 0 when only sparse-trained channels go, whatever the importance) and the share of
+    prunable channels actually removed (floors and equal C2f halves can keep marked ones)."""
 
     keep: dict[str, list[int]]
     threshold: float
@@ -114,14 +117,11 @@ class Pruner:
         self.units = prunable_units(self.graph)
         self.modules = dict(model.named_modules())
         self.importance, self.round_to, self.min_keep, self.fold = importance, round_to, min_keep, fold
-        self._cost: CostModel | None = None
 
-    @property
+    @cached_property
     def cost(self) -> CostModel:
         """The model's cost as a function of kept counts (measured on first use, at the model's full width)."""
-        if self._cost is None:
-            self._cost = CostModel(self.model, self.graph, self.units)
-        return self._cost
+        return CostModel(self.model, self.graph, self.units)
 
     @cached_property
     def relative_cost(self) -> torch.Tensor:
