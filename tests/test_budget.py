@@ -66,7 +66,7 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
     """Stream channels (C2f.cv1 second half + every Bottleneck cv2) zeroed in gamma and beta: removing them from
     every BN of the stream and every conv that reads it leaves the outputs unchanged, to 1e-4."""
     model = build_model(cfg)
-    pruner = Pruner(deepcopy(model))
+    pruner = Pruner(deepcopy(model), streams=True)
     streams = [u for u in pruner.units if len(u.members) > 1]
     assert len(streams) == 4  # the four backbone C2f blocks
     g = torch.Generator().manual_seed(0)
@@ -85,7 +85,7 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
             bns[twin_bn].weight.data[idx] = 0
             bns[twin_bn].bias.data[idx] = 0
     small = deepcopy(model)
-    Pruner(small).apply(PrunePlan(keep, 0.0, 0.0))
+    Pruner(small, streams=True).apply(PrunePlan(keep, 0.0, 0.0))
     assert small.model[4].cv1.conv.out_channels == model.model[4].cv1.conv.out_channels // 2
     assert small.model[4].m[0].cv2.conv.out_channels == small.model[4].c  # the stream narrowed everywhere
     x = torch.rand(2, 3, 64, 64, generator=g)
@@ -95,22 +95,22 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
 
 def test_stream_must_keep_the_same_channels() -> None:
     model = build_model()
-    keep = {g.name: list(range(g.size)) for g in Pruner(model).graph.groups.values()}
+    keep = {g.name: list(range(g.size)) for g in Pruner(model, streams=True).graph.groups.values()}
     keep["model.2.m.0.cv2.bn"] = list(range(1, 16))  # cv1's second half still keeps all 16
     with pytest.raises(ValueError, match="residual stream keeps the same channels"):
-        Pruner(model).apply(PrunePlan(keep, 0.0, 0.0))
+        Pruner(model, streams=True).apply(PrunePlan(keep, 0.0, 0.0))
 
 
-def test_streams_off_leaves_them_whole() -> None:
-    pruned, _, changes = prune_model(build_model(), target=("gflops", 0.5), streams=False)
+def test_streams_off_by_default_leaves_them_whole() -> None:
+    pruned, _, changes = prune_model(build_model(), target=("gflops", 0.5))
     widths = {c.name: (c.before, c.after) for c in changes}
     assert widths["model.2.m.0.cv2.bn"] == (16, 16) and widths["model.2.cv1.bn"] == (32, 32)
-    assert len(prunable_units(Pruner(build_model(), streams=False).graph)) < len(Pruner(build_model()).units)
+    assert len(prunable_units(Pruner(build_model(), streams=False).graph)) < len(Pruner(build_model(), streams=True).units)
 
 
 def test_gflops_target_pruned_checkpoint_in_stock_ultralytics_and_onnx(tiny_ckpt, tmp_path) -> None:
     """A target-pruned checkpoint (streams pruned) loads in stock Ultralytics, and its ONNX matches torch."""
-    pruned = steps.prune(tiny_ckpt, None, tmp_path / "p", target=("gflops", 0.4), importance="gamma")
+    pruned = steps.prune(tiny_ckpt, None, tmp_path / "p", target=("gflops", 0.4), streams=True)
     report = (tmp_path / "p" / "prune_report.txt").read_text()
     assert "target gflops 0.400x, reached 0.39" in report or "target gflops 0.400x, reached 0.40" in report
     model, _ = load_model(pruned)

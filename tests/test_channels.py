@@ -24,7 +24,7 @@ def test_named_examples_yolov8n() -> None:
         assert tied not in names
         assert not graph.groups[tied].prunable and graph.groups[tied].reason
     # with residual streams, the Bottleneck cv2s join the stream of the half they add onto
-    streams = build_graph(model)
+    streams = build_graph(model, streams=True)
     assert streams.groups["model.2.m.0.cv2.bn"].residual == "model.2.cv1.bn"
     assert streams.groups["model.2.m.0.cv2.bn"].offset == 16  # the second half of cv1's 32 channels
     assert streams.groups["model.4.m.1.cv2.bn"].residual == "model.4.m.0.cv2.bn"
@@ -35,7 +35,7 @@ def test_stream_units_yolov8s() -> None:
     """A stream is one unit: the second half of cv1 plus every Bottleneck cv2 of the C2f, at their offsets."""
     from yoloslim.cost import prunable_units
 
-    units = prunable_units(build_graph(DetectionModel("yolov8s.yaml", nc=3, verbose=False)))
+    units = prunable_units(build_graph(DetectionModel("yolov8s.yaml", nc=3, verbose=False), streams=True))
     stream = next(u for u in units if ("model.4.cv1.bn", 64) in u.members)
     assert stream.members == (("model.4.cv1.bn", 64), ("model.4.m.0.cv2.bn", 0), ("model.4.m.1.cv2.bn", 0))
     assert stream.size == 64 and units[stream.twin].members == (("model.4.cv1.bn", 0),)

@@ -60,7 +60,7 @@ def _outputs(model, x) -> torch.Tensor:
 
 def _pruned(model, keep, fold: bool = True):
     pruned = deepcopy(model)
-    Pruner(pruned, fold=fold).apply(PrunePlan(keep, 0.0, 0.4))
+    Pruner(pruned, fold=fold, streams=True).apply(PrunePlan(keep, 0.0, 0.4))  # `_chosen` cuts streams too
     return pruned
 
 

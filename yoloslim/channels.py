@@ -12,7 +12,8 @@ traces a `DetectionModel` layer by layer and records, as plain data:
 The rules follow docs/DESIGN.md: C2f.cv1 keeps equal halves (stock `chunk(2)`), Detect outputs are fixed, and
 the channels of a Bottleneck shortcut form a *residual stream*: the second half of C2f.cv1 and every
 Bottleneck cv2 that adds into it carry the same channels, so they are removed together (`streams=True`,
-recorded by each cv2's `residual` link) or not at all (`streams=False`, the seed's rule: not prunable). A module
+recorded by each cv2's `residual` link) or not at all (`streams=False`, the seed's rule and the default:
+`bench/ranking.py` measured no gain from pruning them on ships, docs/RESULTS.md). A module
 the rules do not cover raises `UnsupportedModuleError` naming it, never a silent wrong answer.
 """
 
@@ -24,6 +25,7 @@ from torch import nn
 from ultralytics.nn.modules import C2f, SPPF, Bottleneck, Concat, Conv, Detect
 from ultralytics.nn.tasks import DetectionModel
 
+DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 Source = tuple[str, int]  # (group name, channel index in that group); group "" is the image input
 
 
@@ -213,16 +215,16 @@ def input_channels(model: nn.Module) -> int:
     return int(yaml.get("channels", yaml.get("ch", 3)))
 
 
-def build_graph(model: nn.Module, streams: bool = True) -> ChannelGraph:
+def build_graph(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> ChannelGraph:
     """The channel graph of a YOLOv8 `DetectionModel` of any scale (n to x, read from the model itself).
 
-    `streams=False` leaves the residual streams of Bottleneck shortcuts unprunable, as the seed did.
+    `streams=True` makes the residual streams of Bottleneck shortcuts prunable units; `False` leaves them whole.
     """
     if not isinstance(model, DetectionModel):
         raise UnsupportedModuleError(f"expected an Ultralytics DetectionModel, got {type(model).__name__}")
     return _Tracer(streams).trace(model)
 
 
-def prunable_bn_names(model: nn.Module, streams: bool = True) -> list[str]:
+def prunable_bn_names(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> list[str]:
     """Names (as `model.named_modules()` gives them) of the BNs whose gammas score prunable channels."""
     return [g.name for g in build_graph(model, streams).prunable]

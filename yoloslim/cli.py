@@ -120,7 +120,9 @@ def _add_ranking(p: argparse.ArgumentParser) -> None:
         help="channel ranking: plain |gamma| (gamma), |gamma| per GFLOP the channel costs (flops), or per its square root",
     )
     p.add_argument(
-        "--no-streams", action="store_true", help="leave the residual streams of Bottleneck shortcuts unpruned"
+        "--streams",
+        action="store_true",
+        help="also prune the residual streams of Bottleneck shortcuts (each as one unit in all its BNs)",
     )
 
 
@@ -286,7 +288,7 @@ def _run_train(a: argparse.Namespace) -> Any:
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
-    return steps.train(**_train_kwargs(a), sr=a.sr, **target, importance=a.importance, streams=not a.no_streams)
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, importance=a.importance, streams=a.streams)
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -324,7 +326,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
         data=None if a.no_val else a.data,
         target=target,
         importance=a.importance,
-        streams=not a.no_streams,
+        streams=a.streams,
     )
 
 
@@ -370,7 +372,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             targets=tuple(a.targets),
             compare_at=None if a.no_compare else a.compare_at,
             importance=a.importance,
-            streams=not a.no_streams,
+            streams=a.streams,
             round_to=a.round_to,
             latency_repeats=a.latency_repeats,
             train_args=extra,

@@ -24,6 +24,7 @@ from ultralytics.utils import LOGGER
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_csv, atomic_write_text
+from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import finished_training, readable
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -89,7 +90,7 @@ class PipelineConfig:
     targets: tuple[float, ...] = ()  # GFLOPs shares to prune to, instead of the ratios (and `sparsity`)
     compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
     importance: str = DEFAULT_IMPORTANCE
-    streams: bool = True
+    streams: bool = DEFAULT_STREAMS
     round_to: int = 1
     latency_repeats: int = 30
     # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient

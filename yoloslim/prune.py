@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules import C2f
 
-from yoloslim.channels import ChannelGraph, ChannelGroup, Consumer, build_graph
+from yoloslim.channels import DEFAULT_STREAMS, ChannelGraph, ChannelGroup, Consumer, build_graph
 from yoloslim.cost import KINDS, CostModel, Unit, prunable_units
 
 Importance = Callable[["Pruner", Unit], torch.Tensor]
@@ -92,7 +92,7 @@ class Pruner:
         fold: fold each removed channel's constant output `act(beta)` into its consumers (the next BN's
             running mean, or a head conv's bias), which makes removing zero-gamma channels exact for 1x1
             consumers and close for the others.
-        streams: prune the residual streams of Bottleneck shortcuts (all their BNs together).
+        streams: prune the residual streams of Bottleneck shortcuts (all their BNs together); off by default.
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class Pruner:
         round_to: int = 1,
         min_keep: float = 0.05,
         fold: bool = True,
-        streams: bool = True,
+        streams: bool = DEFAULT_STREAMS,
     ) -> None:
         if round_to < 1:
             raise ValueError(f"round_to={round_to} must be a whole number >= 1")

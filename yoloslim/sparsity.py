@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from yoloslim.channels import build_graph
+from yoloslim.channels import DEFAULT_STREAMS, build_graph
 
 
 IMAGES_PER_SR = 16  # Ultralytics' default batch: there, sr is the seed's per-micro-batch sr * sign(gamma)
@@ -29,7 +29,7 @@ def sr_at(sr: float, epoch: int, epochs: int) -> float:
     return sr * (1 - 0.9 * epoch / max(epochs, 1))
 
 
-def prunable_gammas(model: nn.Module, streams: bool = True) -> list[nn.Parameter]:
+def prunable_gammas(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> list[nn.Parameter]:
     """The gamma (BN weight) parameters of every prunable channel group of `model`, in graph order.
 
     With `streams`, each BN of a residual stream is one of them: the L1 term penalises the stream's gammas

@@ -17,6 +17,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
 from yoloslim.atomic import atomic_write_text, durable_replace
+from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -166,7 +167,7 @@ def prune(
     data: str | Path | None = None,
     target: tuple[str, float] | None = None,
     importance: str = DEFAULT_IMPORTANCE,
-    streams: bool = True,
+    streams: bool = DEFAULT_STREAMS,
 ) -> Path:
     """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the
     GFLOPs); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.

@@ -30,7 +30,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML,
 from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloslim.channels import UnsupportedModuleError
+from yoloslim.channels import DEFAULT_STREAMS, UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, Pruner
@@ -41,7 +41,7 @@ SLIM_ARGS: dict[str, Any] = {
     "sparsity": 0.0,
     "target_gflops": 0.0,
     "importance": DEFAULT_IMPORTANCE,
-    "streams": True,
+    "streams": DEFAULT_STREAMS,
     "finetune": False,
 }
 
@@ -104,7 +104,7 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         )
     if (importance := get("importance", DEFAULT_IMPORTANCE)) not in IMPORTANCE:
         raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
-    if not isinstance(get("streams", True), bool):
+    if not isinstance(get("streams", DEFAULT_STREAMS), bool):
         raise ValueError(f"streams={get('streams')!r} must be True or False")
     for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops)):
         if isinstance(args, dict):
