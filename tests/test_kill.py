@@ -52,7 +52,7 @@ elif inject == "export":  # the exporter is writing the ONNX file
     onnx.save = save
 
 run_pipeline(PipelineConfig(data=data, run_dir=run, imgsz=64, batch=8, device="cpu", epochs_normal=1,
-    epochs_sparse=1, epochs_finetune=2, sparsity=0.5, ratios=(0.5,), compare_ratio=None, latency_repeats=2))
+    epochs_sparse=1, epochs_finetune=2, sparsity=0.5, ratios=(0.5,), compare_at=None, latency_repeats=2))
 print("PIPELINE DONE")
 """
 
