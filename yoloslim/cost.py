@@ -1,14 +1,14 @@
 """What a pruned model costs, as a function of the channels each prunable unit keeps.
 
 Every conv of the channel graph costs `kh * kw * H * W` multiply-adds per (input, output) channel pair and
-`kh * kw` weights per pair; its input and output widths are linear in the kept counts, so the model's cost
-is a quadratic in them. `CostModel` evaluates it for any plan without touching the model (the pruner's
+`kh * kw` weights per pair, and its BN `4 * H * W` operations (as thop counts them) and 2 parameters per
+output channel; input and output widths are linear in the kept counts, so the model's cost is a quadratic
+in them. `CostModel` evaluates it for any plan without touching the model (the pruner's
 target search evaluates it dozens of times), and its gradient at full width is what one channel of each
 unit costs (the cost-aware importance of `prune.py`).
 
-Only convs are counted: BN, activations, pooling and the DFL decode are a fraction of a percent of a
-YOLOv8's FLOPs, and targets are shares of the unpruned model, so they cancel to within that fraction;
-the reports measure the pruned model with Ultralytics' own `get_flops`.
+Activations, upsampling, pooling and the DFL decode are not counted (thop counts none of them, or a fixed
+amount); the reports measure the pruned model with Ultralytics' own `get_flops`.
 """
 
 from __future__ import annotations
@@ -103,10 +103,11 @@ class CostModel:
             else:
                 self.out_fixed[i] = modules[name].out_channels
         kernel = torch.tensor([c.kernel[0] * c.kernel[1] for c in graph.consumers.values()], dtype=torch.float64)
-        self.per_pair = {
-            "gflops": kernel * torch.tensor(_output_pixels(model, names), dtype=torch.float64),
-            "params": kernel,
-        }
+        pixels = torch.tensor(_output_pixels(model, names), dtype=torch.float64)
+        bn = torch.tensor([c.has_bn for c in graph.consumers.values()], dtype=torch.float64)
+        self.per_pair = {"gflops": kernel * pixels, "params": kernel}
+        # per output channel: a BN (4 ops per element as thop counts them, 2 parameters) or a head conv's bias
+        self.per_output = {"gflops": 4 * bn * pixels, "params": 2 * bn + (1 - bn)}
         self.full_counts = torch.tensor([u.size for u in units], dtype=torch.float64)
         self.full = {kind: float(self.cost(self.full_counts, kind)) for kind in KINDS}
 
@@ -114,7 +115,7 @@ class CostModel:
         """The `kind` cost ("gflops" or "params", in multiply-adds or weights) when unit u keeps `counts[u]`."""
         inputs = self.in_units @ counts + self.in_fixed
         outputs = self.out_units @ counts + self.out_fixed
-        return (self.per_pair[kind] * inputs * outputs).sum()
+        return ((self.per_pair[kind] * inputs + self.per_output[kind]) * outputs).sum()
 
     def share(self, counts: Sequence[int], kind: str) -> float:
         """The `kind` cost of `counts` as a share of the unpruned model's."""
