@@ -27,10 +27,10 @@ BATCH = 16
 # before yoloslim turned warm-up off for trained starts; kept so that all rows compare)
 TRAIN = {"nbs": BATCH, "warmup_epochs": 3.0}
 ROWS = (  # label, ranking arguments (shared by the sparse stage's zeroing and by prune)
-    ("|gamma| per GFLOP, streams pruned", {"importance": "flops", "streams": True}),
-    ("plain |gamma|, streams pruned", {"importance": "gamma", "streams": True}),
-    ("plain |gamma|, streams whole", {"importance": "gamma", "streams": False}),
-    ("|gamma| per sqrt(GFLOP), streams pruned", {"importance": "sqrt-flops", "streams": True}),
+    ("flops (gamma per GFLOP), streams pruned", {"importance": "flops", "streams": True}),
+    ("gamma, streams pruned", {"importance": "gamma", "streams": True}),
+    ("gamma, streams whole", {"importance": "gamma", "streams": False}),
+    ("sqrt-flops (gamma per sqrt GFLOP), streams pruned", {"importance": "sqrt-flops", "streams": True}),
 )
 
 
