@@ -105,7 +105,9 @@ def test_streams_off_by_default_leaves_them_whole() -> None:
     pruned, _, changes = prune_model(build_model(), target=("gflops", 0.5))
     widths = {c.name: (c.before, c.after) for c in changes}
     assert widths["model.2.m.0.cv2.bn"] == (16, 16) and widths["model.2.cv1.bn"] == (32, 32)
-    assert len(prunable_units(Pruner(build_model(), streams=False).graph)) < len(Pruner(build_model(), streams=True).units)
+    assert len(prunable_units(Pruner(build_model(), streams=False).graph)) < len(
+        Pruner(build_model(), streams=True).units
+    )
 
 
 def test_gflops_target_pruned_checkpoint_in_stock_ultralytics_and_onnx(tiny_ckpt, tmp_path) -> None:
@@ -193,6 +195,8 @@ def test_bad_training_targets_fail_before_a_run_folder(tiny_data, tmp_path) -> N
             YOLO("yolov8n.yaml").train(**args, **extra)
     assert not (tmp_path / "bad").exists()
     cli = [sys.executable, "train_sparsity.py", "--data", tiny_data, "--project", str(tmp_path), "--name", "bad"]
-    out = subprocess.run(cli + ["--sparsity", "0.5", "--target-gflops", "0.4"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        cli + ["--sparsity", "0.5", "--target-gflops", "0.4"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode != 0 and "not allowed with argument" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "bad").exists()

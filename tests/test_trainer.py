@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
+from yoloslim.trainer import SLIM_ARGS
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
 from .conftest import TINY, build_model, train_interrupted
@@ -26,7 +27,7 @@ def test_sr_schedule_is_linear_decay() -> None:
 def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScaler, epoch: int, epochs: int):
     """A SlimTrainer holding just what `optimizer_step` reads (no dataset, no run folder)."""
     trainer = SlimTrainer.__new__(SlimTrainer)
-    trainer.args = SimpleNamespace(sr=sr, sparsity=0.0)
+    trainer.args = SimpleNamespace(**{**SLIM_ARGS, "sr": sr})  # the slimming arguments at their defaults
     trainer.model, trainer.scaler, trainer.ema = model, scaler, None
     trainer.epoch, trainer.epochs, trainer.device = epoch, epochs, torch.device("cpu")
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
