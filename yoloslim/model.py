@@ -6,7 +6,6 @@ training and `YOLO("pruned.pt").train(data=..., finetune=True)` for fine-tuning 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
@@ -40,9 +39,9 @@ class YOLO(_UltralyticsYOLO):
         """
         if any(kwargs.get(k) for k in SLIM_ARGS) and self.task != "detect":
             raise ValueError(f"sr / sparsity / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
-        checked = {**SLIM_ARGS, **kwargs}
+        checked = dict(kwargs)
         check_slim_args(checked)
-        target = zeroing_target(SimpleNamespace(**checked))
+        target = zeroing_target(checked)
         refuse_sparsity_on_pruned(self.model, target)
         if checked["sr"] > 0 or target:
             check_target(self.model, *(target or ("channels", 0.0)), **ranking_args(checked))

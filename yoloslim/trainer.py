@@ -22,6 +22,7 @@ silently ignoring them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -78,21 +79,28 @@ if refuse_slim_args_in_stock_trainer.__name__ not in {
     default_callbacks["on_pretrain_routine_start"].append(refuse_slim_args_in_stock_trainer)
 
 
+def _reader(args: dict[str, Any] | Any) -> Callable[[str], Any]:
+    """`get(key)` for training arguments given as a dict or a namespace; a missing key reads its `SLIM_ARGS` default."""
+    if isinstance(args, dict):
+        return lambda key: args.get(key, SLIM_ARGS[key])
+    return lambda key: getattr(args, key, SLIM_ARGS[key])
+
+
 def check_slim_args(args: dict[str, Any] | Any) -> None:
     """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts; normalise types."""
-    get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
-    sr = get("sr", 0.0)
+    get = _reader(args)
+    sr = get("sr")
     try:
         value = float(sr)
     except (TypeError, ValueError):
         raise ValueError(f"sr={sr!r} is not a number: pass the L1 penalty as a float >= 0, e.g. sr=0.01") from None
     if not 0 <= value < float("inf"):
         raise ValueError(f"sr={sr!r} is invalid: the L1 penalty must be a finite number >= 0 (0 = normal training)")
-    finetune = get("finetune", False)
+    finetune = get("finetune")
     if not isinstance(finetune, bool):
         raise ValueError(f"finetune={finetune!r} must be True or False")
-    sparsity = check_sparsity(get("sparsity", 0.0))
-    gflops = check_target_gflops(get("target_gflops", 0.0))
+    sparsity = check_sparsity(get("sparsity"))
+    gflops = check_target_gflops(get("target_gflops"))
     if sparsity and gflops:
         raise ValueError(
             f"sparsity={sparsity:g} and target_gflops={gflops:g}: give one target (a share of channels, or of GFLOPs)"
@@ -102,9 +110,9 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             "a sparsity target and finetune=True do not go together: sparsity training comes before pruning, "
             "fine-tuning after"
         )
-    if (importance := get("importance", DEFAULT_IMPORTANCE)) not in IMPORTANCE:
+    if (importance := get("importance")) not in IMPORTANCE:
         raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
-    if not isinstance(get("streams", DEFAULT_STREAMS), bool):
+    if not isinstance(get("streams"), bool):
         raise ValueError(f"streams={get('streams')!r} must be True or False")
     for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops)):
         if isinstance(args, dict):
@@ -113,16 +121,17 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             setattr(args, key, v)
 
 
-def zeroing_target(args: Any) -> tuple[str, float] | None:
-    """The trainer's sparsity target as (kind, value) for `ChannelZeroing`, or None without one."""
-    if args.target_gflops:
-        return "gflops", args.target_gflops
-    return ("channels", args.sparsity) if args.sparsity else None
+def zeroing_target(args: dict[str, Any] | Any) -> tuple[str, float] | None:
+    """The sparsity target among the training arguments as (kind, value) for `ChannelZeroing`, or None."""
+    get = _reader(args)
+    if get("target_gflops"):
+        return "gflops", get("target_gflops")
+    return ("channels", get("sparsity")) if get("sparsity") else None
 
 
 def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
     """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
-    get = args.get if isinstance(args, dict) else lambda k: getattr(args, k)
+    get = _reader(args)
     return {"importance": get("importance"), "streams": get("streams")}
 
 
