@@ -340,6 +340,15 @@ def check_budget(kind: str, target: float) -> None:
         )
 
 
+def check_amount(ratio: float | None, target: tuple[str, float] | None) -> None:
+    """How much to prune: exactly one of a channel `ratio` and a compute `target` (kind, share), each valid."""
+    if (ratio is None) == (target is None):
+        raise ValueError(
+            "give either --prune-ratio or a target (--target-gflops / --target-params), not both or neither"
+        )
+    check_ratio(ratio) if ratio is not None else check_budget(*target)
+
+
 def check_ratio(ratio: float) -> None:
     """A prune ratio must be a share of channels in [0, 1)."""
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
@@ -353,12 +362,7 @@ def prune_model(
 
     Give either a channel `ratio` or a compute `target` (`("gflops", 0.4)`: keep 40% of the GFLOPs).
     """
-    if (ratio is None) == (target is None):
-        raise ValueError("give either a prune ratio or a target (GFLOPs or params share), not both or neither")
-    if ratio is not None:
-        check_ratio(ratio)
-    else:
-        check_budget(*target)
+    check_amount(ratio, target)
     pruned = deepcopy(model).float().eval()
     pruner = Pruner(pruned, **pruner_args)
     plan = pruner.plan(ratio) if ratio is not None else pruner.plan_budget(*target)

@@ -23,7 +23,7 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
-from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_budget, check_ratio, prune_model
+from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.trainer import SLIM_ARGS, check_slim_args
@@ -175,11 +175,7 @@ def prune(
     The input is never modified, and the output is written atomically. With `data`, the pruned model
     (before fine-tuning) is validated on it.
     """
-    if (ratio is None) == (target is None):
-        raise ValueError(
-            "give either --prune-ratio or a target (--target-gflops / --target-params), not both or neither"
-        )
-    check_ratio(ratio) if ratio is not None else check_budget(*target)
+    check_amount(ratio, target)
     source = check_weights_file(weights)
     save_dir = Path(save_dir)
     out = save_dir / "pruned.pt"
