@@ -60,7 +60,7 @@ def prunable_units(graph: ChannelGraph) -> list[Unit]:
     return [Unit(tuple(m), s, t) for m, s, t in zip(members, sizes, twins, strict=True)]
 
 
-def unit_of_channel(graph: ChannelGraph, units: Sequence[Unit]) -> dict[str, list[tuple[int, int]]]:
+def units_by_bn(units: Sequence[Unit]) -> dict[str, list[tuple[int, int]]]:
     """For each prunable BN, (unit index, offset) of each unit that covers part of it."""
     out: dict[str, list[tuple[int, int]]] = {}
     for u, unit in enumerate(units):
@@ -79,7 +79,7 @@ class CostModel:
     """
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, units: Sequence[Unit]) -> None:
-        covers = unit_of_channel(graph, units)
+        covers = units_by_bn(units)
         unit_at: dict[tuple[str, int], int] = {}
         for bn, spans in covers.items():
             for u, offset in spans:

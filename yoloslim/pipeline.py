@@ -106,6 +106,10 @@ class PipelineConfig:
         """The sparse stage's target: the smallest GFLOPs target, or the `sparsity` share of channels."""
         return {"target_gflops": min(self.targets)} if self.targets else {"sparsity": self.sparsity}
 
+    def sparse_args(self) -> dict[str, Any]:
+        """The sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
+        return {"sr": self.sr, **self.sparse_target(), "importance": self.importance, "streams": self.streams}
+
     def check(self) -> None:
         """Bad settings fail before any training."""
         what = "targets" if self.targets else "ratios"
@@ -113,8 +117,7 @@ class PipelineConfig:
             check_budget("gflops", r) if self.targets else check_ratio(r)
         if self.compare_at is not None and self.compare_at not in self.points:
             raise ValueError(f"compare point {self.compare_at} must be one of the {what} {list(self.points)}")
-        slim = {"sr": self.sr, **self.sparse_target(), "importance": self.importance, "streams": self.streams}
-        check_slim_args(slim)
+        check_slim_args(self.sparse_args())
         if self.sr <= 0 and not any(self.sparse_target().values()):
             raise ValueError(
                 f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is sparsity training"
@@ -205,8 +208,7 @@ class Pipeline:
         """Run every stage; write and print the table; return its rows."""
         c = self.cfg
         normal = self.train("normal", c.weights, c.epochs_normal)
-        slim = {"sr": c.sr, **c.sparse_target(), "importance": c.importance, "streams": c.streams}
-        sparse = self.train("sparse", normal, c.epochs_sparse, **slim)
+        sparse = self.train("sparse", normal, c.epochs_sparse, **c.sparse_args())
         target_text = ", ".join(f"{k}={v:g}" for k, v in c.sparse_target().items())
         self.stage(
             "gamma",
