@@ -96,17 +96,28 @@ def test_bad_pipeline_settings() -> None:
         PipelineConfig(train_args={"epochs": 3}).check()
 
 
+def test_one_sparse_stage_serves_every_target() -> None:
+    """`one_sparse_stage`: every row's sparse model is the one zeroed to the smallest target."""
+    config = PipelineConfig(targets=(0.6, 0.4), one_sparse_stage=True)
+    assert config.sparse_stages() == {0.6: "sparse-gflops-0.4", 0.4: "sparse-gflops-0.4"}
+    assert config.sparse_args(0.6)["target_gflops"] == 0.4
+    assert PipelineConfig(targets=(0.6, 0.4)).sparse_args(0.6)["target_gflops"] == 0.6
+    assert PipelineConfig().sparse_stages() == {None: "sparse"}
+
+
 def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
-    """One number drives both stages: the sparse stage zeroes to the smallest target, each row prunes to one."""
+    """One number drives both stages: each target's sparse stage zeroes down to it, and its row prunes to it."""
     run = tmp_path / "targets"
     config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None)
     rows = run_pipeline(config)
     assert [r["point"] for r in rows] == ["1", "0.6", "0.4"]
-    sparse_args = YOLO(run / "sparse" / "weights" / "last.pt").ckpt["train_args"]
-    assert sparse_args["target_gflops"] == 0.4 and sparse_args["warmup_epochs"] == 0  # trained weights: no warm-up
+    for target in (0.6, 0.4):
+        sparse_args = YOLO(run / f"sparse-gflops-{target:g}" / "weights" / "last.pt").ckpt["train_args"]
+        assert sparse_args["target_gflops"] == target and sparse_args["warmup_epochs"] == 0  # trained: no warm-up
     assert YOLO(run / "normal" / "weights" / "last.pt").ckpt["train_args"]["warmup_epochs"] == 3  # from yaml
     for row, target in zip(rows, (1.0, 0.6, 0.4)):
         assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
-    report = (run / "prune-gflops-0.4" / "prune_report.txt").read_text()
-    assert "target gflops 0.400x" in report and "largest |gamma| removed 0" in report  # only zeros went
+    for target in ("0.6", "0.4"):
+        report = (run / f"prune-gflops-{target}" / "prune_report.txt").read_text()
+        assert f"target gflops {target}00x" in report and "largest |gamma| removed 0" in report  # only zeros went
     assert "| target GFLOPs |" in (run / "results.md").read_text() and (run / "map_vs_gflops.png").exists()

@@ -220,8 +220,13 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             type=_share("--targets"),
             nargs="+",
             default=[],
-            help="instead of ratios: GFLOPs shares to prune to; the sparse stage then zeroes channels down to the "
-            "smallest (one number drives both stages) and --sparsity is not used",
+            help="instead of ratios: GFLOPs shares to prune to; each gets its own sparse stage that zeroes channels "
+            "down to it (one number drives both stages) and --sparsity is not used",
+        )
+        p.add_argument(
+            "--one-sparse-stage",
+            action="store_true",
+            help="with --targets: one sparse stage, zeroing to the smallest target, serves every row (cheaper)",
         )
         p.add_argument(
             "--compare-at",
@@ -370,6 +375,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             sparsity=a.sparsity,
             ratios=tuple(a.ratios),
             targets=tuple(a.targets),
+            one_sparse_stage=a.one_sparse_stage,
             compare_at=None if a.no_compare else a.compare_at,
             importance=a.importance,
             streams=a.streams,

@@ -5,8 +5,10 @@ fine-tune each -> validate (before and after fine-tuning) -> export ONNX -> onnx
 side -> table (Markdown and CSV) and plots. Plus two comparisons at one of them: pruning the normally
 trained model instead of the sparse one, and folding `act(beta)` off.
 
-With `targets`, one number drives both stages: the sparse stage zeroes channels until the live ones keep
-the smallest target's share of the GFLOPs (`target_gflops`), and each row prunes to one target.
+With `targets`, one number drives both stages: each target gets its own sparse stage, which zeroes channels
+until the live ones keep that share of the GFLOPs (`target_gflops`), and its row prunes exactly those zeros,
+as a user asking for that one budget would (`one_sparse_stage`: one stage zeroing to the smallest target
+serves every row, cheaper, but the larger targets then start from a model sparser than they need).
 
 Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
 interrupted pipeline picks up where it stopped when the same command is run again.
@@ -64,6 +66,7 @@ STAGE_SETTINGS = (
     "sr",
     "sparsity",
     "targets",
+    "one_sparse_stage",
     "importance",
     "streams",
     "round_to",
@@ -88,6 +91,7 @@ class PipelineConfig:
     sparsity: float = 0.6  # share of prunable channels the sparse stage drives to exact zero (0 = plain L1 only)
     ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     targets: tuple[float, ...] = ()  # GFLOPs shares to prune to, instead of the ratios (and `sparsity`)
+    one_sparse_stage: bool = False  # with targets: one sparse stage (zeroing to the smallest) instead of one each
     compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
     importance: str = DEFAULT_IMPORTANCE
     streams: bool = DEFAULT_STREAMS
@@ -102,13 +106,25 @@ class PipelineConfig:
         """The rows' ratios, or their GFLOPs targets."""
         return self.targets or self.ratios
 
-    def sparse_target(self) -> dict[str, float]:
-        """The sparse stage's target: the smallest GFLOPs target, or the `sparsity` share of channels."""
-        return {"target_gflops": min(self.targets)} if self.targets else {"sparsity": self.sparsity}
+    def sparse_stages(self) -> dict[float | None, str]:
+        """The sparse stage that serves each row: by GFLOPs target (its own, or the smallest's with
+        `one_sparse_stage`), or one stage `sparse` for every ratio (key None)."""
+        if not self.targets:
+            return {None: "sparse"}
+        if self.one_sparse_stage:
+            return dict.fromkeys(self.targets, f"sparse-gflops-{min(self.targets):g}")
+        return {t: f"sparse-gflops-{t:g}" for t in self.targets}
 
-    def sparse_args(self) -> dict[str, Any]:
-        """The sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
-        return {"sr": self.sr, **self.sparse_target(), "importance": self.importance, "streams": self.streams}
+    def sparse_target(self, point: float | None = None) -> dict[str, float]:
+        """A sparse stage's target: the GFLOPs share of the row `point` (of the smallest target when one stage
+        serves every row), or the `sparsity` share of channels with ratios."""
+        if not self.targets:
+            return {"sparsity": self.sparsity}
+        return {"target_gflops": min(self.targets) if self.one_sparse_stage or point is None else point}
+
+    def sparse_args(self, point: float | None = None) -> dict[str, Any]:
+        """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
+        return {"sr": self.sr, **self.sparse_target(point), "importance": self.importance, "streams": self.streams}
 
     def check(self) -> None:
         """Bad settings fail before any training."""
@@ -208,23 +224,31 @@ class Pipeline:
         """Run every stage; write and print the table; return its rows."""
         c = self.cfg
         normal = self.train("normal", c.weights, c.epochs_normal)
-        sparse = self.train("sparse", normal, c.epochs_sparse, **c.sparse_args())
-        target_text = ", ".join(f"{k}={v:g}" for k, v in c.sparse_target().items())
+        models: dict[str, Path] = {}  # sparse stage name -> its best.pt
+        for point, name in c.sparse_stages().items():
+            if name not in models:
+                models[name] = self.train(name, normal, c.epochs_sparse, **c.sparse_args(point))
+        sparse_of = {point: models[name] for point, name in c.sparse_stages().items()}
         self.stage(
             "gamma",
             self.dir / "gamma_hist.png",
             lambda: steps.gamma_report(
-                [normal, sparse],
+                [normal, *models.values()],
                 self.dir / "gamma_hist.png",
-                labels=["normal (sr=0)", f"sparse (sr={c.sr:g}, {target_text})"],
+                labels=["normal (sr=0)", *(self._sparse_label(name) for name in models)],
                 ratio=None if c.targets else (c.sparsity or max(c.ratios)),
             ),
         )
         name = "gflops-" if c.targets else ""
-        unpruned = 1.0 if c.targets else 0.0  # the first row: the sparse model through the pruner, unchanged
-        rows = [self.row(f"{p:g}", self.pruned(f"prune-{name}{p:g}", sparse, p)) for p in (unpruned, *c.points)]
+        first = sparse_of[min(c.targets)] if c.targets else sparse_of[None]
+        unpruned = 1.0 if c.targets else 0.0  # the first row: the (sparsest) sparse model through the pruner, unchanged
+        rows = [self.row(f"{unpruned:g}", self.pruned(f"prune-{name}{unpruned:g}", first, unpruned))]
+        for p in c.points:
+            sparse = sparse_of[p if c.targets else None]
+            rows.append(self.row(f"{p:g}", self.pruned(f"prune-{name}{p:g}", sparse, p)))
         compare = []
         if (p := c.compare_at) is not None:
+            sparse = sparse_of[p if c.targets else None]
             compare = [
                 self.row(f"{p:g} normal-trained", self.pruned(f"prune-{name}normal-{p:g}", normal, p)),
                 self.row(
@@ -232,12 +256,12 @@ class Pipeline:
                 ),
             ]
         n = self.metrics("normal", normal)
-        s = self.metrics("sparse", sparse)
         self.latencies(rows + compare)
-        note = (
-            f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; "
-            f"sparsity training mAP50 {s['map50']:.4f}, mAP50-95 {s['map50_95']:.4f}."
+        sparse_maps = "; ".join(
+            f"{self._sparse_label(name)} mAP50 {m['map50']:.4f}, mAP50-95 {m['map50_95']:.4f}"
+            for name, m in ((name, self.metrics(name, path)) for name, path in models.items())
         )
+        note = f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; {sparse_maps}."
         self.write_table(rows, rows[0], n, "results", note)
         if compare:
             same = next(row for row in rows if row["point"] == f"{c.compare_at:g}")
@@ -257,6 +281,12 @@ class Pipeline:
             title=f"{Path(c.weights).stem} on {Path(c.data).stem}, imgsz {c.imgsz}",
         )
         return rows
+
+    def _sparse_label(self, stage: str) -> str:
+        """How the table and the histograms name a sparse stage: its L1 strength and target."""
+        point = next(p for p, name in self.cfg.sparse_stages().items() if name == stage)
+        target = ", ".join(f"{k}={v:g}" for k, v in self.cfg.sparse_target(point).items())
+        return f"sparse (sr={self.cfg.sr:g}, {target})"
 
     def row(self, label: str, pruned: Path, finetune: bool = True) -> dict[str, Any]:
         """One table row: size and mAP of a pruned model, before and (optionally) after fine-tuning."""
