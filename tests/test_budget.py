@@ -97,7 +97,7 @@ def test_stream_must_keep_the_same_channels() -> None:
     model = build_model()
     keep = {g.name: list(range(g.size)) for g in Pruner(model, streams=True).graph.groups.values()}
     keep["model.2.m.0.cv2.bn"] = list(range(1, 16))  # cv1's second half still keeps all 16
-    with pytest.raises(ValueError, match="residual stream keeps the same channels"):
+    with pytest.raises(ValueError, match="residual stream must keep the same channels"):
         Pruner(model, streams=True).apply(PrunePlan(keep, 0.0, 0.0))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics import __version__ as ultralytics_version
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import guess_model_task, load_checkpoint
 
 from yoloslim.atomic import atomic_write_bytes
 
@@ -107,7 +107,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
         "ema": _half_copy(model),
         "updates": None,
         "optimizer": None,
-        "train_args": dict(train_args or {}),
+        "train_args": {"task": guess_model_task(model), **(train_args or {})},  # stock loaders read the task here
         "date": datetime.now().astimezone().isoformat(),
         "version": ultralytics_version,
         **extra,

@@ -29,7 +29,8 @@ class Unit:
     """Channels that are ranked, kept and removed as one.
 
     Channel j of the unit is channel `offset + j` of every member BN: one group, one half of a C2f.cv1,
-    or a residual stream (the second half of C2f.cv1 and every Bottleneck cv2 that adds into it).
+    or a residual stream (the second half of C2f.cv1 and every Bottleneck cv2 that adds into it), with the
+    depthwise convs that read any of them.
     `twin` is the index of the unit that must keep as many channels (the other half of a C2f.cv1), or -1.
     """
 
@@ -45,8 +46,8 @@ def prunable_units(graph: ChannelGraph) -> list[Unit]:
     twins: list[int] = []
     where: dict[tuple[str, int], int] = {}  # (BN, offset) -> unit
     for g in graph.prunable:
-        if g.residual:  # a Bottleneck cv2 joins the stream it adds onto
-            u = where[(g.residual, g.offset)]
+        if g.link:  # a Bottleneck cv2 joins the stream it adds onto, a depthwise conv the channels it reads
+            u = where[(g.link, g.offset)]
             members[u].append((g.name, 0))
             where[(g.name, 0)] = u
             continue
@@ -91,11 +92,13 @@ class CostModel:
         modules = dict(model.named_modules())
         for i, name in enumerate(names):
             c = graph.consumers[name]
-            for source in c.inputs:
+            for source in () if c.depthwise else c.inputs:  # a depthwise conv: one input per output channel
                 if source in unit_at:
                     self.in_units[i, unit_at[source]] += 1 / units[unit_at[source]].size
                 else:  # the image, or a group that is not prunable
                     self.in_fixed[i] += 1
+            if c.depthwise:
+                self.in_fixed[i] = 1
             group = graph.groups.get(name.removesuffix(".conv") + ".bn") if c.has_bn else None
             if group is not None and group.name in covers:
                 for u, _ in covers[group.name]:
@@ -151,4 +154,4 @@ def _output_pixels(model: nn.Module, names: list[str]) -> list[int]:
         model.train(training)
         for h in hooks:
             h.remove()
-    return [pixels[n] for n in names]
+    return [pixels.get(n, 0) for n in names]  # 0: a training-only branch (Proto26.semseg), absent at inference

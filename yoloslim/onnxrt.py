@@ -20,17 +20,21 @@ def session(path: str | Path) -> onnxruntime.InferenceSession:
 
 
 def max_output_difference(path: str | Path, model: nn.Module, imgsz: int, seed: int = 0) -> float:
-    """Largest absolute difference between the ONNX file's and the torch model's first output on one input."""
+    """Largest absolute difference between the ONNX file's outputs and the torch model's on one input (detections,
+    and a segmentation model's mask prototypes too)."""
     x = torch.rand(1, input_channels(model), imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
     model = model.float().eval()
     with torch.no_grad():
-        expected = model(x)
-    expected = (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy()
+        out = model(x)
+    out = out[0] if isinstance(out, (list, tuple)) else out  # eval returns (outputs, raw head outputs)
+    expected = [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
     sess = session(path)
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != expected.shape:
-        raise ValueError(f"ONNX output shape {got.shape} differs from the torch model's {expected.shape}")
-    return float(np.abs(got - expected).max())
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    if [g.shape for g in got] != [e.shape for e in expected]:
+        raise ValueError(
+            f"ONNX output shapes {[g.shape for g in got]} differ from the torch model's {[e.shape for e in expected]}"
+        )
+    return max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
 
 
 def latency_ms(path: str | Path, imgsz: int, warmup: int = 5, repeats: int = 30) -> float:

@@ -19,7 +19,7 @@ from functools import cached_property
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2f
+from ultralytics.nn.modules import C2, C2f
 
 from yoloslim.channels import DEFAULT_STREAMS, ChannelGraph, ChannelGroup, Consumer, build_graph
 from yoloslim.cost import KINDS, CostModel, Unit, prunable_units
@@ -276,8 +276,9 @@ class Pruner:
                 raise ValueError(f"{g.name}: C2f.cv1 halves must keep equal counts (stock chunk(2))")
             if not g.prunable and not mask.all():
                 raise ValueError(f"{g.name} is not prunable: {g.reason}")
-            if g.residual and not torch.equal(mask, masks[g.residual][g.offset : g.offset + g.size]):
-                raise ValueError(f"{g.name} adds onto {g.residual}: a residual stream keeps the same channels in both")
+            if g.link and not torch.equal(mask, masks[g.link][g.offset : g.offset + g.size]):
+                what = "the BNs of a residual stream" if g.residual else "a depthwise conv and its input"
+                raise ValueError(f"{g.name} is linked to {g.link}: {what} must keep the same channels")
             masks[g.name] = mask
         with torch.no_grad():
             for c in self.graph.consumers.values():  # consumers first: folding reads the producers' unsliced BNs
@@ -285,7 +286,7 @@ class Pruner:
             for g in self.graph.groups.values():
                 self._slice_producer(g, masks[g.name])
         for m in self.model.modules():
-            if isinstance(m, C2f):
+            if isinstance(m, (C2f, C2)):  # both chunk cv1 by their stored half width
                 m.c = m.cv1.conv.out_channels // 2
         return [LayerChange(g.name, g.size, int(masks[g.name].sum()), g.prunable) for g in self.graph.groups.values()]
 
@@ -293,7 +294,7 @@ class Pruner:
         """Drop the input columns of removed channels, folding their constant outputs first."""
         conv: nn.Conv2d = self.modules[c.name]
         keep = torch.tensor([not g or bool(masks[g][i]) for g, i in c.inputs])
-        if keep.all():
+        if keep.all() or c.depthwise:  # a depthwise conv loses its input channels with its outputs (the producer)
             return
         if self.fold:
             removed = (~keep).nonzero().flatten().tolist()
@@ -322,6 +323,8 @@ class Pruner:
         bn: nn.BatchNorm2d = self.modules[g.name]
         conv.weight = nn.Parameter(conv.weight[mask].clone())
         conv.out_channels = int(mask.sum())
+        if conv.groups > 1:  # depthwise: as many groups and inputs as outputs
+            conv.groups = conv.in_channels = conv.out_channels
         bn.weight = nn.Parameter(bn.weight[mask].clone())
         bn.bias = nn.Parameter(bn.bias[mask].clone())
         bn.running_mean = bn.running_mean[mask].clone()

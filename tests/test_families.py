@@ -1,0 +1,151 @@
+"""Every model family the channel rules cover: exact removal of zeroed channels, the rules of each block, and
+pruned checkpoints that stock Ultralytics loads, predicts with and exports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from copy import deepcopy
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+
+from yoloslim import UnsupportedModuleError, build_graph, steps
+from yoloslim.checkpoint import load_model, save_checkpoint
+from yoloslim.prune import Pruner, PrunePlan
+
+from .test_prune import _chosen, _zero_removed
+
+MODELS = {"seg": SegmentationModel, "pose": PoseModel, "obb": OBBModel}
+FAMILIES = [
+    *(f"yolov8{s}{t}.yaml" for s in "ns" for t in ("", "-seg", "-pose", "-obb")),
+    "yolov8n-p2.yaml",
+    "yolov8n-p6.yaml",
+    *(f"yolo11{s}{t}.yaml" for s in "ns" for t in ("", "-seg", "-pose")),
+    *(f"yolo26{s}{t}.yaml" for s in "ns" for t in ("", "-seg")),
+    "yolo26n-pose.yaml",
+    "yolo26n-obb.yaml",
+]
+
+
+def _model(cfg: str) -> DetectionModel:
+    """A model of `cfg`'s task with random, distinct BN statistics (so channel mistakes show in outputs)."""
+    torch.manual_seed(0)
+    task = next((t for t in MODELS if f"-{t}." in cfg), None)
+    model = MODELS.get(task, DetectionModel)(cfg, nc=3, verbose=False).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.5)
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor of a (nested) model output, in order; the head's `feats` (its inputs, narrower when pruned)
+    are left out."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k, v in out.items() if k != "feats" for t in _tensors(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def _max_difference(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor, train: bool) -> float:
+    """Largest output difference: inference outputs, or (train) every raw branch output, one2one copies included."""
+    outs = []
+    for model in (a, b):
+        model.train(train)
+        with torch.no_grad():
+            out = model(x)
+        outs.append(_tensors(out if train else out[0]))
+    assert [t.shape for t in outs[0]] == [t.shape for t in outs[1]]
+    return max(float((p - q).abs().max()) for p, q in zip(*outs, strict=True))
+
+
+@pytest.mark.parametrize("cfg", FAMILIES)
+def test_removing_zeroed_channels_is_exact(cfg: str) -> None:
+    """About 40% of every prunable unit (streams included) zeroed (gamma and beta), then removed: outputs equal to
+    1e-8 (float64) in inference and in every training branch (end-to-end one2one heads, Pose26 sigmas, Proto26 semseg)."""
+    model = _model(cfg)
+    keep = _chosen(model)
+    _zero_removed(model, keep, beta=True)
+    pruned = deepcopy(model)
+    Pruner(pruned, streams=True).apply(PrunePlan(keep, 0.0, 0.4))
+    # float64: decoded boxes and keypoints are in pixels and batch-statistics BN over a 1x1 P6 map magnifies
+    # rounding, so float32 differences reach 1e-4 from summation order alone; float64 shows exactness to 1e-8
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model, pruned = model.double(), pruned.double()
+    assert _max_difference(model, pruned, x, train=False) < 1e-8
+    assert _max_difference(model, pruned, x, train=True) < 1e-8
+    before = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in pruned.parameters()) < 0.7 * before  # every family really shrinks
+
+
+def test_yolo11_and_yolo26_block_rules() -> None:
+    """Named examples of each rule: C2PSA and attention stay whole but the FFN's hidden width is prunable;
+    depthwise head convs follow the neck channels they read; YOLO26's SPPF shortcut ties its input and output;
+    Proto keeps its mask count; C3k streams and Proto26's adds."""
+    g11 = build_graph(_model("yolo11n-seg.yaml"))
+    assert not g11.groups["model.10.cv1.bn"].prunable and g11.groups["model.10.cv2.bn"].prunable
+    assert "num_heads" in g11.groups["model.10.m.0.attn.qkv.bn"].reason
+    assert g11.groups["model.10.m.0.ffn.0.bn"].prunable and not g11.groups["model.10.m.0.ffn.1.bn"].prunable
+    dw = g11.groups["model.23.cv3.0.0.0.bn"]
+    assert dw.follows == "model.16.cv2.bn" and dw.prunable and g11.consumers["model.23.cv3.0.0.0.conv"].depthwise
+    assert not g11.groups["model.23.proto.cv3.bn"].prunable and g11.groups["model.23.proto.cv2.bn"].prunable
+    assert not g11.groups["model.23.proto.cv1.bn"].prunable  # read by the transposed conv
+    streams = build_graph(_model("yolo11n.yaml"), streams=True)
+    assert streams.groups["model.6.m.0.m.1.cv2.bn"].residual == "model.6.m.0.m.0.cv2.bn"  # inside a C3k
+    assert streams.groups["model.6.m.0.m.0.cv2.bn"].residual == "model.6.m.0.cv1.bn"
+    g26 = build_graph(_model("yolo26n-seg.yaml"))
+    assert not g26.groups["model.9.cv2.bn"].prunable and not g26.groups["model.8.cv2.bn"].prunable  # SPPF add
+    assert "SPPF" in g26.groups["model.9.cv2.bn"].reason
+    assert g26.groups["model.23.one2one_cv3.0.0.0.bn"].follows == "model.16.cv2.bn"
+    assert not g26.groups["model.16.cv2.bn"].prunable  # added onto by Proto26's refined coarser levels
+    assert not g26.groups["model.23.one2one_cv3.0.0.0.bn"].prunable  # so its depthwise readers stay whole too
+    assert g26.groups["model.23.proto.semseg.0.bn"].prunable
+
+
+def test_c2_rule_p6() -> None:
+    graph = build_graph(_model("yolov8n-p6.yaml"), streams=True)
+    c2 = graph.groups["model.14.cv1.bn"]
+    assert c2.halves == 2 and c2.prunable
+    assert graph.groups["model.14.m.0.cv1.bn"].prunable  # neck C2: no shortcut
+
+
+@pytest.mark.parametrize("cfg, culprit", [("yolov8n-ghost.yaml", "model.1 is GhostConv"), ("yolo12n.yaml", "A2C2f")])
+def test_unsupported_module_is_named(cfg: str, culprit: str) -> None:
+    with pytest.raises(UnsupportedModuleError, match=culprit):
+        build_graph(DetectionModel(cfg, nc=3, verbose=False))
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo26n.yaml"])
+def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> None:
+    """A pruned YOLO11 / YOLO26 checkpoint: stock Ultralytics loads and predicts with it, and its ONNX export
+    matches torch."""
+    model = _model(cfg)
+    source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
+    pruned = steps.prune(source, 0.5, tmp_path / "p")
+    script = f"""
+import sys, numpy as np
+from ultralytics import YOLO
+model = YOLO({str(pruned)!r})
+results = model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
+print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len(results), "TASK", model.task)
+print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "YOLO_OFFLINE": "1"}
+    )
+    assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
+    loaded, _ = load_model(pruned)
+    n = sum(p.numel() for p in loaded.parameters())
+    assert n < 0.8 * sum(p.numel() for p in model.parameters())
+    assert f"PARAMS {n} RESULTS 1 TASK {'segment' if '-seg' in cfg else 'detect'}" in out.stdout
+    result = steps.export(pruned, imgsz=64)
+    assert result["max_diff"] <= 1e-3
