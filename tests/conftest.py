@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import yoloslim  # noqa: F401  (offline settings before ultralytics is imported)
 from yoloslim.data import demo_dataset
@@ -62,3 +64,30 @@ def tiny_ckpt(tiny_data, runs) -> Path:
     model = YOLO("yolov8n.yaml")
     model.train(data=tiny_data, epochs=1, project=str(runs), name="tiny", **TINY)
     return Path(model.trainer.best)
+
+
+@pytest.fixture(scope="session")
+def corner_data(tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset with each box written as its 4 corners (`cls x1 y1 ... x4 y4`): valid polygon labels for
+    segmentation and valid oriented boxes for OBB."""
+    source = Path(tiny_data).parent
+    root = tmp_path_factory.mktemp("corners")
+    shutil.copytree(source / "images", root / "images")
+    for label in (source / "labels").rglob("*.txt"):
+        lines = []
+        for line in label.read_text().split("\n"):
+            if line.strip():
+                c, x, y, w, h = line.split()
+                x0, y0, x1, y1 = (
+                    float(x) - float(w) / 2,
+                    float(y) - float(h) / 2,
+                    float(x) + float(w) / 2,
+                    float(y) + float(h) / 2,
+                )
+                lines.append(f"{c} {x0:.6f} {y0:.6f} {x1:.6f} {y0:.6f} {x1:.6f} {y1:.6f} {x0:.6f} {y1:.6f}")
+        out = root / label.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+    spec = yaml.safe_load(Path(tiny_data).read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(root)}))
+    return str(root / "data.yaml")

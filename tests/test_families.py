@@ -7,15 +7,18 @@ import os
 import subprocess
 import sys
 from copy import deepcopy
+from pathlib import Path
 
 import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
-from yoloslim import UnsupportedModuleError, build_graph, steps
+from yoloslim import YOLO, UnsupportedModuleError, build_graph, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.prune import Pruner, PrunePlan
+from yoloslim.trainer import SlimSegmentationTrainer
 
+from .conftest import TINY
 from .test_prune import _chosen, _zero_removed
 
 MODELS = {"seg": SegmentationModel, "pose": PoseModel, "obb": OBBModel}
@@ -140,7 +143,11 @@ print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len
 print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
 """
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "YOLO_OFFLINE": "1"}
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
     )
     assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
     loaded, _ = load_model(pruned)
@@ -149,3 +156,37 @@ print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
     assert f"PARAMS {n} RESULTS 1 TASK {'segment' if '-seg' in cfg else 'detect'}" in out.stdout
     result = steps.export(pruned, imgsz=64)
     assert result["max_diff"] <= 1e-3
+
+
+def _pruned_checkpoint(cfg: str, folder) -> Path:
+    return steps.prune(save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt")), 0.3, folder / "pruned")
+
+
+def test_segment_sparse_prune_finetune(corner_data, runs) -> None:
+    """A segment model through the slimming steps: sparsity training (yoloslim's segmentation trainer), pruning
+    only the zeroed channels, fine-tuning the pruned model as it is."""
+    sparse = YOLO("yolov8n-seg.yaml")
+    sparse.train(data=corner_data, epochs=1, sr=0.01, sparsity=0.3, project=str(runs), name="seg-sparse", **TINY)
+    assert type(sparse.trainer) is SlimSegmentationTrainer
+    assert "sparsity/share_lt_0.01" in (runs / "seg-sparse" / "results.csv").read_text().splitlines()[0]
+    pruned = steps.prune(sparse.trainer.best, 0.3, runs / "seg-pruned")
+    assert "largest |gamma| removed 0" in (runs / "seg-pruned" / "prune_report.txt").read_text()
+    tuned = YOLO(pruned)
+    tuned.train(data=corner_data, epochs=1, finetune=True, project=str(runs), name="seg-ft", **TINY)
+    params = sum(p.numel() for p in load_model(pruned)[0].parameters())
+    assert sum(p.numel() for p in load_model(tuned.trainer.best)[0].parameters()) == params
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ("yolov8n-seg.yaml", "box labels only"),
+        ("yolov8n-obb.yaml", "needs 4 corners per box"),
+        ("yolov8n-pose.yaml", "kpt_shape None but the pose model predicts"),
+    ],
+)
+def test_pruned_model_refuses_another_tasks_data(cfg: str, message: str, tiny_data, tmp_path) -> None:
+    pruned = _pruned_checkpoint(cfg, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        YOLO(pruned).train(data=tiny_data, epochs=1, finetune=True, project=str(tmp_path), name="ft", **TINY)
+    assert not (tmp_path / "ft").exists()

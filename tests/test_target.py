@@ -151,7 +151,7 @@ def test_interrupted_run_resumes_its_schedule(tiny_data, runs) -> None:
         ({"sparsity": "half"}, ValueError, "not a number"),
         ({"sparsity": 0.5, "finetune": True}, ValueError, "do not go together"),
         ({"sparsity": 0.99}, ValueError, "cannot be reached"),
-        ({"sparsity": 0.5, "model": "yolo11n.yaml"}, UnsupportedModuleError, "C3k2"),
+        ({"sparsity": 0.5, "model": "yolov8n-ghost.yaml"}, UnsupportedModuleError, "GhostConv"),
     ],
 )
 def test_bad_sparsity_fails_before_training(tiny_data, runs, args, error, message) -> None:

@@ -166,18 +166,19 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
         assert out.returncode != 0 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr
 
 
-def test_sr_refused_outside_detection(tiny_data, runs) -> None:
-    with pytest.raises(ValueError, match="detection models only"):
-        YOLO("yolov8n-seg.yaml").train(data=tiny_data, sr=0.01, project=str(runs), name="seg", **TINY)
+def test_sr_refused_outside_detection_tasks(tiny_data, runs) -> None:
+    with pytest.raises(ValueError, match="apply to tasks .* not task 'classify'"):
+        YOLO("yolov8n-cls.yaml").train(data=tiny_data, sr=0.01, project=str(runs), name="cls", **TINY)
+    assert not (runs / "cls").exists()
 
 
 def test_unsupported_model_trains_normally_but_not_sparse(tiny_data, runs) -> None:
-    YOLO("yolo11n.yaml").train(data=tiny_data, epochs=1, project=str(runs), name="y11", **TINY)
-    header = (runs / "y11" / "results.csv").read_text().splitlines()[0]
+    YOLO("yolov8n-ghost.yaml").train(data=tiny_data, epochs=1, project=str(runs), name="ghost", **TINY)
+    header = (runs / "ghost" / "results.csv").read_text().splitlines()[0]
     assert "metrics/mAP50(B)" in header and "sparsity" not in header
-    with pytest.raises(UnsupportedModuleError, match="C3k2"):
-        YOLO("yolo11n.yaml").train(data=tiny_data, epochs=1, sr=0.01, project=str(runs), name="y11s", **TINY)
-    assert not (runs / "y11s" / "results.csv").exists()  # refused before the first epoch
+    with pytest.raises(UnsupportedModuleError, match="GhostConv"):
+        YOLO("yolov8n-ghost.yaml").train(data=tiny_data, epochs=1, sr=0.01, project=str(runs), name="ghosts", **TINY)
+    assert not (runs / "ghosts" / "results.csv").exists()  # refused before the first epoch
 
 
 def test_training_never_overwrites_its_input(tiny_ckpt) -> None:

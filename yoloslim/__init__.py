@@ -5,7 +5,7 @@ from yoloslim.channels import ChannelGraph, UnsupportedModuleError, build_graph,
 from yoloslim.model import YOLO
 from yoloslim.cost import CostModel, Unit, prunable_units
 from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, cost_weighted, gamma_importance, prune_model
-from yoloslim.trainer import SlimTrainer
+from yoloslim.trainer import TRAINERS, SlimMixin, SlimTrainer
 
 __all__ = [
     "YOLO",
@@ -14,7 +14,9 @@ __all__ = [
     "IMPORTANCE",
     "Pruner",
     "PrunePlan",
+    "SlimMixin",
     "SlimTrainer",
+    "TRAINERS",
     "Unit",
     "UnsupportedModuleError",
     "build_graph",

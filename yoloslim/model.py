@@ -1,4 +1,4 @@
-"""`yoloslim.YOLO`: Ultralytics' YOLO whose detection training uses `SlimTrainer`.
+"""`yoloslim.YOLO`: Ultralytics' YOLO whose detect, segment, pose and OBB training use yoloslim's trainers.
 
 So user code reads like the reference's: `YOLO("yolov8n.yaml").train(data=..., sr=1e-2)` for sparsity
 training and `YOLO("pruned.pt").train(data=..., finetune=True)` for fine-tuning a pruned model.
@@ -10,10 +10,13 @@ from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
+from yoloslim.checkpoint import pruned_info
+from yoloslim.data import resolve_data
 from yoloslim.target import check_target
+from yoloslim.task_data import check_data_fits_task
 from yoloslim.trainer import (
     SLIM_ARGS,
-    SlimTrainer,
+    TRAINERS,
     check_slim_args,
     ranking_args,
     refuse_sparsity_on_pruned,
@@ -22,23 +25,29 @@ from yoloslim.trainer import (
 
 
 class YOLO(_UltralyticsYOLO):
-    """An Ultralytics YOLO model that trains detection with yoloslim's `SlimTrainer`."""
+    """An Ultralytics YOLO model that trains with yoloslim's trainers (`SlimMixin` on each task's own)."""
 
     @property
     def task_map(self) -> dict[str, dict[str, Any]]:
-        """Ultralytics' task map with the detection trainer replaced by `SlimTrainer`."""
+        """Ultralytics' task map with each supported task's trainer replaced by its slimming subclass."""
         tasks = super().task_map
-        tasks["detect"] = {**tasks["detect"], "trainer": SlimTrainer}
+        for task, trainer in TRAINERS.items():
+            tasks[task] = {**tasks[task], "trainer": trainer}
         return tasks
 
     def train(self, trainer=None, **kwargs: Any):
         """Ultralytics' `train`, after the slimming arguments are checked against this model.
 
-        Bad `sr` / `sparsity` / `target_gflops` / `finetune` values, slimming outside detection, a model the channel graph does
-        not cover and an unreachable sparsity target all fail here, before Ultralytics creates a run folder.
+        Bad `sr` / `sparsity` / `target_gflops` / `finetune` values, slimming of an unsupported task, a pruned model
+        given another task's dataset, a model the channel graph does not cover and an unreachable sparsity target
+        all fail here, before Ultralytics creates a run folder.
         """
-        if any(kwargs.get(k) for k in SLIM_ARGS) and self.task != "detect":
-            raise ValueError(f"sr / sparsity / finetune apply to YOLOv8 detection models only, not task '{self.task}'")
+        if any(kwargs.get(k) for k in SLIM_ARGS) and self.task not in TRAINERS:
+            raise ValueError(f"sr / sparsity / finetune apply to tasks {sorted(TRAINERS)}, not task '{self.task}'")
+        if kwargs.get("data") and pruned_info(self.model) is not None:  # a pruned model trains on its own task's data
+            check_data_fits_task(
+                resolve_data(kwargs["data"]), self.task, getattr(self.model.model[-1], "kpt_shape", None)
+            )
         checked = dict(kwargs)
         check_slim_args(checked)
         target = zeroing_target(checked)

@@ -1,4 +1,5 @@
-"""`SlimTrainer`: Ultralytics' detection trainer with sparsity training and pruned-model fine-tuning.
+"""`SlimTrainer` (and its segment, pose and OBB siblings): Ultralytics' trainers with sparsity training and
+pruned-model fine-tuning, the hooks living in one mixin (`SlimMixin`).
 
 Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 
@@ -27,6 +28,9 @@ from typing import Any
 
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
@@ -58,17 +62,17 @@ def register_args() -> None:
 def refuse_slim_args_in_stock_trainer(trainer: Any) -> None:
     """`on_pretrain_routine_start` of every Ultralytics trainer: a stock trainer would silently ignore
     the `SLIM_ARGS` (registered process-wide above), so it refuses them instead."""
-    if isinstance(trainer, SlimTrainer):
+    if isinstance(trainer, SlimMixin):
         return
     if used := [k for k, default in SLIM_ARGS.items() if getattr(trainer.args, k, default) not in (default, None)]:
         raise ValueError(
             f"{', '.join(used)} would be ignored by Ultralytics' own {type(trainer).__name__}: train with yoloslim's "
-            "YOLO (from yoloslim import YOLO), which applies them to detection models"
+            "YOLO (from yoloslim import YOLO), which applies them to detect, segment, pose and OBB models"
         )
 
 
 def report_target(trainer: Any) -> None:
-    """`on_train_end` of a SlimTrainer: report the sparsity target."""
+    """`on_train_end` of a slimming trainer: report the sparsity target."""
     trainer.report_target()
 
 
@@ -144,9 +148,10 @@ def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None
         )
 
 
-class SlimTrainer(DetectionTrainer):
-    """DetectionTrainer with the network-slimming L1 penalty (`sr`), a sparsity target (`sparsity`) and
-    pruned-model fine-tuning (`finetune`)."""
+class SlimMixin:
+    """The network-slimming hooks for any Ultralytics detection-family trainer: the L1 penalty (`sr`), a
+    sparsity target (`sparsity` / `target_gflops`) and pruned-model fine-tuning (`finetune`). Mixed in before
+    the task's trainer (`class T(SlimMixin, SegmentationTrainer)`), so `super()` reaches the task's own steps."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
@@ -308,3 +313,27 @@ class SlimTrainer(DetectionTrainer):
             LOGGER.warning(
                 f"{colorstr('sparsity:')} target NOT reached: {text} (the run stopped before the end of its schedule?)"
             )
+
+
+class SlimTrainer(SlimMixin, DetectionTrainer):
+    """Detection training with the slimming hooks."""
+
+
+class SlimSegmentationTrainer(SlimMixin, SegmentationTrainer):
+    """Instance-segmentation training with the slimming hooks."""
+
+
+class SlimPoseTrainer(SlimMixin, PoseTrainer):
+    """Pose training with the slimming hooks."""
+
+
+class SlimOBBTrainer(SlimMixin, OBBTrainer):
+    """Oriented-box training with the slimming hooks."""
+
+
+TRAINERS: dict[str, type] = {
+    "detect": SlimTrainer,
+    "segment": SlimSegmentationTrainer,
+    "pose": SlimPoseTrainer,
+    "obb": SlimOBBTrainer,
+}
