@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel, yaml_model_load
 
 from yoloslim import YOLO, UnsupportedModuleError, build_graph, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
@@ -27,17 +27,26 @@ FAMILIES = [
     "yolov8n-p2.yaml",
     "yolov8n-p6.yaml",
     *(f"yolo11{s}{t}.yaml" for s in "ns" for t in ("", "-seg", "-pose")),
+    "yolo12n.yaml",
+    "yolo12-residual",  # the residual A2C2f form (layer-scale gamma), which Ultralytics builds at l and x only
     *(f"yolo26{s}{t}.yaml" for s in "ns" for t in ("", "-seg")),
     "yolo26n-pose.yaml",
     "yolo26n-obb.yaml",
 ]
 
 
+def _yolo12_residual() -> dict:
+    """yolo12.yaml at scale "l" (so A2C2f takes its residual form) with the n widths and depths (so it is small)."""
+    spec = yaml_model_load("yolo12l.yaml")
+    return {**spec, "scales": {"l": spec["scales"]["n"]}}
+
+
 def _model(cfg: str) -> DetectionModel:
     """A model of `cfg`'s task with random, distinct BN statistics (so channel mistakes show in outputs)."""
     torch.manual_seed(0)
     task = next((t for t in MODELS if f"-{t}." in cfg), None)
-    model = MODELS.get(task, DetectionModel)(cfg, nc=3, verbose=False).eval()
+    spec = _yolo12_residual() if cfg == "yolo12-residual" else cfg
+    model = MODELS.get(task, DetectionModel)(spec, nc=3, verbose=False).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5)
@@ -121,10 +130,20 @@ def test_c2_rule_p6() -> None:
     assert graph.groups["model.14.m.0.cv1.bn"].prunable  # neck C2: no shortcut
 
 
-@pytest.mark.parametrize("cfg, culprit", [("yolov8n-ghost.yaml", "model.1 is GhostConv"), ("yolo12n.yaml", "A2C2f")])
-def test_unsupported_module_is_named(cfg: str, culprit: str) -> None:
-    with pytest.raises(UnsupportedModuleError, match=culprit):
-        build_graph(DetectionModel(cfg, nc=3, verbose=False))
+def test_a2c2f_rule_yolo12() -> None:
+    """A2C2f: the area-attention stream and the residual form's output stay whole, the MLP's hidden width is
+    prunable; the non-attention form (C3k inside) prunes cv1."""
+    graph = build_graph(_model("yolo12n.yaml"))
+    assert not graph.groups["model.6.cv1.bn"].prunable and graph.groups["model.6.m.0.0.mlp.0.bn"].prunable
+    assert not graph.groups["model.6.m.0.0.attn.qkv.bn"].prunable and graph.groups["model.6.cv2.bn"].prunable
+    assert graph.groups["model.11.cv1.bn"].prunable and graph.groups["model.11.m.0.cv2.bn"].prunable  # C3k form
+    residual = build_graph(_model("yolo12-residual")).groups["model.6.cv2.bn"]
+    assert not residual.prunable and "A2C2f residual" in residual.reason
+
+
+def test_unsupported_module_is_named() -> None:
+    with pytest.raises(UnsupportedModuleError, match=r"model.1 is GhostConv, which .* has no rule for \(supported: .*A2C2f"):
+        build_graph(DetectionModel("yolov8n-ghost.yaml", nc=3, verbose=False))
 
 
 @pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo26n.yaml"])

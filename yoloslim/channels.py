@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 from ultralytics.nn.modules.block import C2, C2PSA, C3, SPPF, Attention, Bottleneck, C2f, C3k, C3k2, Proto, Proto26
-from ultralytics.nn.modules.block import PSABlock
+from ultralytics.nn.modules.block import A2C2f, AAttn, ABlock, PSABlock
 from ultralytics.nn.modules.conv import Concat, Conv, DWConv
 from ultralytics.nn.modules.head import OBB, OBB26, Detect, Pose, Pose26, Segment, Segment26
 from ultralytics.nn.tasks import DetectionModel
@@ -335,13 +335,47 @@ def _psablock(t: _Tracer, name: str, m: PSABlock, xs: list[list[Source]]) -> lis
 
 @rule(Attention)
 def _attention(t: _Tracer, name: str, m: Attention, xs: list[list[Source]]) -> list[Source]:
-    """Attention: qkv's channels are laid out per head as (q, k, v) of `key_dim, key_dim, head_dim`, so they stay
-    whole; `pe` is depthwise over v; `proj` reads their sum (attributed to pe's channels)."""
-    qkv = t.conv(f"{name}.qkv", m.qkv, xs[0], False, "q, k and v widths are fixed by num_heads and head_dim")
-    per_head = 2 * m.key_dim + m.head_dim
-    v = [qkv[h * per_head + 2 * m.key_dim + d] for h in range(m.num_heads) for d in range(m.head_dim)]
+    """Attention (C2PSA): per head, qkv holds q and k of `key_dim` channels and v of `head_dim`."""
+    return _heads(t, name, m, xs[0], m.key_dim, m.head_dim)
+
+
+@rule(AAttn)
+def _area_attention(t: _Tracer, name: str, m: AAttn, xs: list[list[Source]]) -> list[Source]:
+    """Area attention (YOLO12's A2C2f): per head, qkv holds q, k and v of `head_dim` channels each."""
+    return _heads(t, name, m, xs[0], m.head_dim, m.head_dim)
+
+
+def _heads(t: _Tracer, name: str, m: nn.Module, x: list[Source], key_dim: int, head_dim: int) -> list[Source]:
+    """qkv's channels are laid out per head as (q, k, v), so they stay whole; `pe` is depthwise over v; `proj`
+    reads their sum (attributed to pe's channels)."""
+    qkv = t.conv(f"{name}.qkv", m.qkv, x, False, "q, k and v widths are fixed by num_heads and head_dim")
+    per_head = 2 * key_dim + head_dim
+    v = [qkv[h * per_head + 2 * key_dim + d] for h in range(m.num_heads) for d in range(head_dim)]
     pe = t.conv(f"{name}.pe", m.pe, v, False, "depthwise over v, whose width the heads fix")
     return t.conv(f"{name}.proj", m.proj, pe)
+
+
+@rule(ABlock)
+def _ablock(t: _Tracer, name: str, m: ABlock, xs: list[list[Source]]) -> list[Source]:
+    """ABlock: area attention then a two-conv MLP, each added back; the MLP's hidden width is prunable."""
+    a = t.block(f"{name}.attn", m.attn, xs)
+    t.tie(xs[0] + a, "tied to the ABlock's residual add")
+    out = t.block(f"{name}.mlp", m.mlp, [a])
+    t.tie(a + out, "tied to the ABlock's residual add")
+    return out
+
+
+@rule(A2C2f)
+def _a2c2f(t: _Tracer, name: str, m: A2C2f, xs: list[list[Source]]) -> list[Source]:
+    """A2C2f: cv1, blocks (ABlock pairs or C3k) chained on it, all concatenated into cv2, whose output is scaled
+    by `gamma` and added onto the input in the residual form."""
+    ys = [t.conv(f"{name}.cv1", m.cv1, xs[0])]
+    for k, inner in enumerate(m.m):
+        ys.append(t.block(f"{name}.m.{k}", inner, [ys[-1]]))
+    out = t.conv(f"{name}.cv2", m.cv2, [s for part in ys for s in part])
+    if m.gamma is not None:
+        t.tie(xs[0] + out, "tied to the A2C2f residual add (its layer-scale gamma is per channel)")
+    return out
 
 
 HEAD_BRANCHES = ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4")
