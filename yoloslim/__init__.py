@@ -1,4 +1,4 @@
-"""yoloslim: network slimming for Ultralytics YOLOv8 detectors (Liu et al. 2017, arXiv:1708.06519)."""
+"""yoloslim: network slimming for Ultralytics YOLO detectors and their segment, pose and OBB variants (Liu et al. 2017, arXiv:1708.06519)."""
 
 from yoloslim import runtime  # noqa: F401  (must run before ultralytics is imported)
 from yoloslim.channels import ChannelGraph, UnsupportedModuleError, build_graph, prunable_bn_names

@@ -410,7 +410,7 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `yoloslim` command."""
-    parser = argparse.ArgumentParser(prog="yoloslim", description="Network slimming for Ultralytics YOLOv8 detectors")
+    parser = argparse.ArgumentParser(prog="yoloslim", description="Network slimming for Ultralytics YOLO models")
     sub = parser.add_subparsers(dest="command", required=True)
     for command, (_, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(

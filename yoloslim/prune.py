@@ -81,7 +81,7 @@ class LayerChange:
 
 
 class Pruner:
-    """Prunes the channels of a YOLOv8 `DetectionModel` in place.
+    """Prunes the channels of an Ultralytics `DetectionModel` (or its segment, pose, OBB subclasses) in place.
 
     Args:
         model: the model to prune (modified by `apply`; pass a copy to keep the original).
