@@ -10,7 +10,7 @@ import pytest
 import torch
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-from yoloslim import YOLO, steps
+from yoloslim import YOLO, build_graph, steps
 from yoloslim.checkpoint import load_model
 from yoloslim.cost import prunable_units
 from yoloslim.prune import Pruner, PrunePlan, prune_model
@@ -181,6 +181,31 @@ def test_sparse_training_to_a_gflops_target_then_prune_to_it(tiny_data, runs) ->
     assert get_flops(small, 64) / get_flops(sparse, 64) == pytest.approx(0.4, rel=TOLERANCE)
     with pytest.raises(ValueError, match="give one target"):
         YOLO("yolov8n.yaml").train(data=tiny_data, sparsity=0.5, target_gflops=0.4, **TINY)
+
+
+def test_round_to_shared_by_zeroing_and_pruning(tiny_data, runs) -> None:
+    """round_to=8 in sparse training zeroes whole multiples of 8, so pruning with round_to=8 keeps widths that are
+    multiples of 8 (or whole layers) and still removes only zeros."""
+    YOLO("yolov8n.yaml").train(
+        data=tiny_data,
+        epochs=2,
+        sr=1e-2,
+        target_gflops=0.5,
+        round_to=8,
+        project=str(runs),
+        name="round8",
+        **dict(TINY, batch=4, nbs=4, val=False),
+    )
+    last = runs / "round8" / "weights" / "last.pt"
+    pruned = steps.prune(last, None, runs / "round8-pruned", target=("gflops", 0.5), round_to=8)
+    assert "largest |gamma| removed 0" in (runs / "round8-pruned" / "prune_report.txt").read_text()
+    sparse, _ = load_model(last)
+    small = dict(load_model(pruned)[0].named_modules())
+    for g in build_graph(sparse).prunable:
+        width = small[g.name].num_features
+        assert width % 8 == 0 or width == g.size, (g.name, width)
+    with pytest.raises(ValueError, match="round_to=0 must be a whole number"):
+        YOLO("yolov8n.yaml").train(data=tiny_data, target_gflops=0.5, round_to=0, **TINY)
 
 
 def test_bad_training_targets_fail_before_a_run_folder(tiny_data, tmp_path) -> None:

@@ -142,7 +142,9 @@ def test_a2c2f_rule_yolo12() -> None:
 
 
 def test_unsupported_module_is_named() -> None:
-    with pytest.raises(UnsupportedModuleError, match=r"model.1 is GhostConv, which .* has no rule for \(supported: .*A2C2f"):
+    with pytest.raises(
+        UnsupportedModuleError, match=r"model.1 is GhostConv, which .* has no rule for \(supported: .*A2C2f"
+    ):
         build_graph(DetectionModel("yolov8n-ghost.yaml", nc=3, verbose=False))
 
 

@@ -109,6 +109,17 @@ def _share(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def _round_to(text: str) -> int:
+    """argparse type of --round-to: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--round-to {text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--round-to {value} must be >= 1 (1 = no rounding)")
+    return value
+
+
 def _add_ranking(p: argparse.ArgumentParser) -> None:
     """The pruner's ranking flags, shared by sparse training (its zeroing) and pruning: use the same for both."""
     from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE
@@ -123,6 +134,12 @@ def _add_ranking(p: argparse.ArgumentParser) -> None:
         "--streams",
         action="store_true",
         help="also prune the residual streams of Bottleneck shortcuts (each as one unit in all its BNs)",
+    )
+    p.add_argument(
+        "--round-to",
+        type=_round_to,
+        default=1,
+        help="keep channel counts in multiples of N (16 ran fastest in onnxruntime on CPU, docs/RESULTS.md)",
     )
 
 
@@ -174,7 +191,6 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         )
         _add_ranking(p)
         p.add_argument("--save-dir", help="folder for pruned.pt and the per-layer report")
-        p.add_argument("--round-to", type=int, default=1, help="keep channel counts in multiples of N")
         p.add_argument("--min-keep", type=float, default=0.05, help="per-layer floor, as a share of its channels")
         p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' act(beta) into consumers")
         p.add_argument("--no-val", action="store_true", help="skip validating the pruned model on --data")
@@ -201,7 +217,6 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             ("epochs_normal", "epochs of normal training"),
             ("epochs_sparse", "epochs of sparsity training"),
             ("epochs_finetune", "epochs of fine-tuning for each pruned model"),
-            ("round_to", "keep channel counts in multiples of N"),
             ("latency_repeats", "onnxruntime runs per model for the latency column"),
         ):
             p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag), help=text)
@@ -293,7 +308,8 @@ def _run_train(a: argparse.Namespace) -> Any:
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
-    return steps.train(**_train_kwargs(a), sr=a.sr, **target, importance=a.importance, streams=a.streams)
+    ranking = {"importance": a.importance, "streams": a.streams, "round_to": a.round_to}
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking)
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:

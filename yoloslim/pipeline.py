@@ -51,6 +51,7 @@ RESERVED = {
     "target_gflops",
     "importance",
     "streams",
+    "round_to",
     "finetune",
     "resume",
 }
@@ -124,7 +125,8 @@ class PipelineConfig:
 
     def sparse_args(self, point: float | None = None) -> dict[str, Any]:
         """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
-        return {"sr": self.sr, **self.sparse_target(point), "importance": self.importance, "streams": self.streams}
+        ranking = {"importance": self.importance, "streams": self.streams, "round_to": self.round_to}
+        return {"sr": self.sr, **self.sparse_target(point), **ranking}
 
     def check(self) -> None:
         """Bad settings fail before any training."""

@@ -47,6 +47,7 @@ SLIM_ARGS: dict[str, Any] = {
     "target_gflops": 0.0,
     "importance": DEFAULT_IMPORTANCE,
     "streams": DEFAULT_STREAMS,
+    "round_to": 1,
     "finetune": False,
 }
 
@@ -118,6 +119,8 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
     if not isinstance(get("streams"), bool):
         raise ValueError(f"streams={get('streams')!r} must be True or False")
+    if isinstance(round_to := get("round_to"), bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = no rounding)")
     for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops)):
         if isinstance(args, dict):
             args[key] = v
@@ -136,7 +139,7 @@ def zeroing_target(args: dict[str, Any] | Any) -> tuple[str, float] | None:
 def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
     """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
     get = _reader(args)
-    return {"importance": get("importance"), "streams": get("streams")}
+    return {"importance": get("importance"), "streams": get("streams"), "round_to": get("round_to")}
 
 
 def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
@@ -301,7 +304,8 @@ class SlimMixin:
             ok, text = reached + 1e-9 >= value, f"{reached:.1%} of prunable gammas < 0.01 (target {value:.1%})"
             hint = f"prune at ratio {value:g}"
         else:
-            reached = Pruner(model, importance="gamma", streams=self.args.streams).live_cost_share(kind)
+            pruner = Pruner(model, importance="gamma", streams=self.args.streams, round_to=self.args.round_to)
+            reached = pruner.live_cost_share(kind)
             ok, text = (
                 reached <= value + 1e-6,
                 f"the channels with gamma >= 0.01 keep {reached:.3f} of the {kind} (target {value:g})",
