@@ -66,12 +66,10 @@ def tiny_ckpt(tiny_data, runs) -> Path:
     return Path(model.trainer.best)
 
 
-@pytest.fixture(scope="session")
-def corner_data(tiny_data, tmp_path_factory) -> str:
-    """The tiny dataset with each box written as its 4 corners (`cls x1 y1 ... x4 y4`): valid polygon labels for
-    segmentation and valid oriented boxes for OBB."""
+def _relabelled(tiny_data: str, root: Path, line_of, **spec) -> str:
+    """A copy of the tiny dataset whose label lines are `line_of(cls, x0, y0, x1, y1, box)` (normalised corners and
+    the original `cx cy w h`), with `spec` added to its yaml."""
     source = Path(tiny_data).parent
-    root = tmp_path_factory.mktemp("corners")
     shutil.copytree(source / "images", root / "images")
     for label in (source / "labels").rglob("*.txt"):
         lines = []
@@ -84,10 +82,31 @@ def corner_data(tiny_data, tmp_path_factory) -> str:
                     float(x) + float(w) / 2,
                     float(y) + float(h) / 2,
                 )
-                lines.append(f"{c} {x0:.6f} {y0:.6f} {x1:.6f} {y0:.6f} {x1:.6f} {y1:.6f} {x0:.6f} {y1:.6f}")
+                lines.append(line_of(c, x0, y0, x1, y1, f"{x} {y} {w} {h}"))
         out = root / label.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(lines) + "\n")
-    spec = yaml.safe_load(Path(tiny_data).read_text())
-    (root / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(root)}))
+    base = yaml.safe_load(Path(tiny_data).read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump({**base, **spec, "path": str(root)}))
     return str(root / "data.yaml")
+
+
+@pytest.fixture(scope="session")
+def corner_data(tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset with each box written as its 4 corners (`cls x1 y1 ... x4 y4`): valid polygon labels for
+    segmentation and valid oriented boxes for OBB."""
+
+    def corners(c, x0, y0, x1, y1, box):
+        return f"{c} {x0:.6f} {y0:.6f} {x1:.6f} {y0:.6f} {x1:.6f} {y1:.6f} {x0:.6f} {y1:.6f}"
+
+    return _relabelled(tiny_data, tmp_path_factory.mktemp("corners"), corners)
+
+
+@pytest.fixture(scope="session")
+def pose_data(tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset as a pose set: each box with its 4 corners as keypoints (x, y), `kpt_shape` [4, 2]."""
+
+    def keypoints(c, x0, y0, x1, y1, box):
+        return f"{c} {box} {x0:.6f} {y0:.6f} {x1:.6f} {y0:.6f} {x1:.6f} {y1:.6f} {x0:.6f} {y1:.6f}"
+
+    return _relabelled(tiny_data, tmp_path_factory.mktemp("pose"), keypoints, kpt_shape=[4, 2], flip_idx=[1, 0, 3, 2])

@@ -16,7 +16,7 @@ from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, Segmentati
 from yoloslim import YOLO, UnsupportedModuleError, build_graph, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.prune import Pruner, PrunePlan
-from yoloslim.trainer import SlimSegmentationTrainer
+from yoloslim.trainer import SlimOBBTrainer, SlimPoseTrainer, SlimSegmentationTrainer
 
 from .conftest import TINY
 from .test_prune import _chosen, _zero_removed
@@ -148,9 +148,9 @@ def test_unsupported_module_is_named() -> None:
         build_graph(DetectionModel("yolov8n-ghost.yaml", nc=3, verbose=False))
 
 
-@pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo26n.yaml"])
+@pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo12n.yaml", "yolo26n.yaml"])
 def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> None:
-    """A pruned YOLO11 / YOLO26 checkpoint: stock Ultralytics loads and predicts with it, and its ONNX export
+    """A pruned YOLO11 / YOLO12 / YOLO26 checkpoint (YOLOv8: test_prune.py): stock Ultralytics loads and predicts with it, and its ONNX export
     matches torch."""
     model = _model(cfg)
     source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
@@ -183,19 +183,29 @@ def _pruned_checkpoint(cfg: str, folder) -> Path:
     return steps.prune(save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt")), 0.3, folder / "pruned")
 
 
-def test_segment_sparse_prune_finetune(corner_data, runs) -> None:
-    """A segment model through the slimming steps: sparsity training (yoloslim's segmentation trainer), pruning
-    only the zeroed channels, fine-tuning the pruned model as it is."""
-    sparse = YOLO("yolov8n-seg.yaml")
-    sparse.train(data=corner_data, epochs=1, sr=0.01, sparsity=0.3, project=str(runs), name="seg-sparse", **TINY)
-    assert type(sparse.trainer) is SlimSegmentationTrainer
-    assert "sparsity/share_lt_0.01" in (runs / "seg-sparse" / "results.csv").read_text().splitlines()[0]
-    pruned = steps.prune(sparse.trainer.best, 0.3, runs / "seg-pruned")
-    assert "largest |gamma| removed 0" in (runs / "seg-pruned" / "prune_report.txt").read_text()
+@pytest.mark.parametrize(
+    "cfg, dataset, trainer",
+    [
+        ("yolov8n-seg.yaml", "corner_data", SlimSegmentationTrainer),
+        ("yolo11n-obb.yaml", "corner_data", SlimOBBTrainer),
+        ("yolov8n-pose.yaml", "pose_data", SlimPoseTrainer),
+    ],
+)
+def test_task_sparse_prune_finetune(cfg: str, dataset: str, trainer: type, runs, request) -> None:
+    """Segment, OBB and pose models through the slimming steps: sparsity training (the task's slimming trainer),
+    pruning only the zeroed channels, fine-tuning the pruned model as it is, and exporting it."""
+    data, name = request.getfixturevalue(dataset), cfg.removesuffix(".yaml")
+    sparse = YOLO(cfg)
+    sparse.train(data=data, epochs=1, sr=0.01, sparsity=0.3, project=str(runs), name=f"{name}-sparse", **TINY)
+    assert type(sparse.trainer) is trainer
+    assert "sparsity/share_lt_0.01" in (runs / f"{name}-sparse" / "results.csv").read_text().splitlines()[0]
+    pruned = steps.prune(sparse.trainer.best, 0.3, runs / f"{name}-pruned")
+    assert "largest |gamma| removed 0" in (runs / f"{name}-pruned" / "prune_report.txt").read_text()
     tuned = YOLO(pruned)
-    tuned.train(data=corner_data, epochs=1, finetune=True, project=str(runs), name="seg-ft", **TINY)
+    tuned.train(data=data, epochs=1, finetune=True, project=str(runs), name=f"{name}-ft", **TINY)
     params = sum(p.numel() for p in load_model(pruned)[0].parameters())
     assert sum(p.numel() for p in load_model(tuned.trainer.best)[0].parameters()) == params
+    assert steps.export(tuned.trainer.best, imgsz=64)["max_diff"] <= 1e-3
 
 
 @pytest.mark.parametrize(
