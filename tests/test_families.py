@@ -121,6 +121,8 @@ def test_yolo11_and_yolo26_block_rules() -> None:
     assert not g26.groups["model.16.cv2.bn"].prunable  # added onto by Proto26's refined coarser levels
     assert not g26.groups["model.23.one2one_cv3.0.0.0.bn"].prunable  # so its depthwise readers stay whole too
     assert g26.groups["model.23.proto.semseg.0.bn"].prunable
+    # semseg runs in training only (no inference GFLOPs): the cost-aware ranking still gives finite scores
+    assert all(torch.isfinite(t).all() for t in Pruner(_model("yolo26n-seg.yaml"), importance="flops").scores())
 
 
 def test_c2_rule_p6() -> None:
@@ -209,15 +211,17 @@ def test_task_sparse_prune_finetune(cfg: str, dataset: str, trainer: type, runs,
 
 
 @pytest.mark.parametrize(
-    "cfg, message",
+    "cfg, dataset, message",
     [
-        ("yolov8n-seg.yaml", "box labels only"),
-        ("yolov8n-obb.yaml", "needs 4 corners per box"),
-        ("yolov8n-pose.yaml", "kpt_shape None but the pose model predicts"),
+        ("yolov8n-seg.yaml", "tiny_data", "box labels only"),
+        ("yolov8n-obb.yaml", "tiny_data", "needs 4 corners per box"),
+        ("yolov8n-pose.yaml", "tiny_data", "kpt_shape None but the pose model predicts"),
+        ("yolov8n-seg.yaml", "pose_data", "is a pose dataset"),
     ],
 )
-def test_pruned_model_refuses_another_tasks_data(cfg: str, message: str, tiny_data, tmp_path) -> None:
+def test_pruned_model_refuses_another_tasks_data(cfg: str, dataset: str, message: str, tmp_path, request) -> None:
     pruned = _pruned_checkpoint(cfg, tmp_path)
+    data = request.getfixturevalue(dataset)
     with pytest.raises(ValueError, match=message):
-        YOLO(pruned).train(data=tiny_data, epochs=1, finetune=True, project=str(tmp_path), name="ft", **TINY)
+        YOLO(pruned).train(data=data, epochs=1, finetune=True, project=str(tmp_path), name="ft", **TINY)
     assert not (tmp_path / "ft").exists()

@@ -92,6 +92,8 @@ def test_bad_pipeline_settings() -> None:
         PipelineConfig(targets=(0.5,), compare_at=0.6).check()
     with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
         PipelineConfig(targets=(0.5, 1.5), compare_at=None).check()
+    with pytest.raises(ValueError, match="target 1 is the unpruned model"):
+        PipelineConfig(targets=(1.0, 0.5), compare_at=None).check()
     with pytest.raises(ValueError, match="set by the pipeline itself"):
         PipelineConfig(train_args={"epochs": 3}).check()
 

@@ -6,6 +6,7 @@ training and `YOLO("pruned.pt").train(data=..., finetune=True)` for fine-tuning 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
@@ -44,10 +45,10 @@ class YOLO(_UltralyticsYOLO):
         """
         if any(kwargs.get(k) for k in SLIM_ARGS) and self.task not in TRAINERS:
             raise ValueError(f"sr / sparsity / finetune apply to tasks {sorted(TRAINERS)}, not task '{self.task}'")
-        if kwargs.get("data") and pruned_info(self.model) is not None:  # a pruned model trains on its own task's data
-            check_data_fits_task(
-                resolve_data(kwargs["data"]), self.task, getattr(self.model.model[-1], "kpt_shape", None)
-            )
+        data = kwargs.get("data")
+        if data and pruned_info(self.model) is not None and (str(data) == "demo" or Path(data).is_file()):
+            # a pruned model trains on its own task's data (a dataset name Ultralytics resolves itself is not read)
+            check_data_fits_task(resolve_data(data), self.task, getattr(self.model.model[-1], "kpt_shape", None))
         checked = dict(kwargs)
         check_slim_args(checked)
         target = zeroing_target(checked)

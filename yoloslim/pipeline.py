@@ -133,6 +133,10 @@ class PipelineConfig:
         what = "targets" if self.targets else "ratios"
         for r in self.points:
             check_budget("gflops", r) if self.targets else check_ratio(r)
+        if 1.0 in self.targets:
+            raise ValueError(
+                "target 1 is the unpruned model, which the table always has as its first row: leave it out"
+            )
         if self.compare_at is not None and self.compare_at not in self.points:
             raise ValueError(f"compare point {self.compare_at} must be one of the {what} {list(self.points)}")
         check_slim_args(self.sparse_args())
@@ -372,7 +376,8 @@ class Pipeline:
                 + " |"
             )
         legend = (
-            "mAP: absolute, with the change from the unpruned sparse model (first row) in points in brackets; the last "
+            "mAP: absolute, with the change from the unpruned sparse model (first row; with one sparse stage per target, "
+            "the smallest target's) in points in brackets; the last "
             "column: fine-tuned (else pruned) mAP50-95 minus the normal-trained model's "
             f"({normal['map50_95']:.4f}); "
             f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs."

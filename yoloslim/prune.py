@@ -127,6 +127,8 @@ class Pruner:
     def relative_cost(self) -> torch.Tensor:
         """GFLOPs of one channel of each unit, divided by the mean over all prunable channels."""
         per = self.cost.per_channel("gflops").float()
+        # a training-only branch (Proto26.semseg) costs nothing at inference: rank it as the cheapest real channel
+        per = torch.where(per > 0, per, per[per > 0].min() if (per > 0).any() else torch.ones(()))
         sizes = torch.tensor([u.size for u in self.units], dtype=torch.float32)
         return per / ((per * sizes).sum() / sizes.sum())
 

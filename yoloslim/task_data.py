@@ -18,16 +18,18 @@ SAMPLE_FILES = 50  # label files read: enough to tell, cheap on any dataset
 
 
 def _train_label_files(spec: dict[str, Any], root: Path) -> list[Path]:
-    """Up to `SAMPLE_FILES` label files of the train split (Ultralytics' layout: `images/` -> `labels/`)."""
+    """Up to `SAMPLE_FILES` label files of the train split (Ultralytics' layout: `images/` -> `labels/`); a relative
+    `path` is looked up beside the yaml, then in the working directory."""
     base = Path(spec.get("path") or root)
-    base = base if base.is_absolute() else root / base
+    if not base.is_absolute():
+        base = next((b for b in (root / base, base.resolve()) if b.is_dir()), root / base)
     train = spec.get("train") or []
     files: list[Path] = []
     for entry in [train] if isinstance(train, str) else train:
         folder = base / entry
         if not folder.is_dir():
             continue  # a list file or a missing folder: Ultralytics reports those itself
-        for image in sorted(folder.rglob("*")):
+        for image in folder.rglob("*"):  # no sort: stop after a sample, even on a large set
             if image.suffix.lower() in IMAGE_SUFFIXES:
                 parts = list(image.with_suffix(".txt").parts)
                 if "images" in parts:
@@ -64,6 +66,11 @@ def check_data_fits_task(data: str | Path, task: str, model_kpt_shape: Any = Non
         return
     if task not in ("segment", "obb"):
         return
+    if (yaml.safe_load(Path(data).read_text()) or {}).get("kpt_shape"):
+        raise ValueError(
+            f"dataset '{data}' is a pose dataset (it declares kpt_shape) but the model is a {task} model: give a "
+            f"{task} dataset, or prune a model of this dataset's task"
+        )
     columns = label_columns(data)
     if task == "segment" and columns and max(columns) <= 5:
         raise ValueError(
