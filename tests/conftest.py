@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,13 @@ from yoloslim.model import YOLO
 TINY = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "verbose": False, "exist_ok": True, "seed": 0}
 
 
-def build_model(cfg: str = "yolov8n.yaml", nc: int = 3) -> torch.nn.Module:
-    """A DetectionModel from yaml with random, distinct BN statistics (so channel mistakes show in outputs)."""
+def build_model(cfg: str | dict = "yolov8n.yaml", nc: int = 3, model_class: type | None = None) -> torch.nn.Module:
+    """A model from yaml (a DetectionModel unless `model_class` says otherwise) with random, distinct BN statistics
+    (so channel mistakes show in outputs)."""
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
-    model = DetectionModel(cfg, nc=nc, verbose=False).eval()
+    model = (model_class or DetectionModel)(cfg, nc=nc, verbose=False).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5)
@@ -29,6 +33,30 @@ def build_model(cfg: str = "yolov8n.yaml", nc: int = 3) -> torch.nn.Module:
             m.running_mean.normal_(0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     return model
+
+
+STOCK_PREDICT = """
+import sys, numpy as np
+from ultralytics import YOLO
+model = YOLO(sys.argv[1])
+results = model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
+print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len(results), "TASK", model.task)
+print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
+"""
+
+
+def stock_predict(weights: Path) -> str:
+    """The stdout of stock Ultralytics (offline, in a process without yoloslim) loading `weights` and predicting
+    one image: its parameter count, result count and task."""
+    out = subprocess.run(
+        [sys.executable, "-c", STOCK_PREDICT, str(weights)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+    )
+    assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
+    return out.stdout
 
 
 class Interrupt(Exception):

@@ -3,9 +3,6 @@ pruned checkpoints that stock Ultralytics loads, predicts with and exports."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from copy import deepcopy
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.prune import Pruner, PrunePlan
 from yoloslim.trainer import SlimOBBTrainer, SlimPoseTrainer, SlimSegmentationTrainer
 
-from .conftest import TINY
+from .conftest import TINY, build_model, stock_predict
 from .test_prune import _chosen, _zero_removed
 
 MODELS = {"seg": SegmentationModel, "pose": PoseModel, "obb": OBBModel}
@@ -43,17 +40,9 @@ def _yolo12_residual() -> dict:
 
 def _model(cfg: str) -> DetectionModel:
     """A model of `cfg`'s task with random, distinct BN statistics (so channel mistakes show in outputs)."""
-    torch.manual_seed(0)
     task = next((t for t in MODELS if f"-{t}." in cfg), None)
     spec = _yolo12_residual() if cfg == "yolo12-residual" else cfg
-    model = MODELS.get(task, DetectionModel)(spec, nc=3, verbose=False).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.5)
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    return model
+    return build_model(spec, model_class=MODELS.get(task, DetectionModel))
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -157,26 +146,11 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
     model = _model(cfg)
     source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
     pruned = steps.prune(source, 0.5, tmp_path / "p")
-    script = f"""
-import sys, numpy as np
-from ultralytics import YOLO
-model = YOLO({str(pruned)!r})
-results = model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
-print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len(results), "TASK", model.task)
-print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "YOLO_OFFLINE": "1"},
-    )
-    assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
+    stdout = stock_predict(pruned)
     loaded, _ = load_model(pruned)
     n = sum(p.numel() for p in loaded.parameters())
     assert n < 0.8 * sum(p.numel() for p in model.parameters())
-    assert f"PARAMS {n} RESULTS 1 TASK {'segment' if '-seg' in cfg else 'detect'}" in out.stdout
+    assert f"PARAMS {n} RESULTS 1 TASK {'segment' if '-seg' in cfg else 'detect'}" in stdout
     result = steps.export(pruned, imgsz=64)
     assert result["max_diff"] <= 1e-3
 

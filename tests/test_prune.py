@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import subprocess
-import sys
 from copy import deepcopy
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from yoloslim.checkpoint import load_model, pruned_info, save_checkpoint
 from yoloslim.cost import prunable_units
 from yoloslim.prune import Pruner, PrunePlan, prune_model
 
-from .conftest import build_model
+from .conftest import build_model, stock_predict
 
 
 def _chosen(model, share: float = 0.4, seed: int = 0, only=None, streams: bool = True) -> dict[str, list[int]]:
@@ -155,24 +153,9 @@ def test_pruned_checkpoint_runs_in_stock_ultralytics(tiny_ckpt, tmp_path) -> Non
     pruned = steps.prune(tiny_ckpt, 0.5, tmp_path / "p")
     report = (tmp_path / "p" / "prune_report.txt").read_text()
     assert "model.2.m.0.cv1.bn" in report and "GFLOPs" in report and (tmp_path / "p" / "prune_layers.csv").exists()
-    script = f"""
-import sys, numpy as np
-from ultralytics import YOLO
-model = YOLO({str(pruned)!r})
-results = model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
-print("PARAMS", sum(p.numel() for p in model.model.parameters()), "RESULTS", len(results))
-print("YOLOSLIM_IMPORTED", "yoloslim" in sys.modules)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "YOLO_OFFLINE": "1"},
-    )
-    assert "YOLOSLIM_IMPORTED False" in out.stdout, out.stderr[-2000:]
+    stdout = stock_predict(pruned)
     model, _ = load_model(pruned)
-    assert f"PARAMS {sum(p.numel() for p in model.parameters())} RESULTS 1" in out.stdout
+    assert f"PARAMS {sum(p.numel() for p in model.parameters())} RESULTS 1" in stdout
 
 
 def _digest(path: Path) -> str:
