@@ -42,22 +42,18 @@ def _train_label_files(spec: dict[str, Any], root: Path) -> list[Path]:
     return files
 
 
-def label_columns(data: str | Path) -> set[int]:
-    """The numbers of values per label line found in a sample of the train split's label files."""
-    path = Path(data)
-    spec = yaml.safe_load(path.read_text()) or {}
+def label_columns(spec: dict[str, Any], root: Path) -> set[int]:
+    """The numbers of values per label line found in a sample of the train split's label files (`spec`: the
+    dataset yaml's contents, `root`: its folder)."""
     return {
-        len(line.split())
-        for f in _train_label_files(spec, path.parent)
-        for line in f.read_text().splitlines()
-        if line.strip()
+        len(line.split()) for f in _train_label_files(spec, root) for line in f.read_text().splitlines() if line.strip()
     }
 
 
 def check_data_fits_task(data: str | Path, task: str, model_kpt_shape: Any = None) -> None:
     """Raise a one-line error when the dataset's labels cannot train a `task` model."""
+    spec = yaml.safe_load(Path(data).read_text()) or {}
     if task == "pose":
-        spec = yaml.safe_load(Path(data).read_text()) or {}
         if list(spec.get("kpt_shape") or []) != list(model_kpt_shape or []):
             raise ValueError(
                 f"dataset '{data}' has kpt_shape {spec.get('kpt_shape')} but the pose model predicts "
@@ -66,12 +62,12 @@ def check_data_fits_task(data: str | Path, task: str, model_kpt_shape: Any = Non
         return
     if task not in ("segment", "obb"):
         return
-    if (yaml.safe_load(Path(data).read_text()) or {}).get("kpt_shape"):
+    if spec.get("kpt_shape"):
         raise ValueError(
             f"dataset '{data}' is a pose dataset (it declares kpt_shape) but the model is a {task} model: give a "
             f"{task} dataset, or prune a model of this dataset's task"
         )
-    columns = label_columns(data)
+    columns = label_columns(spec, Path(data).parent)
     if task == "segment" and columns and max(columns) <= 5:
         raise ValueError(
             f"dataset '{data}' has box labels only (cls cx cy w h) but the model is a segment model: give a dataset "
