@@ -159,11 +159,26 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
         ("train", "--data", str(tmp_path / "missing.yaml")): "dataset yaml",
         ("sparse", "--sr", "-1"): "finite number >= 0",
         ("sparse", "--sr", "x"): "not a number",
+        ("finetune", "--lr-scale", "0"): "must be a number > 0",
     }
     for argv, message in cases.items():
         out = subprocess.run([sys.executable, "-m", "yoloslim", *argv], capture_output=True, text=True, timeout=120)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode != 0 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_lr_scale_scales_the_optimizer_and_its_schedule(tiny_data, runs) -> None:
+    """lr_scale multiplies the learning rate Ultralytics sets, before its scheduler reads it (so the decay starts
+    from the scaled rate); a bad value fails before a run folder exists."""
+    args = dict(TINY, optimizer="SGD", lr0=0.04, warmup_epochs=0, epochs=1, val=False)
+    model = YOLO("yolov8n.yaml")
+    model.train(data=tiny_data, lr_scale=0.25, project=str(runs), name="lrscale", **args)
+    groups = model.trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == pytest.approx([0.01] * len(groups))
+    assert model.trainer.scheduler.base_lrs == pytest.approx([0.01] * len(groups))
+    with pytest.raises(ValueError, match="lr_scale=-1 must be a number > 0"):
+        YOLO("yolov8n.yaml").train(data=tiny_data, lr_scale=-1, project=str(runs), name="badlr", **args)
+    assert not (runs / "badlr").exists()
 
 
 def test_sr_refused_outside_detection_tasks(tiny_data, runs) -> None:

@@ -53,18 +53,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default=PROJECT)
     p.add_argument("--name")
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (Ultralytics uses 0 on CPU)")
+    p.add_argument(
+        "--lr-scale",
+        type=_slim_arg("lr_scale"),
+        help="factor on the learning rate Ultralytics picks (default: 0.1 for a sparse or fine-tuning run from a "
+        ".pt, which continues a trained model; else 1)",
+    )
 
 
-def _sr(value: str) -> float:
-    """argparse type for --sr: the trainer's own check, reported by argparse."""
-    from yoloslim.trainer import check_slim_args
+def _slim_arg(key: str) -> Callable[[str], float]:
+    """argparse type for a numeric training argument of `SLIM_ARGS` (sr, lr_scale): the trainer's own check."""
 
-    args = {"sr": value}
-    try:
-        check_slim_args(args)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return args["sr"]
+    def parse(value: str) -> float:
+        from yoloslim.trainer import check_slim_args
+
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}={value!r} is not a number") from None
+        args = {key: number}
+        try:
+            check_slim_args(args)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return args[key]
+
+    return parse
 
 
 def _sparsity(value: str) -> float:
@@ -148,7 +162,9 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
     if command in {"train", "sparse", "finetune"}:
         _add_train_args(p)
         if command != "finetune":
-            p.add_argument("--sr", type=_sr, help="L1 penalty on prunable BN gammas per 16 images (0 = none)")
+            p.add_argument(
+                "--sr", type=_slim_arg("sr"), help="L1 penalty on prunable BN gammas per 16 images (0 = none)"
+            )
         if command == "sparse":
             target = p.add_mutually_exclusive_group()
             target.add_argument(
@@ -221,7 +237,9 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         ):
             p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag), help=text)
         p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (Ultralytics picks when unset)")
-        p.add_argument("--sr", type=_sr, default=d.sr, help="L1 penalty on prunable BN gammas per 16 images")
+        p.add_argument(
+            "--sr", type=_slim_arg("sr"), default=d.sr, help="L1 penalty on prunable BN gammas per 16 images"
+        )
         p.add_argument(
             "--sparsity",
             type=_sparsity,
@@ -288,7 +306,7 @@ def _fill_from_checkpoint(a: argparse.Namespace) -> None:
 
 
 def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    extra = {"workers": a.workers} if a.workers is not None else {}
+    extra = {k: v for k, v in (("workers", a.workers), ("lr_scale", a.lr_scale)) if v is not None}
     return dict(
         weights=a.weights,
         data=a.data,

@@ -11,10 +11,12 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
   network from `model.yaml` and silently drop the pruning). Resume reaches the same path; Ultralytics'
   DDP workers receive the trainer's model object itself (8.4 pickles it), which keeps its pruned shapes.
+- `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (the stages that continue a trained model
+  start lower, `steps.train`).
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
 The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
-the zeroing shares with `prune`, and `finetune`) are registered as real Ultralytics arguments on import,
+the zeroing shares with `prune`, `finetune` and `lr_scale`) are registered as real Ultralytics arguments on import,
 so they pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and
 the DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
 A stock Ultralytics trainer refuses them (a default `on_pretrain_routine_start` callback) instead of
@@ -49,6 +51,7 @@ SLIM_ARGS: dict[str, Any] = {
     "streams": DEFAULT_STREAMS,
     "round_to": 1,
     "finetune": False,
+    "lr_scale": 1.0,
 }
 
 
@@ -121,7 +124,10 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         raise ValueError(f"streams={get('streams')!r} must be True or False")
     if isinstance(round_to := get("round_to"), bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = no rounding)")
-    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops)):
+    lr_scale = get("lr_scale")
+    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < float("inf"):
+        raise ValueError(f"lr_scale={lr_scale!r} must be a number > 0 (1 = the learning rate Ultralytics picks)")
+    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops), ("lr_scale", float(lr_scale))):
         if isinstance(args, dict):
             args[key] = v
         else:
@@ -197,6 +203,18 @@ class SlimMixin:
         if target is None:
             return None
         return ChannelZeroing(model, *target, **ranking_args(self.args))
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer (its `auto` choice included), every group's learning rate times `lr_scale`.
+
+        Set before Ultralytics builds its scheduler, so the warm-up and the decay start from the scaled rate.
+        """
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if self.args.lr_scale != 1:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.args.lr_scale
+            LOGGER.info(f"{colorstr('yoloslim:')} learning rate x{self.args.lr_scale:g} (lr_scale)")
+        return optimizer
 
     def validate(self):
         """Ultralytics' validation; while a sparsity target's zeroing is unfinished, no epoch becomes best.pt.
