@@ -56,8 +56,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-scale",
         type=_slim_arg("lr_scale"),
-        help="factor on the learning rate Ultralytics picks (default: 0.1 for a sparse or fine-tuning run from a "
-        ".pt, which continues a trained model; else 1)",
+        help="factor on the learning rate Ultralytics picks (default: 0.1 for fine-tuning a pruned model, else 1)",
     )
 
 
