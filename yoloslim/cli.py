@@ -56,7 +56,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-scale",
         type=_slim_arg("lr_scale"),
-        help="factor on the learning rate Ultralytics picks (default: 0.1 for fine-tuning a pruned model, else 1)",
+        help="factor on the learning rate Ultralytics picks (default 1; 0.1 kept a pretrained YOLOv8s from losing "
+        "accuracy in fine-tuning, but cost a yolov8n trained from scratch 1-3 pt, docs/RESULTS.md)",
     )
 
 
@@ -135,7 +136,7 @@ def _round_to(text: str) -> int:
 
 def _add_ranking(p: argparse.ArgumentParser) -> None:
     """The pruner's ranking flags, shared by sparse training (its zeroing) and pruning: use the same for both."""
-    from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE
+    from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, SCRIPT_ROUND_TO
 
     p.add_argument(
         "--importance",
@@ -151,8 +152,9 @@ def _add_ranking(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--round-to",
         type=_round_to,
-        default=1,
-        help="keep channel counts in multiples of N (16 ran fastest in onnxruntime on CPU, docs/RESULTS.md)",
+        default=SCRIPT_ROUND_TO,
+        help="keep channel counts in multiples of N (1 = exact counts, which ran slowly in onnxruntime on CPU; "
+        "docs/RESULTS.md); give sparse training and pruning the same N",
     )
 
 

@@ -32,7 +32,7 @@ from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
-from yoloslim.prune import DEFAULT_IMPORTANCE, check_budget, check_ratio
+from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
 from yoloslim.trainer import check_slim_args
 
 
@@ -96,7 +96,7 @@ class PipelineConfig:
     compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
     importance: str = DEFAULT_IMPORTANCE
     streams: bool = DEFAULT_STREAMS
-    round_to: int = 1
+    round_to: int = SCRIPT_ROUND_TO
     latency_repeats: int = 30
     # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
     # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch

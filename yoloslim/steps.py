@@ -29,7 +29,6 @@ from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.trainer import SLIM_ARGS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
-FINETUNE_LR_SCALE = 0.1  # learning-rate factor of fine-tuning a pruned model
 
 
 def check_model_source(weights: str | Path) -> str:
@@ -78,11 +77,6 @@ def train(
     steps' default paths chain. A run that starts from trained weights (a .pt) does not warm up unless
     `warmup_epochs` is given: Ultralytics' warm-up starts the bias learning rate at 0.1 for at least 100
     iterations (7 epochs of a 222-image set), which wrecked a pretrained YOLOv8s in each stage (docs/RESULTS.md).
-    Fine-tuning starts at `FINETUNE_LR_SCALE` of the learning rate Ultralytics picks unless `lr_scale` is given:
-    the pruned model already works (sparse training zeroed what pruning removed), and a fresh optimizer at the
-    full rate throws part of that away in its first epochs. Sparse training keeps the full rate: at a tenth,
-    the L1 term shrinks too little for the zeroing to find dead channels, and the pretrained YOLOv8s collapsed
-    (docs/RESULTS.md).
     """
     check_slim_args(
         {"sr": sr, "finetune": finetune, "sparsity": sparsity, **{k: v for k, v in overrides.items() if k in SLIM_ARGS}}
@@ -94,8 +88,6 @@ def train(
     data = resolve_data(data)
     if Path(source).suffix == ".pt":
         overrides.setdefault("warmup_epochs", 0)
-    if finetune:
-        overrides.setdefault("lr_scale", FINETUNE_LR_SCALE)
     model = YOLO(source)
     model.train(
         data=data,

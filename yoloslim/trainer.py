@@ -11,7 +11,7 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
   network from `model.yaml` and silently drop the pruning). Resume reaches the same path; Ultralytics'
   DDP workers receive the trainer's model object itself (8.4 pickles it), which keeps its pruned shapes.
-- `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (fine-tuning starts lower, `steps.train`).
+- `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (default 1).
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
 The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
