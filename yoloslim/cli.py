@@ -67,11 +67,7 @@ def _slim_arg(key: str) -> Callable[[str], float]:
     def parse(value: str) -> float:
         from yoloslim.trainer import check_slim_args
 
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{key}={value!r} is not a number") from None
-        args = {key: number}
+        args = {key: value}
         try:
             check_slim_args(args)
         except ValueError as e:
@@ -323,12 +319,12 @@ def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 def _run_train(a: argparse.Namespace) -> Any:
     from yoloslim import steps
+    from yoloslim.trainer import ranking_args
 
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
-    ranking = {"importance": a.importance, "streams": a.streams, "round_to": a.round_to}
-    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking)
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking_args(a))
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:

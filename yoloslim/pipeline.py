@@ -33,7 +33,7 @@ from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
-from yoloslim.trainer import check_slim_args
+from yoloslim.trainer import check_slim_args, ranking_args
 
 
 RESERVED = {
@@ -125,8 +125,7 @@ class PipelineConfig:
 
     def sparse_args(self, point: float | None = None) -> dict[str, Any]:
         """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
-        ranking = {"importance": self.importance, "streams": self.streams, "round_to": self.round_to}
-        return {"sr": self.sr, **self.sparse_target(point), **ranking}
+        return {"sr": self.sr, **self.sparse_target(point), **ranking_args(self)}
 
     def check(self) -> None:
         """Bad settings fail before any training."""
@@ -221,7 +220,7 @@ class Pipeline:
         c = self.cfg
         save_dir = self.dir / name
         ratio, target = (None, ("gflops", point)) if c.targets else (point, None)
-        args = {"round_to": c.round_to, "fold": fold, "importance": c.importance, "streams": c.streams}
+        args = {**ranking_args(c), "fold": fold}
         return self.stage(
             name, save_dir / "pruned.pt", lambda: steps.prune(weights, ratio, save_dir, target=target, **args)
         )

@@ -15,7 +15,7 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
 The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
-the zeroing shares with `prune`, `finetune` and `lr_scale`) are registered as real Ultralytics arguments on import,
+the zeroing shares with `prune`, then `finetune` and `lr_scale`) are registered as real Ultralytics arguments on import,
 so they pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and
 the DDP launcher (which pickles the trainer class and `vars(args)`; its workers import this module again).
 A stock Ultralytics trainer refuses them (a default `on_pretrain_routine_start` callback) instead of
@@ -124,9 +124,13 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
     if isinstance(round_to := get("round_to"), bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = no rounding)")
     lr_scale = get("lr_scale")
-    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < float("inf"):
+    try:
+        scale = float(lr_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr_scale={lr_scale!r} is not a number: pass a factor > 0, e.g. 0.1") from None
+    if isinstance(lr_scale, bool) or not 0 < scale < float("inf"):
         raise ValueError(f"lr_scale={lr_scale!r} must be a number > 0 (1 = the learning rate Ultralytics picks)")
-    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops), ("lr_scale", float(lr_scale))):
+    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops), ("lr_scale", scale)):
         if isinstance(args, dict):
             args[key] = v
         else:
