@@ -7,12 +7,14 @@ from pathlib import Path
 import onnxruntime
 import pytest
 import yaml
+from ultralytics.nn.distill_model import DistillationModel
+from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim import YOLO, steps
-from yoloslim.checkpoint import load_model
+from yoloslim.checkpoint import load_model, pruned_info
 from yoloslim.data import demo_dataset
 
-from .conftest import TINY, train_interrupted
+from .conftest import TINY, stock_predict, train_interrupted
 
 
 def _params(path: Path) -> int:
@@ -35,6 +37,33 @@ def test_finetune_keeps_pruned_count_also_after_resume(pruned, tiny_data, runs) 
     assert resumed.trainer.args.finetune is True and resumed.trainer.start_epoch == 1
     assert _params(Path(resumed.trainer.last)) == count
     assert yaml.safe_load((runs / "ft" / "args.yaml").read_text())["finetune"] is True
+
+
+def test_finetune_learns_from_a_teacher_and_saves_the_pruned_student(pruned, tiny_ckpt, tiny_data, runs) -> None:
+    """Ultralytics' distillation wraps the pruned model (also on resume); the hooks and best.pt see the student."""
+    count = _params(pruned)
+    args = dict(data=tiny_data, epochs=2, finetune=True, distill_model=str(tiny_ckpt), project=str(runs), name="kd")
+    train_interrupted(YOLO(pruned), **args, **TINY)
+    resumed = YOLO(runs / "kd" / "weights" / "last.pt")
+    resumed.train(resume=True)
+    assert isinstance(unwrap_model(resumed.trainer.model), DistillationModel) and resumed.trainer.start_epoch == 1
+    best = Path(resumed.trainer.best)
+    model, _ = load_model(best)
+    assert not isinstance(model, DistillationModel) and pruned_info(model) is not None and _params(best) == count
+    header = (runs / "kd" / "results.csv").read_text().splitlines()[0]
+    assert "train/dis_loss" in header and "sparsity/median_gamma" in header
+    assert f"PARAMS {count} RESULTS 1 TASK detect" in stock_predict(best)
+
+
+def test_teacher_must_exist_and_is_not_for_sparsity(pruned, tiny_ckpt, tiny_data, tmp_path) -> None:
+    missing = str(tmp_path / "normal.pt")
+    with pytest.raises(FileNotFoundError, match="teacher .* is not an existing .pt checkpoint"):
+        steps.train(pruned, tiny_data, 1, 64, 8, "cpu", tmp_path, "a", finetune=True, distill_model=missing)
+    with pytest.raises(FileNotFoundError, match="teacher .* is not an existing .pt checkpoint"):
+        YOLO(pruned).train(data=tiny_data, distill_model=missing, project=str(tmp_path), name="b", **TINY)
+    with pytest.raises(ValueError, match="not for sparsity training"):
+        steps.train(tiny_ckpt, tiny_data, 1, 64, 8, "cpu", tmp_path, "c", sr=0.01, distill_model=str(tiny_ckpt))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pruned_marker_alone_fine_tunes_the_pruned_model(pruned, tiny_data, runs) -> None:

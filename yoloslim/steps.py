@@ -26,7 +26,7 @@ from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
-from yoloslim.trainer import SLIM_ARGS, check_slim_args
+from yoloslim.trainer import SLIM_ARGS, check_slim_args, check_teacher
 
 PREFIX = colorstr("yoloslim:")
 
@@ -71,16 +71,21 @@ def train(
     **overrides: Any,
 ) -> Path:
     """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0 and/or a `sparsity` target, fine-tuning
-    with finetune=True).
+    with finetune=True, learning from a teacher with `distill_model=` its .pt).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
     steps' default paths chain. A run that starts from trained weights (a .pt) does not warm up unless
     `warmup_epochs` is given: Ultralytics' warm-up starts the bias learning rate at 0.1 for at least 100
     iterations (7 epochs of a 222-image set), which wrecked a pretrained YOLOv8s in each stage (docs/RESULTS.md).
     """
-    check_slim_args(
-        {"sr": sr, "finetune": finetune, "sparsity": sparsity, **{k: v for k, v in overrides.items() if k in SLIM_ARGS}}
-    )
+    slim = {
+        "sr": sr,
+        "finetune": finetune,
+        "sparsity": sparsity,
+        **{k: v for k, v in overrides.items() if k in SLIM_ARGS},
+    }
+    check_slim_args(slim)
+    check_teacher({**slim, "distill_model": overrides.get("distill_model")})
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):

@@ -14,6 +14,10 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (default 1).
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
+Fine-tuning can learn from a teacher (the normal-trained model) through Ultralytics' own knowledge distillation
+(`distill_model`, weight `dis`): Ultralytics wraps the model in its `DistillationModel` after `get_model`, so the
+hooks read the pruned model as its `student_model`; `check_teacher` refuses a missing file before any work.
+
 The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
 the zeroing shares with `prune`, then `finetune` and `lr_scale`) are registered as real Ultralytics arguments on import,
 so they pass Ultralytics' argument check, are saved in `args.yaml` and checkpoints, and survive `resume` and
@@ -25,6 +29,7 @@ silently ignoring them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -137,6 +142,26 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             setattr(args, key, v)
 
 
+def check_teacher(args: dict[str, Any] | Any) -> None:
+    """`distill_model` (the teacher of Ultralytics' distillation) must be an existing .pt checkpoint, and is for
+    training without sparsity: Ultralytics would try to download a missing name, and the sparsity hooks act on
+    the model, not on its distillation wrapper."""
+    teacher = args.get("distill_model") if isinstance(args, dict) else getattr(args, "distill_model", None)
+    if not teacher:
+        return
+    if Path(teacher).suffix != ".pt" or not Path(teacher).is_file():
+        raise FileNotFoundError(
+            f"teacher (distill_model) '{teacher}' is not an existing .pt checkpoint: pass the normal-trained "
+            "model's weights, e.g. runs/yoloslim/train/weights/best.pt"
+        )
+    get = _reader(args)
+    if float(get("sr")) > 0 or zeroing_target(args):
+        raise ValueError(
+            "a teacher (distill_model) is for fine-tuning the pruned model (or normal training), not for sparsity "
+            "training: drop sr and the sparsity target, or the teacher"
+        )
+
+
 def zeroing_target(args: dict[str, Any] | Any) -> tuple[str, float] | None:
     """The sparsity target among the training arguments as (kind, value) for `ChannelZeroing`, or None."""
     get = _reader(args)
@@ -149,6 +174,11 @@ def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
     """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
     get = _reader(args)
     return {"importance": get("importance"), "streams": get("streams"), "round_to": get("round_to")}
+
+
+def student(model: nn.Module) -> nn.Module:
+    """The model being trained: the student of Ultralytics' `DistillationModel` wrapper, else `model` itself."""
+    return getattr(model, "student_model", model)
 
 
 def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
@@ -168,8 +198,10 @@ class SlimMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
         check_slim_args(dict(overrides or {}))  # a copy: resume compares the caller's overrides with the checkpoint
+        check_teacher(dict(overrides or {}))
         super().__init__(cfg, overrides, _callbacks)
         check_slim_args(self.args)  # resume replaces args with the checkpoint's
+        check_teacher(self.args)
         self._gammas: list[nn.Parameter] | None = None
         self.zeroing: ChannelZeroing | None = None
         self._images = 0  # images whose loss gradient the next optimizer step applies
@@ -289,7 +321,7 @@ class SlimMixin:
         """
         if self._gammas is None:
             try:
-                self._gammas = prunable_gammas(unwrap_model(self.model), self.args.streams)
+                self._gammas = prunable_gammas(student(unwrap_model(self.model)), self.args.streams)
             except UnsupportedModuleError:
                 if self.args.sr > 0 or zeroing_target(self.args):
                     raise
