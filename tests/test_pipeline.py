@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import replace
+from pathlib import Path
 
 import onnxruntime
 import pytest
@@ -108,9 +109,10 @@ def test_one_sparse_stage_serves_every_target() -> None:
 
 
 def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
-    """One number drives both stages: each target's sparse stage zeroes down to it, and its row prunes to it."""
+    """One number drives both stages: each target's sparse stage zeroes down to it, and its row prunes to it;
+    with `distill`, fine-tuning learns from the normal-trained model."""
     run = tmp_path / "targets"
-    config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None)
+    config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None, distill=True)
     rows = run_pipeline(config)
     assert [r["point"] for r in rows] == ["1", "0.6", "0.4"]
     for target in (0.6, 0.4):
@@ -118,6 +120,10 @@ def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
         assert sparse_args["target_gflops"] == target and sparse_args["warmup_epochs"] == 0  # trained: no warm-up
         assert sparse_args["round_to"] == 8  # the pipeline's width multiple, shared by the zeroing and pruning
     assert YOLO(run / "normal" / "weights" / "last.pt").ckpt["train_args"]["warmup_epochs"] == 3  # from yaml
+    for point in ("1", "0.6", "0.4"):  # distill: every fine-tuning learns from the normal-trained model
+        tuned = YOLO(run / f"finetune-{point}" / "weights" / "last.pt").ckpt["train_args"]
+        assert Path(tuned["distill_model"]) == run / "normal" / "weights" / "best.pt"
+        assert "train/dis_loss" in (run / f"finetune-{point}" / "results.csv").read_text().splitlines()[0]
     for row, target in zip(rows, (1.0, 0.6, 0.4)):
         assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
     for target in ("0.6", "0.4"):

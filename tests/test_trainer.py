@@ -160,6 +160,9 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
         ("sparse", "--sr", "-1"): "finite number >= 0",
         ("sparse", "--sr", "x"): "not a number",
         ("finetune", "--lr-scale", "0"): "must be a number > 0",
+        ("finetune", "--teacher", str(tmp_path / "normal.pt")): "is not an existing .pt checkpoint",
+        ("finetune", "--distill-weight", "1"): "give --teacher too",
+        ("finetune", "--distill-weight", "-1"): "must be a number > 0",
     }
     for argv, message in cases.items():
         out = subprocess.run([sys.executable, "-m", "yoloslim", *argv], capture_output=True, text=True, timeout=120)

@@ -61,6 +61,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher",
+        help="learn from this model as well as from the labels (Ultralytics' knowledge distillation); give the "
+        "normal-trained best.pt (default: none)",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=_positive("--distill-weight"),
+        help="weight of the distillation loss (Ultralytics' `dis`; default: Ultralytics' 6)",
+    )
+
+
 def _slim_arg(key: str) -> Callable[[str], float]:
     """argparse type for a numeric training argument of `SLIM_ARGS` (sr, lr_scale): the trainer's own check."""
 
@@ -119,6 +132,21 @@ def _share(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def _positive(flag: str) -> Callable[[str], float]:
+    """argparse type for a finite number > 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} must be a number > 0")
+        return value
+
+    return parse
+
+
 def _round_to(text: str) -> int:
     """argparse type of --round-to: a whole number >= 1."""
     try:
@@ -162,6 +190,8 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             p.add_argument(
                 "--sr", type=_slim_arg("sr"), help="L1 penalty on prunable BN gammas per 16 images (0 = none)"
             )
+        else:
+            _add_teacher(p)
         if command == "sparse":
             target = p.add_mutually_exclusive_group()
             target.add_argument(
@@ -267,6 +297,13 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             help="the ratio (or target) of the normal-vs-sparse and fold on/off comparisons",
         )
         _add_ranking(p)
+        p.add_argument(
+            "--distill",
+            action=argparse.BooleanOptionalAction,
+            default=d.distill,
+            help="fine-tune every pruned model with the normal-trained model as its teacher (Ultralytics' "
+            "knowledge distillation, about 1.5x the fine-tuning time)",
+        )
         p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
         p.add_argument(
             "--train-args",
@@ -330,7 +367,10 @@ def _run_train(a: argparse.Namespace) -> Any:
 def _run_finetune(a: argparse.Namespace) -> Any:
     from yoloslim import steps
 
-    return steps.train(**_train_kwargs(a), finetune=True)
+    if a.distill_weight is not None and not a.teacher:
+        raise ValueError("--distill-weight weighs the loss of learning from a teacher: give --teacher too")
+    teacher = {k: v for k, v in (("distill_model", a.teacher), ("dis", a.distill_weight)) if v is not None}
+    return steps.train(**_train_kwargs(a), finetune=True, **teacher)
 
 
 def _run_gamma(a: argparse.Namespace) -> Any:
@@ -411,6 +451,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             importance=a.importance,
             streams=a.streams,
             round_to=a.round_to,
+            distill=a.distill,
             latency_repeats=a.latency_repeats,
             train_args=extra,
         )

@@ -1,7 +1,7 @@
 """The whole network-slimming sequence in one resumable command, ending in one results table.
 
 normal training -> sparsity training -> gamma histograms -> prune at each ratio (or each GFLOPs target) ->
-fine-tune each -> validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by
+fine-tune each (optionally learning from the normal-trained model as a teacher) -> validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by
 side -> table (Markdown and CSV) and plots. Plus two comparisons at one of them: pruning the normally
 trained model instead of the sparse one, and folding `act(beta)` off.
 
@@ -54,6 +54,7 @@ RESERVED = {
     "round_to",
     "finetune",
     "resume",
+    "distill_model",
 }
 # settings whose change makes finished stages stale: a run folder made with others is refused
 STAGE_SETTINGS = (
@@ -71,6 +72,7 @@ STAGE_SETTINGS = (
     "importance",
     "streams",
     "round_to",
+    "distill",
     "train_args",
 )
 
@@ -97,6 +99,7 @@ class PipelineConfig:
     importance: str = DEFAULT_IMPORTANCE
     streams: bool = DEFAULT_STREAMS
     round_to: int = SCRIPT_ROUND_TO
+    distill: bool = False  # fine-tune with the normal-trained model as the teacher (Ultralytics' distillation)
     latency_repeats: int = 30
     # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
     # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch
@@ -308,12 +311,16 @@ class Pipeline:
             "onnx": pruned.with_suffix(".onnx"),
         }
         if finetune:
-            tuned = self.train(f"finetune-{key}", pruned, self.cfg.epochs_finetune, finetune=True)
+            tuned = self.train(f"finetune-{key}", pruned, self.cfg.epochs_finetune, finetune=True, **self.teacher())
             after = self.metrics(f"finetune-{key}", tuned)
             row.update(map50_after=after["map50"], map50_95_after=after["map50_95"], onnx=self.onnx(tuned))
         else:
             self.onnx(pruned)
         return row
+
+    def teacher(self) -> dict[str, str]:
+        """Fine-tuning's teacher with `distill`: the normal-trained model, the score each row is measured against."""
+        return {"distill_model": str(self.dir / "normal" / "weights" / "best.pt")} if self.cfg.distill else {}
 
     def latencies(self, rows: list[dict[str, Any]]) -> None:
         """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
