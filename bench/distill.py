@@ -74,7 +74,9 @@ def main() -> None:
         mean = statistics.mean(scores)
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
         label = f"teacher, dis={weight:g}" if weight else "no teacher"
-        rows.append((label, *(f"{s:.4f}" for s in scores), f"{mean:.4f} +- {spread:.4f}", f"{100 * (mean - normal):+.1f}"))
+        rows.append(
+            (label, *(f"{s:.4f}" for s in scores), f"{mean:.4f} +- {spread:.4f}", f"{100 * (mean - normal):+.1f}")
+        )
     caption = (
         f"Fine-tuning {a.pruned} for {a.epochs} epochs (lr x{a.lr_scale:g}), data {a.data}, imgsz {a.imgsz}; "
         f"teacher and reference {a.teacher} (mAP50-95 {normal:.4f})."
