@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
     assert [r["params"] for r in again] == [r["params"] for r in rows]
 
     run_pipeline(config)  # same settings: accepted (and skipped)
+    saved = json.loads((run / "pipeline.json").read_text())
+    del saved["distill"]  # a folder made before the setting existed ran at its default
+    (run / "pipeline.json").write_text(json.dumps(saved))
+    run_pipeline(config)
     with pytest.raises(ValueError, match="other sr"):
         run_pipeline(replace(config, sr=0.5))
 

@@ -399,10 +399,10 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     pipeline = Pipeline(config)
     pipeline.dir.mkdir(parents=True, exist_ok=True)
     saved_file = pipeline.dir / "pipeline.json"
-    settings = json.loads(json.dumps(asdict(config), default=str))
+    settings, defaults = (json.loads(json.dumps(asdict(c), default=str)) for c in (config, PipelineConfig()))
     if saved_file.exists():
-        saved = json.loads(saved_file.read_text())
-        if changed := [k for k in STAGE_SETTINGS if saved.get(k) != settings[k]]:
+        saved = json.loads(saved_file.read_text())  # a setting newer than the folder ran at its default then
+        if changed := [k for k in STAGE_SETTINGS if saved.get(k, defaults[k]) != settings[k]]:
             raise ValueError(
                 f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
                 "stale; use another --run-dir (or delete that folder)"
