@@ -21,7 +21,7 @@ from pathlib import Path
 import yoloslim  # noqa: F401  (offline settings first)
 from table import emit
 from yoloslim import steps
-from yoloslim.checkpoint import finished_training
+from yoloslim.checkpoint import finished_training, readable
 
 BATCH = 16
 
@@ -29,10 +29,17 @@ BATCH = 16
 def finetune(a: argparse.Namespace, weight: float, seed: int) -> Path:
     """The best.pt of one fine-tuning run (trained unless a finished one is in the run folder)."""
     name = f"dis{weight:g}-seed{seed}"
-    run = a.run_dir / name / "weights"
-    if finished_training(run / "last.pt"):
-        return run / "best.pt"
+    last = a.run_dir / name / "weights" / "last.pt"
     teacher = {"distill_model": str(a.teacher), "dis": weight} if weight else {}
+    if readable(last) and finished_training(last):
+        ran = steps.trained_with(last)
+        asked = {"model": a.pruned, "distill_model": a.teacher if weight else None}
+        same = all(
+            (Path(ran[k]).resolve() if ran.get(k) else None) == (v.resolve() if v else None) for k, v in asked.items()
+        )
+        if not same or (ran["epochs"], ran["lr_scale"], ran["dis"] if weight else 0) != (a.epochs, a.lr_scale, weight):
+            raise SystemExit(f"{last.parent.parent} was fine-tuned with other settings: use another --run-dir")
+        return last.with_name("best.pt")
     return steps.train(
         a.pruned,
         a.data,

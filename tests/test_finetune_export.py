@@ -8,6 +8,7 @@ import onnxruntime
 import pytest
 import yaml
 from ultralytics.nn.distill_model import DistillationModel
+from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim import YOLO, steps
@@ -44,7 +45,11 @@ def test_finetune_learns_from_a_teacher_and_saves_the_pruned_student(pruned, tin
     count = _params(pruned)
     args = dict(data=tiny_data, epochs=2, finetune=True, distill_model=str(tiny_ckpt), project=str(runs), name="kd")
     train_interrupted(YOLO(pruned), **args, **TINY)
-    resumed = YOLO(runs / "kd" / "weights" / "last.pt")
+    mid_run = runs / "kd" / "weights" / "last.pt"
+    assert isinstance(load_checkpoint(mid_run)[0], DistillationModel)  # Ultralytics saves the wrapper mid-run
+    for model in (load_model(mid_run)[0], YOLO(mid_run).model):  # yoloslim reads its student
+        assert pruned_info(model) is not None and sum(p.numel() for p in model.parameters()) == count
+    resumed = YOLO(mid_run)
     resumed.train(resume=True)
     assert isinstance(unwrap_model(resumed.trainer.model), DistillationModel) and resumed.trainer.start_epoch == 1
     best = Path(resumed.trainer.best)

@@ -64,13 +64,30 @@ def check_weights_file(path: str | Path) -> Path:
     return path
 
 
+def student(model: nn.Module) -> nn.Module:
+    """The trained model inside Ultralytics' distillation wrapper (`DistillationModel.student_model`), else `model`.
+
+    A distillation run wraps the model while it trains, and its checkpoints hold the wrapper until the run ends
+    (Ultralytics then keeps only the student); the loader's attributes (args, task, path) move to the student.
+    """
+    inner = getattr(model, "student_model", None)
+    if inner is None:
+        return model
+    for key in ("args", "pt_path", "task"):
+        if hasattr(model, key):
+            setattr(inner, key, getattr(model, key))
+    return inner
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load an Ultralytics checkpoint's model (FP32, eval mode) and the checkpoint dict, with clear errors."""
+    """Load an Ultralytics checkpoint's model (FP32, eval mode) and the checkpoint dict, with clear errors; a
+    checkpoint saved during a distillation run gives its student."""
     path = check_weights_file(path)
     try:
         model, ckpt = load_checkpoint(path)
     except Exception as e:  # torch / pickle raise many types for a file that is not a checkpoint
         raise ValueError(f"'{path}' is not a readable Ultralytics checkpoint ({type(e).__name__}: {e})") from e
+    model = student(model)
     yaml = getattr(model, "yaml", None)
     if isinstance(yaml, dict) and "ch" in yaml and "channels" not in yaml:  # checkpoints older than 8.3
         model.yaml = {**yaml, "channels": yaml["ch"]}

@@ -11,7 +11,7 @@ from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
-from yoloslim.checkpoint import pruned_info
+from yoloslim.checkpoint import pruned_info, student
 from yoloslim.data import resolve_data
 from yoloslim.target import check_target
 from yoloslim.task_data import check_data_fits_task
@@ -35,6 +35,12 @@ class YOLO(_UltralyticsYOLO):
         for task, trainer in TRAINERS.items():
             tasks[task] = {**tasks[task], "trainer": trainer}
         return tasks
+
+    def _load(self, weights: str, task: str | None = None) -> None:
+        """Ultralytics' loading; a checkpoint saved during a distillation run gives its student (the wrapper has no
+        layers of its own, and its teacher was stripped), so it predicts, validates, prunes and fine-tunes."""
+        super()._load(weights, task)
+        self.model = student(self.model)
 
     def train(self, trainer=None, **kwargs: Any):
         """Ultralytics' `train`, after the slimming arguments are checked against this model.

@@ -76,6 +76,9 @@ STAGE_SETTINGS = (
     "train_args",
 )
 
+# stage settings added after run folders existed, with the value a folder saved without them ran at
+LATER_SETTINGS: dict[str, Any] = {"distill": False}
+
 
 @dataclass
 class PipelineConfig:
@@ -399,10 +402,10 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     pipeline = Pipeline(config)
     pipeline.dir.mkdir(parents=True, exist_ok=True)
     saved_file = pipeline.dir / "pipeline.json"
-    settings, defaults = (json.loads(json.dumps(asdict(c), default=str)) for c in (config, PipelineConfig()))
+    settings = json.loads(json.dumps(asdict(config), default=str))
     if saved_file.exists():
-        saved = json.loads(saved_file.read_text())  # a setting newer than the folder ran at its default then
-        if changed := [k for k in STAGE_SETTINGS if saved.get(k, defaults[k]) != settings[k]]:
+        saved = {**LATER_SETTINGS, **json.loads(saved_file.read_text())}
+        if changed := [k for k in STAGE_SETTINGS if saved.get(k) != settings[k]]:
             raise ValueError(
                 f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
                 "stale; use another --run-dir (or delete that folder)"

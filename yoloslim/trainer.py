@@ -42,7 +42,7 @@ from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim.channels import DEFAULT_STREAMS, UnsupportedModuleError
-from yoloslim.checkpoint import PRUNED_KEY, pruned_info
+from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, Pruner
 from yoloslim.target import ChannelZeroing, check_sparsity, check_target_gflops
@@ -152,7 +152,7 @@ def check_teacher(args: dict[str, Any] | Any) -> None:
     if Path(teacher).suffix != ".pt" or not Path(teacher).is_file():
         raise FileNotFoundError(
             f"teacher (distill_model) '{teacher}' is not an existing .pt checkpoint: pass the normal-trained "
-            "model's weights, e.g. runs/yoloslim/train/weights/best.pt"
+            "model's weights, e.g. runs/yoloslim/normal/weights/best.pt"
         )
     get = _reader(args)
     if float(get("sr")) > 0 or zeroing_target(args):
@@ -174,11 +174,6 @@ def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
     """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
     get = _reader(args)
     return {"importance": get("importance"), "streams": get("streams"), "round_to": get("round_to")}
-
-
-def student(model: nn.Module) -> nn.Module:
-    """The model being trained: the student of Ultralytics' `DistillationModel` wrapper, else `model` itself."""
-    return getattr(model, "student_model", model)
 
 
 def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
