@@ -26,7 +26,7 @@ from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
-from yoloslim.trainer import SLIM_ARGS, check_slim_args, check_teacher
+from yoloslim.trainer import SLIM_ARGS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
 
@@ -78,14 +78,7 @@ def train(
     `warmup_epochs` is given: Ultralytics' warm-up starts the bias learning rate at 0.1 for at least 100
     iterations (7 epochs of a 222-image set), which wrecked a pretrained YOLOv8s in each stage (docs/RESULTS.md).
     """
-    slim = {
-        "sr": sr,
-        "finetune": finetune,
-        "sparsity": sparsity,
-        **{k: v for k, v in overrides.items() if k in SLIM_ARGS},
-    }
-    check_slim_args(slim)
-    check_teacher({**slim, "distill_model": overrides.get("distill_model")})
+    check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):

@@ -16,7 +16,7 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 
 Fine-tuning can learn from a teacher (the normal-trained model) through Ultralytics' own knowledge distillation
 (`distill_model`, weight `dis`): Ultralytics wraps the model in its `DistillationModel` after `get_model`, so the
-hooks read the pruned model as its `student_model`; `check_teacher` refuses a missing file before any work.
+hooks read the pruned model as its `student_model`; `check_slim_args` refuses a missing teacher before any work.
 
 The `SLIM_ARGS` (`sr`, the targets `sparsity` or `target_gflops`, the ranking `importance` and `streams` that
 the zeroing shares with `prune`, then `finetune` and `lr_scale`) are registered as real Ultralytics arguments on import,
@@ -99,7 +99,8 @@ def _reader(args: dict[str, Any] | Any) -> Callable[[str], Any]:
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> None:
-    """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts; normalise types."""
+    """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts; normalise types. A teacher
+    (`distill_model`) among the arguments is checked too."""
     get = _reader(args)
     sr = get("sr")
     try:
@@ -140,9 +141,10 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
             args[key] = v
         else:
             setattr(args, key, v)
+    _check_teacher(args)
 
 
-def check_teacher(args: dict[str, Any] | Any) -> None:
+def _check_teacher(args: dict[str, Any] | Any) -> None:
     """`distill_model` (the teacher of Ultralytics' distillation) must be an existing .pt checkpoint, and is for
     training without sparsity: Ultralytics would try to download a missing name, and the sparsity hooks act on
     the model, not on its distillation wrapper."""
@@ -193,10 +195,8 @@ class SlimMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
         check_slim_args(dict(overrides or {}))  # a copy: resume compares the caller's overrides with the checkpoint
-        check_teacher(dict(overrides or {}))
         super().__init__(cfg, overrides, _callbacks)
         check_slim_args(self.args)  # resume replaces args with the checkpoint's
-        check_teacher(self.args)
         self._gammas: list[nn.Parameter] | None = None
         self.zeroing: ChannelZeroing | None = None
         self._images = 0  # images whose loss gradient the next optimizer step applies
