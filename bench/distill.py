@@ -26,20 +26,29 @@ from yoloslim.checkpoint import finished_training, readable
 BATCH = 16
 
 
+def _path(value: str | Path | None) -> Path | None:
+    """A run argument's file as an absolute path (None stays None), so relative and absolute spellings compare."""
+    return Path(value).resolve() if value else None
+
+
 def finetune(a: argparse.Namespace, weight: float, seed: int) -> Path:
     """The best.pt of one fine-tuning run (trained unless a finished one is in the run folder)."""
     name = f"dis{weight:g}-seed{seed}"
     last = a.run_dir / name / "weights" / "last.pt"
-    teacher = {"distill_model": str(a.teacher), "dis": weight} if weight else {}
     if readable(last) and finished_training(last):
         ran = steps.trained_with(last)
-        asked = {"model": a.pruned, "distill_model": a.teacher if weight else None}
-        same = all(
-            (Path(ran[k]).resolve() if ran.get(k) else None) == (v.resolve() if v else None) for k, v in asked.items()
+        asked = (_path(a.pruned), _path(a.teacher if weight else None), a.epochs, a.lr_scale, weight)
+        done = (
+            _path(ran["model"]),
+            _path(ran.get("distill_model")),
+            ran["epochs"],
+            ran["lr_scale"],
+            ran["dis"] if weight else 0,
         )
-        if not same or (ran["epochs"], ran["lr_scale"], ran["dis"] if weight else 0) != (a.epochs, a.lr_scale, weight):
+        if asked != done:
             raise SystemExit(f"{last.parent.parent} was fine-tuned with other settings: use another --run-dir")
         return last.with_name("best.pt")
+    teacher = {"distill_model": str(a.teacher), "dis": weight} if weight else {}
     return steps.train(
         a.pruned,
         a.data,
