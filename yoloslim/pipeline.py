@@ -1,9 +1,10 @@
 """The whole network-slimming sequence in one resumable command, ending in one results table.
 
 normal training -> sparsity training -> gamma histograms -> prune at each ratio (or each GFLOPs target) ->
-fine-tune each (optionally learning from the normal-trained model as a teacher) -> validate (before and after fine-tuning) -> export ONNX -> onnxruntime latency, side by
-side -> table (Markdown and CSV) and plots. Plus two comparisons at one of them: pruning the normally
-trained model instead of the sparse one, and folding `act(beta)` off.
+fine-tune each (optionally learning from the normal-trained model as a teacher) -> validate (before and after
+fine-tuning) -> export ONNX -> onnxruntime latency, side by side -> table (Markdown and CSV) and plots. Plus two
+comparisons at one of them: pruning the normally trained model instead of the sparse one, and folding `act(beta)`
+off.
 
 With `targets`, one number drives both stages: each target gets its own sparse stage, which zeroes channels
 until the live ones keep that share of the GFLOPs (`target_gflops`), and its row prunes exactly those zeros,
