@@ -145,7 +145,7 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
     matches torch."""
     model = _model(cfg)
     source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
-    pruned = steps.prune(source, 0.5, tmp_path / "p")
+    pruned = steps.prune(source, 0.5, tmp_path / "p", importance="gamma")  # no training data: an untrained model
     stdout = stock_predict(pruned)
     loaded, _ = load_model(pruned)
     n = sum(p.numel() for p in loaded.parameters())
@@ -156,7 +156,8 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
 
 
 def _pruned_checkpoint(cfg: str, folder) -> Path:
-    return steps.prune(save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt")), 0.3, folder / "pruned")
+    source = save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt"))
+    return steps.prune(source, 0.3, folder / "pruned", importance="gamma")  # no training data: an untrained model
 
 
 @pytest.mark.parametrize(

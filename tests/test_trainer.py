@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
-from yoloslim.trainer import SLIM_ARGS
+from yoloslim.trainer import CONTINUE_LR_SCALE, SLIM_ARGS, stage_lr_scale
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
 from .conftest import TINY, build_model, train_interrupted
@@ -182,6 +182,20 @@ def test_lr_scale_scales_the_optimizer_and_its_schedule(tiny_data, runs) -> None
     with pytest.raises(ValueError, match="lr_scale=-1 must be a number > 0"):
         YOLO("yolov8n.yaml").train(data=tiny_data, lr_scale=-1, project=str(runs), name="badlr", **args)
     assert not (runs / "badlr").exists()
+
+
+def test_stages_that_continue_a_trained_model_start_at_a_tenth(tiny_ckpt, tiny_data, runs) -> None:
+    """Without lr_scale, sparsity training from a .pt runs at CONTINUE_LR_SCALE of Ultralytics' rate and normal
+    training at the full rate (as stock Ultralytics); a given lr_scale always wins."""
+    assert stage_lr_scale({"model": "a.pt", "sr": 0.01}) == CONTINUE_LR_SCALE == 0.1
+    assert stage_lr_scale({"model": "a.pt", "finetune": True}) == stage_lr_scale({"model": "a.pt", "sparsity": 0.5})
+    assert stage_lr_scale({"model": "a.pt"}) == 1 == stage_lr_scale({"model": "yolov8n.yaml", "sr": 0.01})
+    assert stage_lr_scale({"model": "a.pt", "sr": 0.01, "lr_scale": 0.5}) == 0.5
+    args = dict(TINY, optimizer="SGD", lr0=0.04, warmup_epochs=0, epochs=1, val=False)
+    for name, slim, rate in (("continue-normal", {}, 0.04), ("continue-sparse", {"sr": 0.01}, 0.004)):
+        model = YOLO(tiny_ckpt)
+        model.train(data=tiny_data, project=str(runs), name=name, **args, **slim)
+        assert [g["initial_lr"] for g in model.trainer.optimizer.param_groups] == pytest.approx([rate] * 3)
 
 
 def test_sr_refused_outside_detection_tasks(tiny_data, runs) -> None:

@@ -5,6 +5,7 @@ from yoloslim.channels import ChannelGraph, UnsupportedModuleError, build_graph,
 from yoloslim.model import YOLO
 from yoloslim.cost import CostModel, Unit, prunable_units
 from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, cost_weighted, gamma_importance, prune_model
+from yoloslim.taylor import TaylorImportance, estimate_taylor
 from yoloslim.trainer import TRAINERS, SlimMixin, SlimTrainer
 
 __all__ = [
@@ -17,10 +18,12 @@ __all__ = [
     "SlimMixin",
     "SlimTrainer",
     "TRAINERS",
+    "TaylorImportance",
     "Unit",
     "UnsupportedModuleError",
     "build_graph",
     "cost_weighted",
+    "estimate_taylor",
     "gamma_importance",
     "prunable_bn_names",
     "prunable_units",

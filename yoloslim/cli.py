@@ -56,8 +56,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-scale",
         type=_slim_arg("lr_scale"),
-        help="factor on the learning rate Ultralytics picks (default 1; 0.1 kept a pretrained YOLOv8s from losing "
-        "accuracy in fine-tuning, but cost a yolov8n trained from scratch 1-3 pt, docs/RESULTS.md)",
+        help="factor on the learning rate Ultralytics picks (default: 0.1 for sparsity training and fine-tuning "
+        "from a .pt, which continue a trained model, 1 otherwise; docs/DESIGN.md)",
     )
 
 

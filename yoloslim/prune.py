@@ -46,17 +46,28 @@ def cost_weighted(exponent: float) -> Importance:
     return importance
 
 
-DEFAULT_IMPORTANCE = (
-    "gamma"  # chosen by bench/ranking.py on ships: "flops" thinned the stem to 1 channel (docs/RESULTS.md)
-)
+# The workflow's ranking (sparse stage, prune step, pipeline): |gamma| ranked below random removal on trained
+# starts, Taylor far above it (bench/removal_curve.py, docs/RESULTS.md). A bare `Pruner` has no gradients: "gamma".
+DEFAULT_IMPORTANCE = "taylor"
 # The width multiple of the scripts and the pipeline (`Pruner`, `steps` and the training arguments keep exact
 # counts unless asked): chosen on ships yolov8n at 0.4x GFLOPs, where 8 ran 1.3x faster than free widths in
 # onnxruntime on CPU and lost no accuracy, and 16 ran no faster than 8 but cost accuracy (docs/RESULTS.md).
 SCRIPT_ROUND_TO = 8
+
+
+def needs_gradients(pruner: Pruner, unit: Unit) -> torch.Tensor:
+    """The name "taylor" alone: Taylor importance ranks by gradients, which the model's weights do not hold."""
+    raise ValueError(
+        "importance 'taylor' ranks channels by gradients of the loss: pass a TaylorImportance (yoloslim.taylor: "
+        "estimate_taylor(model, data, imgsz)) as the importance, or give the prune step its dataset"
+    )
+
+
 IMPORTANCE: dict[str, Importance] = {
     "gamma": gamma_importance,
     "flops": cost_weighted(1.0),
     "sqrt-flops": cost_weighted(0.5),
+    "taylor": needs_gradients,  # yoloslim.taylor.TaylorImportance: the trainer feeds it, estimate_taylor computes it
 }
 
 
@@ -102,7 +113,7 @@ class Pruner:
     def __init__(
         self,
         model: nn.Module,
-        importance: Importance | str = DEFAULT_IMPORTANCE,
+        importance: Importance | str = "gamma",
         round_to: int = 1,
         min_keep: float = 0.05,
         fold: bool = True,

@@ -17,7 +17,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
 from yoloslim.atomic import atomic_write_text, durable_replace
-from yoloslim.channels import DEFAULT_STREAMS
+from yoloslim.channels import DEFAULT_STREAMS, build_graph
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -26,7 +26,8 @@ from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
-from yoloslim.trainer import SLIM_ARGS, check_slim_args
+from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
+from yoloslim.trainer import SLIM_ARGS, check_slim_args, continues_model
 
 PREFIX = colorstr("yoloslim:")
 
@@ -74,9 +75,11 @@ def train(
     with finetune=True, learning from a teacher with `distill_model=` its .pt).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
-    steps' default paths chain. A run that starts from trained weights (a .pt) does not warm up unless
-    `warmup_epochs` is given: Ultralytics' warm-up starts the bias learning rate at 0.1 for at least 100
-    iterations (7 epochs of a 222-image set), which wrecked a pretrained YOLOv8s in each stage (docs/RESULTS.md).
+    steps' default paths chain. Normal training runs exactly as stock Ultralytics would. A stage that continues
+    a trained model (sparsity training or fine-tuning from a .pt) keeps Ultralytics' warm-up but starts every
+    learning rate at 0 (`warmup_bias_lr=0` unless given): a fresh Adam at full rate moves every weight by about
+    `lr` a step from the first step on, and the stock warm-up's bias rate of 0.1 is 50x AdamW's rate; both
+    wrecked a pretrained YOLOv8s (docs/RESULTS.md).
     """
     check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
     source = check_model_source(weights)
@@ -84,8 +87,8 @@ def train(
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
-    if Path(source).suffix == ".pt":
-        overrides.setdefault("warmup_epochs", 0)
+    if continues_model({**overrides, "model": source, "sr": sr, "finetune": finetune, "sparsity": sparsity}):
+        overrides.setdefault("warmup_bias_lr", 0.0)
     model = YOLO(source)
     model.train(
         data=data,
@@ -183,7 +186,12 @@ def prune(
     data = resolve_data(data) if data is not None else None
     imgsz = int((ckpt.get("train_args") or {}).get("imgsz") or 640)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
-    pruned, plan, changes = prune_model(model, ratio, target, **args)
+    ranking = importance
+    if importance == "taylor":
+        build_graph(model, streams)  # an unsupported model says so before its training data is looked for
+        LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
+        ranking = estimate_taylor(model, ranking_data(data, ckpt), imgsz, streams=streams)
+    pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     _warn_if_not_sparse(model, plan.max_removed)
     info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve())}
@@ -200,6 +208,19 @@ def prune(
     if data:
         validate(out, data, imgsz=imgsz, project=save_dir, name="val")
     return out
+
+
+def ranking_data(data: str | None, ckpt: dict[str, Any]) -> str:
+    """The dataset whose training images a gradient-based ranking reads: `data`, else the checkpoint's own."""
+    if data:
+        return data
+    trained_on = (ckpt.get("train_args") or {}).get("data")
+    if trained_on and Path(trained_on).is_file():
+        return str(trained_on)
+    raise ValueError(
+        f"importance 'taylor' needs the training images, and the checkpoint's dataset '{trained_on}' is not here: "
+        "pass --data your.yaml (or --importance gamma)"
+    )
 
 
 NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1

@@ -11,7 +11,8 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
   network from `model.yaml` and silently drop the pruning). Resume reaches the same path; Ultralytics'
   DDP workers receive the trainer's model object itself (8.4 pickles it), which keeps its pruned shapes.
-- `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (default 1).
+- `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (default: 0.1 for a stage that continues a
+  trained .pt, 1 otherwise).
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
 
 Fine-tuning can learn from a teacher (the normal-trained model) through Ultralytics' own knowledge distillation
@@ -46,6 +47,7 @@ from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, Pruner
 from yoloslim.target import ChannelZeroing, check_sparsity, check_target_gflops
+from yoloslim.taylor import TaylorImportance
 
 SLIM_ARGS: dict[str, Any] = {
     "sr": 0.0,
@@ -55,8 +57,13 @@ SLIM_ARGS: dict[str, Any] = {
     "streams": DEFAULT_STREAMS,
     "round_to": 1,
     "finetune": False,
-    "lr_scale": 1.0,
+    "lr_scale": None,  # the stage's default: `stage_lr_scale`
 }
+# The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
+# restarts at its full rate, made for training from scratch, and AdamW at 0.002 knocked a converged YOLOv8s from
+# 0.31 to 0.12 mAP50-95 within three epochs before any channel was zeroed; at a tenth it never fell below 0.29
+# (docs/RESULTS.md).
+CONTINUE_LR_SCALE = 0.1
 
 
 def register_args() -> None:
@@ -129,13 +136,14 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         raise ValueError(f"streams={get('streams')!r} must be True or False")
     if isinstance(round_to := get("round_to"), bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = no rounding)")
-    lr_scale = get("lr_scale")
-    try:
-        scale = float(lr_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr_scale={lr_scale!r} is not a number: pass a factor > 0, e.g. 0.1") from None
-    if isinstance(lr_scale, bool) or not 0 < scale < float("inf"):
-        raise ValueError(f"lr_scale={lr_scale!r} must be a number > 0 (1 = the learning rate Ultralytics picks)")
+    scale = lr_scale = get("lr_scale")
+    if lr_scale is not None:  # None: the default for the stage (`stage_lr_scale`)
+        try:
+            scale = float(lr_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_scale={lr_scale!r} is not a number: pass a factor > 0, e.g. 0.1") from None
+        if isinstance(lr_scale, bool) or not 0 < scale < float("inf"):
+            raise ValueError(f"lr_scale={lr_scale!r} must be a number > 0 (1 = the learning rate Ultralytics picks)")
     for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops), ("lr_scale", scale)):
         if isinstance(args, dict):
             args[key] = v
@@ -170,6 +178,22 @@ def zeroing_target(args: dict[str, Any] | Any) -> tuple[str, float] | None:
     if get("target_gflops"):
         return "gflops", get("target_gflops")
     return ("channels", get("sparsity")) if get("sparsity") else None
+
+
+def continues_model(args: dict[str, Any] | Any) -> bool:
+    """Whether the training arguments continue a trained checkpoint (`model` a .pt) with sparsity training or
+    fine-tuning: the stages that start from a model already trained on the user's data."""
+    get = _reader(args)
+    model = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
+    return str(model or "").endswith(".pt") and (float(get("sr")) > 0 or bool(zeroing_target(args)) or get("finetune"))
+
+
+def stage_lr_scale(args: dict[str, Any] | Any) -> float:
+    """`lr_scale` as given, else `CONTINUE_LR_SCALE` for a stage that continues a trained model and 1 otherwise."""
+    given = _reader(args)("lr_scale")
+    if given is not None:
+        return float(given)
+    return CONTINUE_LR_SCALE if continues_model(args) else 1.0
 
 
 def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
@@ -232,18 +256,22 @@ class SlimMixin:
         target = zeroing_target(self.args)
         if target is None:
             return None
-        return ChannelZeroing(model, *target, **ranking_args(self.args))
+        ranking = ranking_args(self.args)
+        if ranking["importance"] == "taylor":  # fed with each step's gradients in optimizer_step
+            ranking["importance"] = TaylorImportance()
+        return ChannelZeroing(model, *target, **ranking)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Ultralytics' optimizer (its `auto` choice included), every group's learning rate times `lr_scale`.
+        """Ultralytics' optimizer (its `auto` choice included), every group's learning rate times `lr_scale` (given,
+        else `CONTINUE_LR_SCALE` for a stage that continues a trained model).
 
         Set before Ultralytics builds its scheduler, so the warm-up and the decay start from the scaled rate.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        if self.args.lr_scale != 1:
+        if (scale := stage_lr_scale(self.args)) != 1:
             for group in optimizer.param_groups:
-                group["lr"] *= self.args.lr_scale
-            LOGGER.info(f"{colorstr('yoloslim:')} learning rate x{self.args.lr_scale:g} (lr_scale)")
+                group["lr"] *= scale
+            LOGGER.info(f"{colorstr('yoloslim:')} learning rate x{scale:g} (lr_scale)")
         return optimizer
 
     def validate(self):
@@ -294,15 +322,17 @@ class SlimMixin:
         hold the zeroed channels of a sparsity target at zero in the model and its EMA."""
         sr = sr_for_images(sr_at(self.args.sr, self.epoch, self.epochs), self._images * max(self.world_size, 1))
         self._images = 0
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        if self.zeroing is None:  # DDP workers get the model object, not get_model
+            self.zeroing = self.channel_zeroing(unwrap_model(self.model))
+        if self.zeroing is not None and isinstance(taylor := self.zeroing.importance, TaylorImportance):
+            taylor.accumulate(self.zeroing.pruner.modules, self.zeroing.pruner.units, scale)  # the loss's gradients only
         if sr > 0:
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             if not add_l1_subgradient(self.prunable_gammas(), sr * scale):
                 raise RuntimeError(
                     "sparsity training reached none of the prunable gammas (none has a gradient): the model's "
                     "parameters were replaced or frozen after setup, so this would train as a normal run"
                 )
-        if self.zeroing is None:  # DDP workers get the model object, not get_model
-            self.zeroing = self.channel_zeroing(unwrap_model(self.model))
         if self.zeroing is not None:
             self.zeroing.clear_grads()
         super().optimizer_step()
