@@ -1,0 +1,100 @@
+"""Ranking quality with no training: mAP after removing the lowest-ranked share of prunable channels.
+
+For each importance and share, a copy of the checkpoint gets gamma and beta of the chosen channels set to 0 (what
+sparsity training's zeroing converges to), and, with `--pruned`, is also pruned at that share by `steps.prune` (the
+removed channels' act(beta) folded into their consumers); each is validated. `random` (over `--seeds`) is the
+control: a ranking worse than random removal is worse than no ranking. The channel choice is the product's own
+(`Pruner.plan`: per-layer floors, equal C2f halves); Taylor scores come from 8 batches of the training images.
+
+    python bench/removal_curve.py --weights runs/v8s-ships/normal/weights/best.pt --data datasets/ships/ships.yaml \
+        --imgsz 256 --out docs/removal_ships_v8s.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+import yoloslim  # noqa: F401  (offline settings first)
+from table import emit, write_csv
+
+from yoloslim import Pruner, steps
+from yoloslim.checkpoint import load_model, save_checkpoint
+from yoloslim.plots import plot_removal_curve
+from yoloslim.taylor import estimate_taylor
+
+
+def random_importance(seed: int):
+    """Scores drawn at random (the control), reproducible per seed."""
+    g = torch.Generator().manual_seed(seed)
+    return lambda pruner, unit: torch.rand(unit.size, generator=g)
+
+
+@torch.no_grad()
+def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
+    """The checkpoint's model with gamma and beta of the `share` lowest-ranked prunable channels set to 0."""
+    model, _ = load_model(weights)
+    pruner = Pruner(model, importance=importance)
+    plan = pruner.plan(share)
+    for g in pruner.graph.prunable:
+        removed = sorted(set(range(g.size)) - set(plan.keep[g.name]))
+        if removed:
+            pruner.modules[g.name].weight[removed] = 0
+            pruner.modules[g.name].bias[removed] = 0
+    return model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--imgsz", type=int, default=256)
+    p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
+    p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
+    p.add_argument("--pruned", action="store_true", help="also prune at each share (steps.prune, fold on) and validate")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-removal"))
+    p.add_argument("--out", type=Path, help="Markdown table (a CSV and a PNG plot are written beside it)")
+    a = p.parse_args()
+    model, _ = load_model(a.weights)
+    base = steps.validate(a.weights, a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
+    taylor = estimate_taylor(model, a.data, a.imgsz) if "taylor" in a.importance else None
+    results: dict[tuple[str, str, float], list[float]] = {}
+    for name in a.importance:
+        for share in a.shares:
+            for seed in a.seeds if name == "random" else [0]:
+                importance = {"taylor": taylor, "random": random_importance(seed)}.get(name, name)
+                tag = f"{name}-{seed}-{share:g}"
+                zeroed = save_checkpoint(zeroed_copy(a.weights, importance, share), a.run_dir / tag / "zeroed.pt")
+                kinds = [("zeroed", zeroed)]
+                if a.pruned and name != "random":
+                    kinds.append(("pruned", steps.prune(a.weights, share, a.run_dir / tag, data=a.data, importance=name)))
+                for kind, w in kinds:
+                    score = steps.validate(w, a.data, imgsz=a.imgsz, project=a.run_dir / tag, name=kind)["map50_95"]
+                    results.setdefault((name, kind, share), []).append(score)
+    columns = ["importance", "model", *(f"{s:.0%}" for s in a.shares)]
+    rows = []
+    for name in a.importance:
+        for kind in ("zeroed", "pruned"):
+            cells = [results.get((name, kind, s)) for s in a.shares]
+            if all(cells):
+                text = [f"{statistics.mean(c):.4f}" + (f" ({min(c):.4f}-{max(c):.4f})" if len(c) > 1 else "") for c in cells]
+                rows.append([name, kind, *text])
+    caption = (
+        f"mAP50-95 of {a.weights} ({a.data}, imgsz {a.imgsz}; unremoved {base:.4f}) after removing each share of the "
+        f"prunable channels, no training; random: mean (min-max) over seeds {a.seeds}"
+    )
+    emit(caption, columns, rows, a.out)
+    if a.out:
+        records = [[*key, " ".join(f"{s:.4f}" for s in scores)] for key, scores in results.items()]
+        write_csv(a.out.with_suffix(".csv"), ["importance", "model", "share", "seed_scores"], records)
+        curves = {f"{n} {k}": [(s, statistics.mean(v)) for (n2, k2, s), v in results.items() if (n2, k2) == (n, k)]
+                  for (n, k, _) in results}
+        plot_removal_curve(curves, base, a.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
