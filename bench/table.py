@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,3 +18,11 @@ def emit(caption: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
     if out:
         atomic_write_text(out, text)
     return text
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Every figure behind a table, one record per row, for other tools to read."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)

@@ -1,0 +1,192 @@
+"""Arms x seeds, one table: does the slimming path beat simply pruning the trained model, at equal compute?
+
+Every arm starts from the same normal-trained checkpoint (`--normal`) and trains `--sparse-epochs` +
+`--finetune-epochs` epochs in all (docs/RESULTS.md, "The protocol"):
+
+- `continue`: the normal model trained on, unpruned (the accuracy ceiling, arm (a));
+- `prune-finetune`: the normal model pruned to the budget, then fine-tuned for all the epochs (arm (b));
+- `slim`: sparsity training to the budget, pruning to it (only zeros go), fine-tuning (arm (c));
+- `slim-teacher`: `slim` whose fine-tuning also learns from the normal model (Ultralytics' distillation; its
+  weight is the arm's `dis` setting, e.g. `t1=slim-teacher:dis=1`, else Ultralytics' default).
+
+An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
+`slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
+`importance`, `streams`, `round_to` and `lr_scale`, or any Ultralytics training argument).
+Each arm is scored by its last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives
+every score, mean +- sd, and each arm's paired difference from `--reference` with a 95% t interval over seeds.
+
+    python bench/compare.py --normal runs/hardhat/normal/weights/last.pt --data datasets/hardhat/hardhat.yaml \
+        --imgsz 256 --target 0.4 --sparse-epochs 15 --finetune-epochs 5 --seeds 0 1 2 \
+        --arms continue prune-finetune slim --run-dir runs/compare-hardhat --out docs/compare_hardhat.md
+
+Finished runs are reused when the command is run again; a run folder made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+import yoloslim  # noqa: F401  (offline settings first)
+from table import emit, write_csv
+
+from yoloslim import steps
+from yoloslim.atomic import atomic_write_text
+from yoloslim.checkpoint import finished_training, readable
+from yoloslim.prune import SCRIPT_ROUND_TO
+
+BATCH = 16
+RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
+RANKING = ("importance", "streams", "round_to")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A named recipe with settings of its own."""
+
+    name: str
+    recipe: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        """`NAME=RECIPE[:key=value,...]`, or a bare recipe name."""
+        name, _, spec = text.partition("=")
+        recipe, _, pairs = (spec or name).partition(":")
+        if recipe not in RECIPES:
+            raise argparse.ArgumentTypeError(f"arm '{text}': the recipe must be one of {RECIPES}")
+        settings = {}
+        for pair in filter(None, pairs.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise argparse.ArgumentTypeError(f"arm '{text}': settings are key=value pairs, e.g. slim:lr_scale=0.1")
+            settings[key] = json.loads(value) if value[:1] in "-0123456789tf[{" else value
+        return cls(name, recipe, settings)
+
+
+def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided t interval (the interval is the mean itself for one pair)."""
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+class Comparison:
+    """Runs (or reuses) every arm's stages for one seed at a time and scores them."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.target = ("gflops", a.target)
+
+    def train(self, weights: Path, folder: Path, name: str, epochs: int, seed: int, **args: Any) -> Path:
+        """One training stage; its last.pt, reused when a finished run is there."""
+        last = folder / name / "weights" / "last.pt"
+        if not (readable(last) and finished_training(last)):
+            steps.train(weights, self.a.data, epochs, self.a.imgsz, BATCH, None, folder, name, seed=seed,
+                        nbs=BATCH, **args)
+        return last
+
+    def prune(self, weights: Path, folder: Path, settings: dict[str, Any]) -> Path:
+        out = folder / "prune" / "pruned.pt"
+        if not readable(out):
+            ranking = {k: settings[k] for k in RANKING if k in settings}
+            steps.prune(weights, None, out.parent, target=self.target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking})
+        return out
+
+    def run(self, arm: Arm, seed: int) -> Path:
+        """The final model of `arm` for `seed`."""
+        a, s = self.a, arm.settings
+        folder = a.run_dir / arm.name / f"seed{seed}"
+        train_args = {k: v for k, v in s.items() if k not in ("importance", "streams")}
+        total = a.sparse_epochs + a.finetune_epochs
+        if arm.recipe == "continue":
+            return self.train(a.normal, folder, "continue", total, seed, **train_args)
+        if arm.recipe == "prune-finetune":
+            return self.train(self.prune(a.normal, folder, s), folder, "finetune", total, seed, finetune=True, **train_args)
+        ranking = {"round_to": SCRIPT_ROUND_TO, **{k: s[k] for k in RANKING if k in s}}
+        sparse = self.train(a.normal, folder, "sparse", a.sparse_epochs, seed, sr=a.sr, target_gflops=a.target,
+                            **{**train_args, **ranking})
+        teacher = {"distill_model": str(a.normal)} if arm.recipe == "slim-teacher" else {}
+        return self.train(self.prune(sparse, folder, s), folder, "finetune", a.finetune_epochs, seed, finetune=True,
+                          **train_args, **teacher)
+
+    def score(self, weights: Path, name: str) -> float:
+        return steps.validate(weights, self.a.data, imgsz=self.a.imgsz, project=self.a.run_dir / "val", name=name)["map50_95"]
+
+
+def check_settings(a: argparse.Namespace) -> None:
+    """Refuse a run folder made with other settings (its finished runs would not be what is asked), or holding an
+    arm of the same name with another recipe; record them. More seeds or more arms reuse the folder."""
+    asked = {k: str(v) for k, v in vars(a).items() if k not in ("seeds", "arms", "out", "reference", "run_dir")}
+    arms = {arm.name: [arm.recipe, arm.settings] for arm in a.arms}
+    record = a.run_dir / "compare.json"
+    if record.is_file():
+        made = json.loads(record.read_text())
+        changed = sorted(k for k in asked if made["settings"].get(k) != asked[k])
+        changed += [f"arm {n}" for n in arms if n in made["arms"] and made["arms"][n] != arms[n]]
+        if changed:
+            raise SystemExit(f"{a.run_dir} was made with other settings ({', '.join(changed)}): use another --run-dir")
+        arms = {**made["arms"], **arms}
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps({"settings": asked, "arms": arms}, indent=1) + "\n")
+
+
+def table(arms: list[Arm], seeds: list[int], scores: dict[str, list[float]], reference: str) -> tuple[list, list]:
+    """The table's columns and rows: every score, mean +- sd, paired difference from the reference with its interval."""
+    columns = ["arm", *(f"seed {s}" for s in seeds), "mean +- sd", f"vs {reference} (pt), 95% interval"]
+    rows = []
+    for arm in arms:
+        values = scores[arm.name]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        mean, lo, hi = paired_interval([x - r for x, r in zip(values, scores[reference], strict=True)])
+        diff = "-" if arm.name == reference else f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        rows.append([arm.name, *(f"{v:.4f}" for v in values), f"{statistics.mean(values):.4f} +- {sd:.4f}", diff])
+    return columns, rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--normal", type=Path, required=True, help="the normal-trained checkpoint every arm starts from")
+    p.add_argument("--data", required=True)
+    p.add_argument("--imgsz", type=int, default=256)
+    p.add_argument("--target", type=float, default=0.4, help="GFLOPs share the pruned arms keep")
+    p.add_argument("--sr", type=float, default=1e-2)
+    p.add_argument("--sparse-epochs", type=int, default=15)
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--arms", type=Arm.parse, nargs="+", default=[Arm.parse(r) for r in RECIPES[:3]])
+    p.add_argument("--reference", default="continue", help="the arm the others are compared with")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--run-dir", type=Path, default=Path("runs/compare"))
+    p.add_argument("--out", type=Path, help="Markdown table; a CSV of every score is written beside it")
+    a = p.parse_args(argv)
+    if a.reference not in {arm.name for arm in a.arms}:
+        p.error(f"--reference '{a.reference}' is not one of the arms")
+    a.normal = a.normal.resolve()
+    check_settings(a)
+    comparison = Comparison(a)
+    scores: dict[str, list[float]] = {}
+    for seed in a.seeds:  # seed by seed: a stopped run has whole seeds to show
+        for arm in a.arms:
+            scores.setdefault(arm.name, []).append(comparison.score(comparison.run(arm, seed), f"{arm.name}-seed{seed}"))
+    columns, rows = table(a.arms, a.seeds, scores, a.reference)
+    caption = (
+        f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {a.normal}: {a.sparse_epochs} + "
+        f"{a.finetune_epochs} epochs in every arm, pruned arms at {a.target:g}x GFLOPs; seeds {a.seeds}"
+    )
+    emit(caption, columns, rows, a.out)
+    if a.out:
+        records = [[arm.name, seed, f"{v:.5f}"] for arm in a.arms for seed, v in zip(a.seeds, scores[arm.name])]
+        write_csv(a.out.with_suffix(".csv"), ["arm", "seed", "map50_95"], records)
+    return scores
+
+
+if __name__ == "__main__":
+    main()

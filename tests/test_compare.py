@@ -1,0 +1,55 @@
+"""bench/compare.py: arms x seeds, paired intervals, resuming and refusing a folder made with other settings."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare  # noqa: E402
+
+
+def test_paired_interval_matches_the_t_formula() -> None:
+    mean, lo, hi = compare.paired_interval([0.01, 0.03, 0.02])
+    assert mean == pytest.approx(0.02)
+    assert hi - mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert compare.paired_interval([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_arm_parsing() -> None:
+    arm = compare.Arm.parse("slim-lr=slim:lr_scale=0.1,importance=gamma,streams=true")
+    assert (arm.name, arm.recipe, arm.settings) == ("slim-lr", "slim", {"lr_scale": 0.1, "importance": "gamma", "streams": True})
+    assert compare.Arm.parse("continue") == compare.Arm("continue", "continue", {})
+    with pytest.raises(Exception, match="recipe must be one of"):
+        compare.Arm.parse("x=bogus")
+
+
+def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
+    """Two arms that are the same run, 2 seeds of 1 epoch: a table of the right shape, an interval holding 0 (the
+    differences are exactly 0), a CSV of every score; a rerun trains nothing; other settings are refused."""
+    out = tmp_path / "table.md"
+    argv = [
+        "--normal", str(tiny_ckpt), "--data", tiny_data, "--imgsz", "64", "--sparse-epochs", "1",
+        "--finetune-epochs", "0", "--arms", "continue", "again=continue", "--seeds", "0", "1",
+        "--run-dir", str(tmp_path / "runs"), "--out", str(out),
+    ]
+    scores = compare.main(argv)
+    assert set(scores) == {"continue", "again"} and all(len(v) == 2 for v in scores.values())
+    assert scores["continue"] == scores["again"]  # same seed, same settings, deterministic
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert len(lines) == 3 and all(line.count("|") == 6 for line in lines)  # header + 2 arms; 5 columns
+    again = next(line for line in lines if line.startswith("| again"))
+    assert "+0.00 [+0.00, +0.00]" in again
+    with open(out.with_suffix(".csv"), newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare.steps, "train", no_training)
+    assert compare.main(argv) == scores
+    with pytest.raises(SystemExit, match="other settings"):
+        compare.main([*argv[:-4], "--target", "0.5", *argv[-4:]])
