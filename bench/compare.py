@@ -3,7 +3,8 @@
 Every arm starts from the same normal-trained checkpoint (`--normal`) and trains `--sparse-epochs` +
 `--finetune-epochs` epochs in all (docs/RESULTS.md, "The protocol"):
 
-- `continue`: the normal model trained on, unpruned (the accuracy ceiling, arm (a));
+- `continue`: the normal model trained on, unpruned, at the rate the other arms continue it (a tenth of
+  Ultralytics' rate, warm-up from 0): the accuracy ceiling, arm (a);
 - `prune-finetune`: the normal model pruned to the budget, then fine-tuned for all the epochs (arm (b));
 - `slim`: sparsity training to the budget, pruning to it (only zeros go), fine-tuning (arm (c));
 - `slim-teacher`: `slim` whose fine-tuning also learns from the normal model (Ultralytics' distillation; its
@@ -40,6 +41,7 @@ from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import finished_training, readable
 from yoloslim.prune import SCRIPT_ROUND_TO
+from yoloslim.trainer import CONTINUE_LR_SCALE
 
 BATCH = 16
 RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
@@ -107,8 +109,9 @@ class Comparison:
         folder = a.run_dir / arm.name / f"seed{seed}"
         train_args = {k: v for k, v in s.items() if k not in ("importance", "streams")}
         total = a.sparse_epochs + a.finetune_epochs
-        if arm.recipe == "continue":
-            return self.train(a.normal, folder, "continue", total, seed, **train_args)
+        if arm.recipe == "continue":  # continued as the other arms continue it: a tenth of the rate, warm-up from 0
+            continued = {"lr_scale": CONTINUE_LR_SCALE, "warmup_bias_lr": 0.0, **train_args}
+            return self.train(a.normal, folder, "continue", total, seed, **continued)
         if arm.recipe == "prune-finetune":
             return self.train(self.prune(a.normal, folder, s), folder, "finetune", total, seed, finetune=True, **train_args)
         ranking = {"round_to": SCRIPT_ROUND_TO, **{k: s[k] for k in RANKING if k in s}}
