@@ -12,7 +12,8 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 
 An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
 `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
-`importance`, `streams`, `round_to` and `lr_scale`, or any Ultralytics training argument).
+`importance`, `streams`, `round_to` and `lr_scale`, or any Ultralytics training argument); `--train-args` gives
+every arm the same ones (`fraction=0.5 val=False`: half the training images, validation at the last epoch only).
 Each arm is scored by its last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives
 every score, mean +- sd, and each arm's paired difference from `--reference` with a 95% t interval over seeds.
 
@@ -32,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 import yoloslim  # noqa: F401  (offline settings first)
+from scipy import stats
 from table import emit, write_csv
+from ultralytics.cfg import smart_value
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
@@ -68,7 +69,7 @@ class Arm:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise argparse.ArgumentTypeError(f"arm '{text}': settings are key=value pairs, e.g. slim:lr_scale=0.1")
-            settings[key] = json.loads(value) if value[:1] in "-0123456789tf[{" else value
+            settings[key] = smart_value(value)
         return cls(name, recipe, settings)
 
 
@@ -105,7 +106,7 @@ class Comparison:
 
     def run(self, arm: Arm, seed: int) -> Path:
         """The final model of `arm` for `seed`."""
-        a, s = self.a, arm.settings
+        a, s = self.a, {**self.a.train_args, **arm.settings}
         folder = a.run_dir / arm.name / f"seed{seed}"
         train_args = {k: v for k, v in s.items() if k not in ("importance", "streams")}
         total = a.sparse_epochs + a.finetune_epochs
@@ -167,12 +168,20 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p.add_argument("--arms", type=Arm.parse, nargs="+", default=[Arm.parse(r) for r in RECIPES[:3]])
     p.add_argument("--reference", default="continue", help="the arm the others are compared with")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--train-args",
+        type=lambda item: Arm.parse(f"x=continue:{item}").settings,
+        nargs="*",
+        default=[],
+        help="KEY=VALUE Ultralytics training arguments for every arm, e.g. fraction=0.5 val=False (an arm's own win)",
+    )
     p.add_argument("--run-dir", type=Path, default=Path("runs/compare"))
     p.add_argument("--out", type=Path, help="Markdown table; a CSV of every score is written beside it")
     a = p.parse_args(argv)
     if a.reference not in {arm.name for arm in a.arms}:
         p.error(f"--reference '{a.reference}' is not one of the arms")
     a.normal = a.normal.resolve()
+    a.train_args = {k: v for item in a.train_args for k, v in item.items()}
     check_settings(a)
     comparison = Comparison(a)
     scores: dict[str, list[float]] = {}
