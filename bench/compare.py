@@ -93,15 +93,18 @@ class Comparison:
         """One training stage; its last.pt, reused when a finished run is there."""
         last = folder / name / "weights" / "last.pt"
         if not (readable(last) and finished_training(last)):
-            steps.train(weights, self.a.data, epochs, self.a.imgsz, BATCH, None, folder, name, seed=seed,
-                        nbs=BATCH, **args)
+            steps.train(
+                weights, self.a.data, epochs, self.a.imgsz, BATCH, None, folder, name, seed=seed, nbs=BATCH, **args
+            )
         return last
 
     def prune(self, weights: Path, folder: Path, settings: dict[str, Any]) -> Path:
         out = folder / "prune" / "pruned.pt"
         if not readable(out):
             ranking = {k: settings[k] for k in RANKING if k in settings}
-            steps.prune(weights, None, out.parent, target=self.target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking})
+            steps.prune(
+                weights, None, out.parent, target=self.target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking}
+            )
         return out
 
     def run(self, arm: Arm, seed: int) -> Path:
@@ -114,16 +117,36 @@ class Comparison:
             continued = {"lr_scale": CONTINUE_LR_SCALE, "warmup_bias_lr": 0.0, **train_args}
             return self.train(a.normal, folder, "continue", total, seed, **continued)
         if arm.recipe == "prune-finetune":
-            return self.train(self.prune(a.normal, folder, s), folder, "finetune", total, seed, finetune=True, **train_args)
+            return self.train(
+                self.prune(a.normal, folder, s), folder, "finetune", total, seed, finetune=True, **train_args
+            )
         ranking = {"round_to": SCRIPT_ROUND_TO, **{k: s[k] for k in RANKING if k in s}}
-        sparse = self.train(a.normal, folder, "sparse", a.sparse_epochs, seed, sr=a.sr, target_gflops=a.target,
-                            **{**train_args, **ranking})
+        sparse = self.train(
+            a.normal,
+            folder,
+            "sparse",
+            a.sparse_epochs,
+            seed,
+            sr=a.sr,
+            target_gflops=a.target,
+            **{**train_args, **ranking},
+        )
         teacher = {"distill_model": str(a.normal)} if arm.recipe == "slim-teacher" else {}
-        return self.train(self.prune(sparse, folder, s), folder, "finetune", a.finetune_epochs, seed, finetune=True,
-                          **train_args, **teacher)
+        return self.train(
+            self.prune(sparse, folder, s),
+            folder,
+            "finetune",
+            a.finetune_epochs,
+            seed,
+            finetune=True,
+            **train_args,
+            **teacher,
+        )
 
     def score(self, weights: Path, name: str) -> float:
-        return steps.validate(weights, self.a.data, imgsz=self.a.imgsz, project=self.a.run_dir / "val", name=name)["map50_95"]
+        return steps.validate(weights, self.a.data, imgsz=self.a.imgsz, project=self.a.run_dir / "val", name=name)[
+            "map50_95"
+        ]
 
 
 def check_settings(a: argparse.Namespace) -> None:
@@ -151,7 +174,8 @@ def table(arms: list[Arm], seeds: list[int], scores: dict[str, list[float]], ref
         values = scores[arm.name]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         mean, lo, hi = paired_interval([x - r for x, r in zip(values, scores[reference], strict=True)])
-        diff = "-" if arm.name == reference else f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        interval = f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if len(values) > 1 else "(one seed: no interval)"
+        diff = "-" if arm.name == reference else f"{100 * mean:+.2f} {interval}"
         rows.append([arm.name, *(f"{v:.4f}" for v in values), f"{statistics.mean(values):.4f} +- {sd:.4f}", diff])
     return columns, rows
 
@@ -187,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     scores: dict[str, list[float]] = {}
     for seed in a.seeds:  # seed by seed: a stopped run has whole seeds to show
         for arm in a.arms:
-            scores.setdefault(arm.name, []).append(comparison.score(comparison.run(arm, seed), f"{arm.name}-seed{seed}"))
+            scores.setdefault(arm.name, []).append(
+                comparison.score(comparison.run(arm, seed), f"{arm.name}-seed{seed}")
+            )
     columns, rows = table(a.arms, a.seeds, scores, a.reference)
     caption = (
         f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {a.normal}: {a.sparse_epochs} + "

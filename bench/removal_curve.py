@@ -71,7 +71,9 @@ def main() -> None:
                 zeroed = save_checkpoint(zeroed_copy(a.weights, importance, share), a.run_dir / tag / "zeroed.pt")
                 kinds = [("zeroed", zeroed)]
                 if a.pruned and name != "random":
-                    kinds.append(("pruned", steps.prune(a.weights, share, a.run_dir / tag, data=a.data, importance=name)))
+                    kinds.append(
+                        ("pruned", steps.prune(a.weights, share, a.run_dir / tag, data=a.data, importance=name))
+                    )
                 for kind, w in kinds:
                     score = steps.validate(w, a.data, imgsz=a.imgsz, project=a.run_dir / tag, name=kind)["map50_95"]
                     results.setdefault((name, kind, share), []).append(score)
@@ -81,7 +83,9 @@ def main() -> None:
         for kind in ("zeroed", "pruned"):
             cells = [results.get((name, kind, s)) for s in a.shares]
             if all(cells):
-                text = [f"{statistics.mean(c):.4f}" + (f" ({min(c):.4f}-{max(c):.4f})" if len(c) > 1 else "") for c in cells]
+                text = [
+                    f"{statistics.mean(c):.4f}" + (f" ({min(c):.4f}-{max(c):.4f})" if len(c) > 1 else "") for c in cells
+                ]
                 rows.append([name, kind, *text])
     caption = (
         f"mAP50-95 of {a.weights} ({a.data}, imgsz {a.imgsz}; unremoved {base:.4f}) after removing each share of the "
@@ -91,8 +95,10 @@ def main() -> None:
     if a.out:
         records = [[*key, " ".join(f"{s:.4f}" for s in scores)] for key, scores in results.items()]
         write_csv(a.out.with_suffix(".csv"), ["importance", "model", "share", "seed_scores"], records)
-        curves = {f"{n} {k}": [(s, statistics.mean(v)) for (n2, k2, s), v in results.items() if (n2, k2) == (n, k)]
-                  for (n, k, _) in results}
+        curves = {
+            f"{n} {k}": [(s, statistics.mean(v)) for (n2, k2, s), v in results.items() if (n2, k2) == (n, k)]
+            for (n, k, _) in results
+        }
         plot_removal_curve(curves, base, a.out.with_suffix(".png"))
 
 

@@ -21,7 +21,11 @@ def test_paired_interval_matches_the_t_formula() -> None:
 
 def test_arm_parsing() -> None:
     arm = compare.Arm.parse("slim-lr=slim:lr_scale=0.1,importance=gamma,streams=true")
-    assert (arm.name, arm.recipe, arm.settings) == ("slim-lr", "slim", {"lr_scale": 0.1, "importance": "gamma", "streams": True})
+    assert (arm.name, arm.recipe, arm.settings) == (
+        "slim-lr",
+        "slim",
+        {"lr_scale": 0.1, "importance": "gamma", "streams": True},
+    )
     assert compare.Arm.parse("continue") == compare.Arm("continue", "continue", {})
     with pytest.raises(Exception, match="recipe must be one of"):
         compare.Arm.parse("x=bogus")
@@ -32,9 +36,26 @@ def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monke
     differences are exactly 0), a CSV of every score; a rerun trains nothing; other settings are refused."""
     out = tmp_path / "table.md"
     argv = [
-        "--normal", str(tiny_ckpt), "--data", tiny_data, "--imgsz", "64", "--sparse-epochs", "1",
-        "--finetune-epochs", "0", "--arms", "continue", "again=continue", "--seeds", "0", "1",
-        "--run-dir", str(tmp_path / "runs"), "--out", str(out),
+        "--normal",
+        str(tiny_ckpt),
+        "--data",
+        tiny_data,
+        "--imgsz",
+        "64",
+        "--sparse-epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--arms",
+        "continue",
+        "again=continue",
+        "--seeds",
+        "0",
+        "1",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
     ]
     scores = compare.main(argv)
     assert set(scores) == {"continue", "again"} and all(len(v) == 2 for v in scores.values())

@@ -124,10 +124,12 @@ def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
         sparse_args = YOLO(run / f"sparse-gflops-{target:g}" / "weights" / "last.pt").ckpt["train_args"]
         assert sparse_args["target_gflops"] == target and sparse_args["importance"] == "taylor"
         assert sparse_args["warmup_epochs"] == 3 and sparse_args["warmup_bias_lr"] == 0  # trained: every rate from 0
-        assert sparse_args["lr_scale"] is None  # the stage's default: a tenth, as it continues a trained model
+        assert (
+            sparse_args["lr_scale"] == 0.1
+        )  # the stage's default, fixed in the arguments: it continues a trained model
         assert sparse_args["round_to"] == 8  # the pipeline's width multiple, shared by the zeroing and pruning
     normal_args = YOLO(run / "normal" / "weights" / "last.pt").ckpt["train_args"]
-    assert normal_args["warmup_epochs"] == 3 and normal_args["warmup_bias_lr"] == 0.1  # normal: stock Ultralytics
+    assert normal_args["warmup_epochs"] == 3 and normal_args["lr_scale"] == 1  # normal: stock Ultralytics
     for point in ("1", "0.6", "0.4"):  # distill: every fine-tuning learns from the normal-trained model
         tuned = YOLO(run / f"finetune-{point}" / "weights" / "last.pt").ckpt["train_args"]
         assert Path(tuned["distill_model"]) == run / "normal" / "weights" / "best.pt"

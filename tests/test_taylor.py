@@ -56,7 +56,9 @@ def _check_against_finite_difference(streams: bool) -> None:
     _loss(model, batch)  # builds the criterion
     assign = model.criterion.assigner.forward
     frozen: list = []  # the assignment of this batch, kept: it is computed without gradients, so it is held fixed
-    model.criterion.assigner.forward = lambda *a, **k: frozen[0] if frozen else frozen.append(assign(*a, **k)) or frozen[0]
+    model.criterion.assigner.forward = lambda *a, **k: (
+        frozen[0] if frozen else frozen.append(assign(*a, **k)) or frozen[0]
+    )
     _loss(model, batch).backward()
     eps, checked = 1e-4, 0
     torch.manual_seed(0)
@@ -101,6 +103,8 @@ def test_importance_is_the_moving_average_of_squared_changes() -> None:
         importance.accumulate(modules, units, grad_scale=2.0)  # an AMP scale of 2 halves every gradient
     expected = 0.75 * (changes[0] / 2) ** 2 + 0.25 * (changes[1] / 2) ** 2
     assert torch.allclose(importance(Pruner(model), unit), expected)
+    bn.weight.grad[0] = float("inf")  # an AMP overflow: the step is skipped, the averages stay
+    assert not importance.accumulate(modules, units) and torch.allclose(importance(Pruner(model), unit), expected)
     with pytest.raises(ValueError, match="no gradients yet"):
         TaylorImportance()(Pruner(model), unit)
 

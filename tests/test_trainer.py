@@ -192,10 +192,16 @@ def test_stages_that_continue_a_trained_model_start_at_a_tenth(tiny_ckpt, tiny_d
     assert stage_lr_scale({"model": "a.pt"}) == 1 == stage_lr_scale({"model": "yolov8n.yaml", "sr": 0.01})
     assert stage_lr_scale({"model": "a.pt", "sr": 0.01, "lr_scale": 0.5}) == 0.5
     args = dict(TINY, optimizer="SGD", lr0=0.04, warmup_epochs=0, epochs=1, val=False)
-    for name, slim, rate in (("continue-normal", {}, 0.04), ("continue-sparse", {"sr": 0.01}, 0.004)):
+    for name, slim, scale, bias in (("continue-normal", {}, 1.0, 0.1), ("continue-sparse", {"sr": 0.01}, 0.1, 0.0)):
         model = YOLO(tiny_ckpt)
         model.train(data=tiny_data, project=str(runs), name=name, **args, **slim)
-        assert [g["initial_lr"] for g in model.trainer.optimizer.param_groups] == pytest.approx([rate] * 3)
+        assert [g["initial_lr"] for g in model.trainer.optimizer.param_groups] == pytest.approx([0.04 * scale] * 3)
+        saved = model.trainer.args  # fixed in the arguments (args.yaml, checkpoints), so a resume keeps them
+        assert (saved.lr_scale, saved.warmup_bias_lr) == (scale, bias)
+        assert f"warmup_bias_lr: {bias}" in (runs / name / "args.yaml").read_text()
+    model = YOLO(tiny_ckpt)
+    model.train(data=tiny_data, project=str(runs), name="continue-given", sr=0.01, warmup_bias_lr=0.05, **args)
+    assert model.trainer.args.warmup_bias_lr == 0.05  # what the caller gives wins
 
 
 def test_sr_refused_outside_detection_tasks(tiny_data, runs) -> None:

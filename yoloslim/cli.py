@@ -166,8 +166,9 @@ def _add_ranking(p: argparse.ArgumentParser) -> None:
         "--importance",
         choices=list(IMPORTANCE),
         default=DEFAULT_IMPORTANCE,
-        help="channel ranking: the first-order Taylor change in the loss (taylor, the default; prune reads 8 batches of "
-        "the training images), plain |gamma| (gamma), |gamma| per GFLOP the channel costs (flops), or per its square root",
+        help="channel ranking: the first-order Taylor change in the loss (taylor, the default; prune reads 8 "
+        "batches of the training images), plain |gamma| (gamma), |gamma| per GFLOP the channel costs (flops), or "
+        "per its square root",
     )
     p.add_argument(
         "--streams",

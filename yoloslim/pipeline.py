@@ -91,7 +91,9 @@ class PipelineConfig:
     imgsz: int = 160
     batch: int = 16
     device: str | None = None
-    epochs_normal: int = 30  # the demo's normal stage converges (15 left it at 0.39, still rising): the stages after it continue a converged model
+    # the demo's normal stage converges (15 epochs left it at 0.39, still rising): the stages after it continue
+    # a converged model, as they assume
+    epochs_normal: int = 30
     epochs_sparse: int = 15
     epochs_finetune: int = 5
     sr: float = 1e-2

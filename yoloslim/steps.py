@@ -17,7 +17,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
 from yoloslim.atomic import atomic_write_text, durable_replace
-from yoloslim.channels import DEFAULT_STREAMS, build_graph
+from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
@@ -27,7 +27,7 @@ from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio
 from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
-from yoloslim.trainer import SLIM_ARGS, check_slim_args, continues_model
+from yoloslim.trainer import SLIM_ARGS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
 
@@ -75,11 +75,9 @@ def train(
     with finetune=True, learning from a teacher with `distill_model=` its .pt).
 
     Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
-    steps' default paths chain. Normal training runs exactly as stock Ultralytics would. A stage that continues
-    a trained model (sparsity training or fine-tuning from a .pt) keeps Ultralytics' warm-up but starts every
-    learning rate at 0 (`warmup_bias_lr=0` unless given): a fresh Adam at full rate moves every weight by about
-    `lr` a step from the first step on, and the stock warm-up's bias rate of 0.1 is 50x AdamW's rate; both
-    wrecked a pretrained YOLOv8s (docs/RESULTS.md).
+    steps' default paths chain. The learning rate and warm-up of a stage are the trainer's (`SlimMixin`): stock
+    Ultralytics for normal training, a tenth of the rate with every rate warming up from 0 for a stage that
+    continues a trained .pt.
     """
     check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
     source = check_model_source(weights)
@@ -87,8 +85,6 @@ def train(
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
-    if continues_model({**overrides, "model": source, "sr": sr, "finetune": finetune, "sparsity": sparsity}):
-        overrides.setdefault("warmup_bias_lr", 0.0)
     model = YOLO(source)
     model.train(
         data=data,
@@ -188,7 +184,10 @@ def prune(
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
     ranking = importance
     if importance == "taylor":
-        build_graph(model, streams)  # an unsupported model says so before its training data is looked for
+        # an unsupported model or an unreachable target says so before the training data is looked for and read
+        probe = Pruner(model, round_to=round_to, min_keep=min_keep, streams=streams)
+        if target:
+            probe.plan_budget(*target)
         LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
         ranking = estimate_taylor(model, ranking_data(data, ckpt), imgsz, streams=streams)
     pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})

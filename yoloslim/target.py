@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from yoloslim.cost import Unit
-from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, check_budget
+from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, check_budget, needs_gradients
 
-RAMP_START = 0.25  # share of the run before zeroing starts: the L1 term first separates the channels
+RAMP_START = 0.25  # share of the run before any channel is chosen: the ranking accumulates first
 RAMP_END = 0.7  # share of the run at which the chosen share reaches the target
 FADE = 0.1  # share of the run over which a chosen channel fades to exactly 0: all are 0 from 0.8 on; the rest recovers
 UPDATE_STEP = 0.01  # re-rank when the scheduled share (of channels or of GFLOPs) has grown by this much (20-60 ms on yolov8s, CPU)
@@ -111,6 +111,8 @@ class ChannelZeroing:
 
     def __init__(self, model: nn.Module, kind: str, value: float, **pruner_args) -> None:
         self.importance = pruner_args.pop("importance", "gamma")
+        if self.importance == "taylor":
+            needs_gradients(None, None)  # says what to pass, now rather than at the first plan
         if isinstance(self.importance, str):
             self.importance = IMPORTANCE[self.importance]
         self.pruner = check_target(model, kind, value, importance=self._rank, **pruner_args)

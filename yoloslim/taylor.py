@@ -26,7 +26,6 @@ from ultralytics.cfg import get_cfg
 from ultralytics.data import build_dataloader, build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.tasks import guess_model_task
-from ultralytics.utils import DEFAULT_CFG_DICT
 
 from yoloslim.channels import DEFAULT_STREAMS, build_graph
 from yoloslim.cost import Unit, prunable_units
@@ -41,14 +40,13 @@ ESTIMATE_BATCHES = 8  # batches of 16 training images for a model that is not tr
 def first_order_change(modules: dict[str, nn.Module], unit: Unit, grad_scale: float = 1.0) -> torch.Tensor:
     """Per channel of `unit`, `dL/dgamma * gamma + dL/dbeta * beta` summed over its BNs (gradients divided by
     `grad_scale`, AMP's loss scale): minus the first-order change in the loss when the channels are removed."""
-    total = torch.zeros(unit.size)
+    total = torch.zeros(unit.size, device=modules[unit.members[0][0]].weight.device)
     for name, offset in unit.members:
         bn = modules[name]
         for p in (bn.weight, bn.bias):
             if p.grad is not None:
-                part = (p.grad[offset : offset + unit.size] * p[offset : offset + unit.size]).detach()
-                total += part.float().cpu() / grad_scale
-    return total
+                total += (p.grad[offset : offset + unit.size] * p[offset : offset + unit.size]).detach().float()
+    return total / grad_scale
 
 
 class TaylorImportance:
@@ -62,16 +60,18 @@ class TaylorImportance:
     def __init__(self, decay: float = DECAY) -> None:
         self.decay = decay
         self.scores: dict[tuple[tuple[str, int], ...], torch.Tensor] = {}
-        self.steps = 0
 
     @torch.no_grad()
-    def accumulate(self, modules: dict[str, nn.Module], units: Iterable[Unit], grad_scale: float = 1.0) -> None:
-        """Fold the current gradients of every unit's BNs into the averages."""
-        for unit in units:
-            square = first_order_change(modules, unit, grad_scale).square()
-            old = self.scores.get(unit.members)
-            self.scores[unit.members] = square if old is None else old.mul_(self.decay).add_(square, alpha=1 - self.decay)
-        self.steps += 1
+    def accumulate(self, modules: dict[str, nn.Module], units: Iterable[Unit], grad_scale: float = 1.0) -> bool:
+        """Fold the current gradients of every unit's BNs into the averages; return False, changing nothing, for a
+        step whose gradients are not finite (an AMP overflow, which the scaler skips too)."""
+        squares = {unit.members: first_order_change(modules, unit, grad_scale).square() for unit in units}
+        if not bool(torch.stack([s.isfinite().all() for s in squares.values()]).all()):
+            return False
+        for key, square in squares.items():
+            old = self.scores.get(key)
+            self.scores[key] = square if old is None else old.mul_(self.decay).add_(square, alpha=1 - self.decay)
+        return True
 
     def __call__(self, pruner: Pruner, unit: Unit) -> torch.Tensor:
         """The unit's channel scores (higher is more important)."""
@@ -79,7 +79,7 @@ class TaylorImportance:
             raise ValueError(
                 "Taylor importance has no gradients yet: accumulate() after a backward pass, or use estimate_taylor()"
             )
-        return score
+        return score.cpu()
 
 
 def estimate_taylor(
@@ -92,18 +92,18 @@ def estimate_taylor(
 ) -> TaylorImportance:
     """Taylor scores of `model` (left untouched) from `batches` batches of the dataset's training images.
 
-    The loss is Ultralytics' own training loss of the model's task, on the images as validation sees them (no
-    augmentation, so the scores are reproducible), with BN in inference mode: the network that pruning changes.
-    Each batch is one step of the average (decay 0: a plain mean over the batches, as Molchanov et al. average).
+    The loss is Ultralytics' own training loss of the model's task, on the first training images in file order as
+    validation sees them (no augmentation, no shuffling: the scores are reproducible), with BN in inference mode:
+    the network that pruning changes. The average is a plain mean over the batches, as Molchanov et al. average.
     """
     scored = deepcopy(model).float().eval()
     for p in scored.parameters():
         p.requires_grad_(True)
     task = guess_model_task(scored)
-    scored.args = get_cfg(overrides={**DEFAULT_CFG_DICT, "task": task, "imgsz": imgsz, "data": data})
+    scored.args = get_cfg(overrides={"task": task, "imgsz": imgsz, "data": data})
     spec = check_det_dataset(data)
     dataset = build_yolo_dataset(scored.args, spec["train"], batch, spec, mode="val", stride=int(scored.stride.max()))
-    loader = build_dataloader(dataset, batch, workers=0, shuffle=True, device="cpu")
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=False, device="cpu")
     modules = dict(scored.named_modules())
     units = prunable_units(build_graph(scored, streams))
     importance = TaylorImportance()

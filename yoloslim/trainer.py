@@ -6,7 +6,7 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `optimizer_step` adds the L1 sub-gradient `sr_t * images / 16 * sign(gamma)` to the prunable gammas once per
   step. It is added to the still-scaled gradient as `scale * ...`, so `scaler.unscale_` turns it into exactly
   that before Ultralytics clips the gradients: AMP and clipping stay on. With a `sparsity` or `target_gflops` target it then
-  holds the zeroed channels at zero in the model and its EMA (`target.py`).
+  fades the chosen channels to exact zero in the model and its EMA and holds them there (`target.py`).
 - `preprocess_batch` counts the images each step applies (the L1 term is per image) and the progress.
 - `get_model` trains a pruned model object as it is (the stock trainer would rebuild the full-width
   network from `model.yaml` and silently drop the pruning). Resume reaches the same path; Ultralytics'
@@ -219,6 +219,7 @@ class SlimMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
         check_slim_args(dict(overrides or {}))  # a copy: resume compares the caller's overrides with the checkpoint
+        self._given = set(overrides or {})  # what the caller set, so the stage's defaults never override it
         super().__init__(cfg, overrides, _callbacks)
         check_slim_args(self.args)  # resume replaces args with the checkpoint's
         self._gammas: list[nn.Parameter] | None = None
@@ -267,12 +268,25 @@ class SlimMixin:
 
         Set before Ultralytics builds its scheduler, so the warm-up and the decay start from the scaled rate.
         """
+        self._resolve_stage_defaults()
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        if (scale := stage_lr_scale(self.args)) != 1:
+        if (scale := self.args.lr_scale) != 1:
             for group in optimizer.param_groups:
                 group["lr"] *= scale
             LOGGER.info(f"{colorstr('yoloslim:')} learning rate x{scale:g} (lr_scale)")
         return optimizer
+
+    def _resolve_stage_defaults(self) -> None:
+        """Fix the defaults of a stage once the model is known (a pruned .pt turns fine-tuning on): `lr_scale`, and
+        for a stage that continues a trained model, a warm-up whose every rate starts at 0 (`warmup_bias_lr=0`;
+        Ultralytics' `auto` optimizer does so itself when it picks AdamW; an explicit optimizer would start the biases
+        at 0.1, made for training from scratch). Stored in the arguments, so checkpoints and `resume` keep them."""
+        if self.args.lr_scale is None:  # else given, or fixed before this resume
+            self.args.lr_scale = stage_lr_scale(self.args)
+            if continues_model(self.args) and "warmup_bias_lr" not in self._given:
+                self.args.warmup_bias_lr = 0.0
+        if RANK in {-1, 0}:  # Ultralytics wrote args.yaml before the model was known: record what happens
+            YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
     def validate(self):
         """Ultralytics' validation; while a sparsity target's zeroing is unfinished, no epoch becomes best.pt.
@@ -296,9 +310,7 @@ class SlimMixin:
             )
         if pruned and not self.args.finetune:
             LOGGER.info(f"{colorstr('yoloslim:')} the model is pruned, so it is fine-tuned as it is (finetune=True)")
-            self.args.finetune = True
-            if RANK in {-1, 0}:  # Ultralytics wrote args.yaml before the model was known: record what happens
-                YAML.save(self.save_dir / "args.yaml", vars(self.args))
+            self.args.finetune = True  # args.yaml is written again once the stage's defaults are fixed
         for p in weights.parameters():
             p.requires_grad_(True)
         if verbose:
@@ -319,14 +331,16 @@ class SlimMixin:
 
     def optimizer_step(self) -> None:
         """Add the L1 sub-gradient on prunable gammas, step as Ultralytics does (unscale, clip, step, EMA), then
-        hold the zeroed channels of a sparsity target at zero in the model and its EMA."""
+        fade the chosen channels of a sparsity target to zero in the model and its EMA. Taylor scores are fed
+        from the loss's gradients first (before the L1 term), while channels are still being chosen."""
         sr = sr_for_images(sr_at(self.args.sr, self.epoch, self.epochs), self._images * max(self.world_size, 1))
         self._images = 0
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         if self.zeroing is None:  # DDP workers get the model object, not get_model
             self.zeroing = self.channel_zeroing(unwrap_model(self.model))
-        if self.zeroing is not None and isinstance(taylor := self.zeroing.importance, TaylorImportance):
-            taylor.accumulate(self.zeroing.pruner.modules, self.zeroing.pruner.units, scale)  # the loss's gradients only
+        z = self.zeroing
+        if z is not None and z.amount < z.final and isinstance(taylor := z.importance, TaylorImportance):
+            taylor.accumulate(z.pruner.modules, z.pruner.units, scale)  # the loss's gradients only
         if sr > 0:
             if not add_l1_subgradient(self.prunable_gammas(), sr * scale):
                 raise RuntimeError(
