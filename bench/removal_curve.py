@@ -1,7 +1,7 @@
 """Ranking quality with no training: mAP after removing the lowest-ranked share of prunable channels.
 
 For each importance and share, a copy of the checkpoint gets gamma and beta of the chosen channels set to 0 (what
-sparsity training's zeroing converges to), and, with `--pruned`, is also pruned at that share by `steps.prune` (the
+sparsity training's zeroing converges to), and, with `--pruned`, is also pruned at that share by `prune_model` (the
 removed channels' act(beta) folded into their consumers); each is validated. `random` (over `--seeds`) is the
 control: a ranking worse than random removal is worse than no ranking. The channel choice is the product's own
 (`Pruner.plan`: per-layer floors, equal C2f halves); Taylor scores come from 8 batches of the training images.
@@ -21,7 +21,7 @@ import torch
 import yoloslim  # noqa: F401  (offline settings first)
 from table import emit, write_csv
 
-from yoloslim import Pruner, steps
+from yoloslim import Pruner, prune_model, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.plots import plot_removal_curve
 from yoloslim.taylor import estimate_taylor
@@ -40,8 +40,7 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
     pruner = Pruner(model, importance=importance)
     plan = pruner.plan(share)
     for g in pruner.graph.prunable:
-        removed = sorted(set(range(g.size)) - set(plan.keep[g.name]))
-        if removed:
+        if removed := plan.dropped(g):
             pruner.modules[g.name].weight[removed] = 0
             pruner.modules[g.name].bias[removed] = 0
     return model
@@ -55,7 +54,7 @@ def main() -> None:
     p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
-    p.add_argument("--pruned", action="store_true", help="also prune at each share (steps.prune, fold on) and validate")
+    p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
     p.add_argument("--run-dir", type=Path, default=Path("runs/bench-removal"))
     p.add_argument("--out", type=Path, help="Markdown table (a CSV and a PNG plot are written beside it)")
     a = p.parse_args()
@@ -70,10 +69,9 @@ def main() -> None:
                 tag = f"{name}-{seed}-{share:g}"
                 zeroed = save_checkpoint(zeroed_copy(a.weights, importance, share), a.run_dir / tag / "zeroed.pt")
                 kinds = [("zeroed", zeroed)]
-                if a.pruned and name != "random":
-                    kinds.append(
-                        ("pruned", steps.prune(a.weights, share, a.run_dir / tag, data=a.data, importance=name))
-                    )
+                if a.pruned and name != "random":  # the same scores: Taylor's are estimated once
+                    pruned, _, _ = prune_model(model, share, importance=importance)
+                    kinds.append(("pruned", save_checkpoint(pruned, a.run_dir / tag / "pruned.pt")))
                 for kind, w in kinds:
                     score = steps.validate(w, a.data, imgsz=a.imgsz, project=a.run_dir / tag, name=kind)["map50_95"]
                     results.setdefault((name, kind, share), []).append(score)

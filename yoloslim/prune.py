@@ -84,6 +84,10 @@ class PrunePlan:
     max_removed: float = -math.inf
     removed: float = 0.0  # the share of prunable channels removed (a residual stream's channel counts once)
 
+    def dropped(self, group: ChannelGroup) -> list[int]:
+        """The channels of `group` that the plan removes (sorted indices)."""
+        return sorted(set(range(group.size)) - set(self.keep[group.name]))
+
 
 @dataclass(frozen=True)
 class LayerChange:

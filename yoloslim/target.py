@@ -161,9 +161,8 @@ class ChannelZeroing:
         """Add the channels `plan` removes to the chosen set; the new ones start fading now, from `model`'s values."""
         modules = dict(model.named_modules())
         for g in self.pruner.graph.prunable:
-            removed = sorted(set(range(g.size)) - set(plan.keep[g.name]))
             old = self.zeroed.get(g.name, torch.zeros(0, dtype=torch.long))
-            new = torch.tensor(sorted(set(removed) - set(old.tolist())), dtype=torch.long)
+            new = torch.tensor(sorted(set(plan.dropped(g)) - set(old.tolist())), dtype=torch.long)
             if not len(new):
                 continue
             bn = modules[g.name]
