@@ -138,9 +138,24 @@ def test_interrupted_run_resumes_its_schedule(tiny_data, runs) -> None:
     run = runs / "target-resume"
     first = _share(run / "weights" / "last.pt")
     assert first < 0.5  # part of the way after one epoch of three (its chosen channels still fading)
+    saved = torch.load(run / "weights" / "zeroing.pt", weights_only=False)
+    assert saved["epoch"] == 0 and saved["state"]["zeroed"] and saved["state"]["importance"]["scores"]
     resumed = YOLO(run / "weights" / "last.pt")
+    at_start = {}
+
+    def record(trainer) -> None:  # the state the resumed run starts from: the one saved, to the last fade
+        at_start.update(trainer.zeroing.state_dict())
+
+    resumed.add_callback("on_train_start", record)
     resumed.train(resume=True)
     assert resumed.trainer.start_epoch == 1 and resumed.trainer.args.sparsity == 0.5
+    for key in ("amount", "progress"):
+        assert at_start[key] == saved["state"][key]
+    for key in ("zeroed", "until"):
+        assert at_start[key].keys() == saved["state"][key].keys()
+        assert all(torch.equal(at_start[key][n], saved["state"][key][n]) for n in at_start[key])
+    scores = saved["state"]["importance"]["scores"]
+    assert all(torch.equal(at_start["importance"]["scores"][k], v) for k, v in scores.items())
     targets = [float(r["sparsity/target_now"]) for r in _rows(run)]
     assert len(targets) == 3 and 0 < targets[0] and targets == sorted(targets) and targets[-1] == 0.5
     assert _share(run / "weights" / "last.pt") >= 0.5

@@ -12,7 +12,10 @@ import csv
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,24 +30,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write `rows` as CSV with a header of `fieldnames` (other keys ignored), atomically and durably."""
+def csv_text(fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """`rows` as CSV text with a header of `fieldnames` (other keys ignored)."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(fieldnames), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write_text(path, table.getvalue())
+    return table.getvalue()
+
+
+def atomic_write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write `rows` as CSV with a header of `fieldnames` (other keys ignored), atomically and durably."""
+    return atomic_write_text(path, csv_text(fieldnames, rows))
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Call `write(file)` on a temporary file next to `path`, then move it durably over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = _staged(path, write)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
         durable_replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -52,14 +57,80 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     return path
 
 
+def write_set(folder: str | Path, files: Mapping[str, bytes], last: str) -> Path:
+    """Write several files into `folder` as one set: a failure at any point leaves the old set or the new one.
+
+    Every file is first written in full and flushed beside its target (out of disk space or an interrupt
+    there leaves the old set as it was, and the staged files are removed). The renames then run with Ctrl-C
+    held back: `last` (the file whose presence says the set is finished, e.g. a checkpoint) is removed first
+    and renamed into place after the others, so a process killed between two renames leaves no `last`, which
+    a rerun reads as "not done". Returns the path of `last`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    order = [name for name in files if name != last] + [last]
+    staged: dict[str, Path] = {}
+    try:
+        for name in order:
+            data = files[name]
+            staged[name] = _staged(folder / name, lambda f, data=data: f.write(data))
+        with deferred_interrupt():
+            (folder / last).unlink(missing_ok=True)
+            for name in order:
+                os.replace(staged.pop(name), folder / name)
+            _fsync_folder(folder)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return folder / last
+
+
+def _staged(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """A hidden temporary file beside `path` holding what `write` wrote, flushed to disk."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) for the duration of the block and deliver it after (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])  # Python's default handler raises KeyboardInterrupt here
+        elif caught and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
 def durable_replace(source: str | Path, path: str | Path) -> Path:
     """Flush the finished file `source` to disk, rename it over `path` (same file system), flush the folder."""
     with open(source, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(source, path)
-    folder = os.open(Path(path).parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself reaches the disk
-    finally:
-        os.close(folder)
+    _fsync_folder(Path(path).parent)
     return Path(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries, so that renames into it reach the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

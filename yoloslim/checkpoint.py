@@ -115,8 +115,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     The bytes go to a temporary file in the target folder that is flushed to disk and renamed over
     `path` only when complete, so an interrupted save never leaves a truncated checkpoint behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, checkpoint_bytes(model, train_args, **extra))
+
+
+def checkpoint_bytes(model: nn.Module, train_args: dict[str, Any] | None = None, **extra: Any) -> bytes:
+    """`model` as the bytes of an Ultralytics checkpoint (FP16 EMA, epoch -1: a finished run)."""
     ckpt = {
         "epoch": -1,
         "best_fitness": None,
@@ -131,8 +134,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, An
     }
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def _half_copy(model: nn.Module) -> nn.Module:

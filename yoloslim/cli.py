@@ -47,8 +47,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a .pt checkpoint, or a model yaml such as yolov8n.yaml")
     _add_data(p)
     p.add_argument("--epochs", type=int)
-    p.add_argument("--imgsz", type=int, default=160)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--imgsz", type=_whole("imgsz"), default=160)
+    p.add_argument("--batch", type=_whole("batch", autobatch=True), default=16)
     p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (default: Ultralytics picks)")
     p.add_argument("--project", default=PROJECT)
     p.add_argument("--name")
@@ -147,6 +147,22 @@ def _positive(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def _whole(key: str, autobatch: bool = False) -> Callable[[str], int]:
+    """argparse type for --imgsz / --batch: the steps' own check (`sizes.py`), reported by argparse."""
+
+    def parse(text: str) -> int:
+        from yoloslim.sizes import check_batch, check_imgsz
+
+        try:
+            value = int(text)
+            return check_batch(value, autobatch) if key == "batch" else check_imgsz(value)
+        except ValueError:
+            rule = "a whole number > 0" + (" (or -1: AutoBatch)" if autobatch else "")
+            raise argparse.ArgumentTypeError(f"--{key} {text!r} must be {rule}") from None
+
+    return parse
+
+
 def _round_to(text: str) -> int:
     """argparse type of --round-to: a whole number >= 1."""
     try:
@@ -239,14 +255,19 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--min-keep", type=float, default=0.05, help="per-layer floor, as a share of its channels")
         p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' act(beta) into consumers")
         p.add_argument("--no-val", action="store_true", help="skip validating the pruned model on --data")
+        p.add_argument(
+            "--allow-unchanged",
+            action="store_true",
+            help="save the model even when floors and rounding leave every layer whole (else an error)",
+        )
         p.add_argument("--model-size", help="accepted for compatibility with the reference; ignored (read from model)")
         p.add_argument("--cfg", help="accepted for compatibility with the reference; ignored (read from model)")
     elif command in {"val", "export"}:
         p.add_argument("--weights", help=".pt checkpoint")
-        p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training imgsz")
+        p.add_argument("--imgsz", type=_whole("imgsz"), default=None, help="default: the checkpoint's training imgsz")
         if command == "val":
             _add_data(p, default=None)
-            p.add_argument("--batch", type=int, default=16)
+            p.add_argument("--batch", type=_whole("batch"), default=16)
             p.add_argument("--device", default=None)
             p.add_argument("--project", default=PROJECT)
     elif command == "pipeline":
@@ -264,7 +285,8 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             ("epochs_finetune", "epochs of fine-tuning for each pruned model"),
             ("latency_repeats", "onnxruntime runs per model for the latency column"),
         ):
-            p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(d, flag), help=text)
+            kind = _whole(flag) if flag in ("imgsz", "batch") else int
+            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=getattr(d, flag), help=text)
         p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (Ultralytics picks when unset)")
         p.add_argument(
             "--sr", type=_slim_arg("sr"), default=d.sr, help="L1 penalty on prunable BN gammas per 16 images"
@@ -330,13 +352,13 @@ def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
 
 
 def _fill_from_checkpoint(a: argparse.Namespace) -> None:
-    """Unset --data / --imgsz default to what the checkpoint was trained with (else demo data, 640)."""
+    """Unset --data / --imgsz default to what the checkpoint was trained with (it must be here; imgsz else 640)."""
     from yoloslim import steps
+    from yoloslim.data import recorded_data
 
     trained = steps.trained_with(a.weights)
     if getattr(a, "data", "") is None:
-        data = trained.get("data")
-        a.data = data if data and Path(data).is_file() else "demo"
+        a.data = recorded_data(trained.get("data"), a.weights)
     if getattr(a, "imgsz", 0) is None:
         a.imgsz = int(trained.get("imgsz") or 640)
 
@@ -405,6 +427,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
         target=target,
         importance=a.importance,
         streams=a.streams,
+        allow_unchanged=a.allow_unchanged,
     )
 
 
@@ -480,6 +503,9 @@ def run(args: argparse.Namespace) -> Any:
         return COMMANDS[args.command][0](args)
     except (FileNotFoundError, ValueError, UnsupportedModuleError) as e:
         raise SystemExit(f"yoloslim {args.command}: error: {e}") from None
+    except OSError as e:  # out of disk space, a read-only folder, a name too long, ...: nothing half-written stays
+        where = f" ({e.filename})" if e.filename else ""
+        raise SystemExit(f"yoloslim {args.command}: error: {e.strerror or e}{where}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

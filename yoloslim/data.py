@@ -13,6 +13,7 @@ reuse, and two processes building the same dataset at once both end up with one 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -193,15 +194,45 @@ def demo_dataset(
     cache = _cache_root(root)
     final = cache / f"demo-n{n_train}-v{n_val}-s{imgsz}-seed{seed}"
     if not _is_complete(final):
-        cache.mkdir(parents=True, exist_ok=True)
-        building = _unique_sibling(final, "tmp")
-        building.mkdir()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            building = _unique_sibling(final, "tmp")
+            building.mkdir()
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"the demo dataset cannot be written in {cache} ({e.strerror}): set YOLOSLIM_CACHE to a "
+                "writable folder",
+            ) from None
         try:
             _build(building, final, {"train": n_train, "val": n_val}, imgsz, seed)
             _install(building, final)
         finally:
             shutil.rmtree(building, ignore_errors=True)  # already gone unless the build failed or lost a race
     return final / "data.yaml"
+
+
+_DEMO_FOLDER = re.compile(r"demo-n(\d+)-v(\d+)-s(\d+)-seed(\d+)")
+
+
+def recorded_data(data: str | Path | None, weights: str | Path) -> str:
+    """The dataset a checkpoint records (`train_args.data`) when it is here, else a clear error that names it.
+
+    A built-in demo set that was deleted from its cache is generated again, byte for byte, from the parameters
+    its folder name records.
+    """
+    if not data:
+        raise ValueError(f"{weights} records no dataset: pass --data your.yaml (or --data demo)")
+    path = Path(data)
+    if path.is_file():
+        return str(path)
+    if path.name == "data.yaml" and (match := _DEMO_FOLDER.fullmatch(path.parent.name)):
+        n_train, n_val, imgsz, seed = map(int, match.groups())
+        return str(demo_dataset(path.parent.parent, n_train, n_val, imgsz, seed))
+    raise FileNotFoundError(
+        f"{weights} was trained on '{data}', which is not here (moved, or run from another folder): "
+        "pass --data your.yaml"
+    )
 
 
 def resolve_data(data: str | Path | None) -> str:

@@ -34,6 +34,7 @@ from yoloslim.model import YOLO
 from yoloslim.onnxrt import side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
+from yoloslim.sizes import check_batch, fit_imgsz
 from yoloslim.trainer import check_slim_args, ranking_args
 
 
@@ -155,6 +156,11 @@ class PipelineConfig:
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         steps.check_model_source(self.weights)
+        self.batch = check_batch(self.batch, autobatch=False)  # nbs is the batch here: no AutoBatch
+        for name in ("epochs_normal", "epochs_sparse", "epochs_finetune", "latency_repeats"):
+            if isinstance(n := getattr(self, name), bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name}={n!r} must be a whole number >= 1")
+        self.imgsz = fit_imgsz(self.imgsz, YOLO(self.weights).model)  # every stage, table and export at one size
         self.data = resolve_data(self.data)
 
 

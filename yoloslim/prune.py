@@ -12,10 +12,12 @@ structure), and `Pruner.apply` performs the surgery that the channel graph (`cha
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,6 +85,7 @@ class PrunePlan:
     ratio: float
     max_removed: float = -math.inf
     removed: float = 0.0  # the share of prunable channels removed (a residual stream's channel counts once)
+    widths: dict[str, int] | None = None  # every group's width in the model planned on: a plan fits only those
 
     def dropped(self, group: ChannelGroup) -> list[int]:
         """The channels of `group` that the plan removes (sorted indices)."""
@@ -123,8 +126,9 @@ class Pruner:
         fold: bool = True,
         streams: bool = DEFAULT_STREAMS,
     ) -> None:
-        if round_to < 1:
-            raise ValueError(f"round_to={round_to} must be a whole number >= 1")
+        if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
+            raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = exact counts)")
+        min_keep = as_number(min_keep, "min_keep")
         if not 0 <= min_keep <= 1:
             raise ValueError(f"min_keep={min_keep} must be a share in [0, 1]")
         if isinstance(importance, str):
@@ -166,7 +170,7 @@ class Pruner:
         model whose gammas are all 1) still remove `ratio` of the channels. The threshold reported is
         the score of the lowest channel kept.
         """
-        check_ratio(ratio)
+        ratio = check_ratio(ratio)
         scores = self.scores()
         return self._plan_lowest(scores, self._order(scores), int(ratio * self.n_channels), ratio)
 
@@ -176,7 +180,7 @@ class Pruner:
         `plan(ratio)` can remove less than `ratio` where floors or equal C2f halves keep marked channels;
         this searches the number of marked channels instead, so the share removed is a guarantee.
         """
-        check_ratio(share)
+        share = check_ratio(share)
         if share > (most := self.max_share()):
             raise ValueError(
                 f"removing {share:.1%} of the prunable channels is not possible: the per-layer floors "
@@ -189,7 +193,7 @@ class Pruner:
         """The plan that removes the fewest channels but leaves at most `target` of the unpruned model's
         GFLOPs (`kind="gflops"`) or parameters (`kind="params"`): AtomNAS-style, the ranking is cut where
         the cost of what remains meets the budget (Mei et al. 2020, arXiv:1912.09640)."""
-        check_budget(kind, target)
+        target = check_budget(kind, target)
         if target < (least := self.min_cost_share(kind)):
             raise ValueError(
                 f"target {kind}={target:g} is below what the per-layer floors allow: the smallest reachable is "
@@ -276,7 +280,12 @@ class Pruner:
                 max_removed = max(max_removed, float(gamma_importance(self, unit)[removed].max()))
         threshold = float(flat[order[n_remove]]) if n_remove else -math.inf
         removed = 1 - sum(counts) / self.n_channels
-        return PrunePlan({name: sorted(k) for name, k in keep.items()}, threshold, ratio, max_removed, removed)
+        keep = {name: sorted(k) for name, k in keep.items()}
+        return PrunePlan(keep, threshold, ratio, max_removed, removed, self._widths())
+
+    def _widths(self) -> dict[str, int]:
+        """Every channel group's width as the model now has it (the BN's feature count)."""
+        return {g.name: self.modules[g.name].num_features for g in self.graph.groups.values()}
 
     def _bounded(self, k: int, n: int) -> int:
         """`k` raised to the floor and rounded up to a multiple of `round_to`, at most `n`."""
@@ -284,7 +293,19 @@ class Pruner:
         return min(n, math.ceil(k / self.round_to) * self.round_to)
 
     def apply(self, plan: PrunePlan) -> list[LayerChange]:
-        """Slice every producer and consumer to the plan; return the per-layer changes."""
+        """Slice every producer and consumer to the plan; return the per-layer changes.
+
+        The plan must be one made for a model of this model's widths, and the model must still have the widths
+        this pruner read: applying a plan twice, or to another model, is refused before anything is sliced.
+        """
+        widths = self._widths()
+        if widths != {g.name: g.size for g in self.graph.groups.values()}:
+            raise ValueError(
+                "the model no longer has the channel counts this Pruner read (a plan was applied already?): "
+                "build a new Pruner for it and plan again"
+            )
+        if plan.widths is not None and plan.widths != widths:
+            raise ValueError("this plan was made for a model with other channel counts: plan on this model")
         masks = {}
         for g in self.graph.groups.values():
             mask = torch.zeros(g.size, dtype=torch.bool)
@@ -353,30 +374,47 @@ class Pruner:
         bn.num_features = int(mask.sum())
 
 
-def check_budget(kind: str, target: float) -> None:
-    """A compute budget: a share in (0, 1] of the unpruned model's GFLOPs or parameters."""
+def as_number(value: Any, what: str) -> float:
+    """A real number given as a Python, NumPy or one-element torch scalar; a clear error for anything else."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} {value!r} is not a number: pass e.g. 0.5")
+    return float(value)
+
+
+def check_budget(kind: str, target: Any) -> float:
+    """A compute budget: a share in (0, 1] of the unpruned model's GFLOPs or parameters; returned as a float."""
     if kind not in KINDS:
         raise ValueError(f"budget kind '{kind}' is not one of {KINDS}")
-    if not isinstance(target, (int, float)) or not 0 < target <= 1:
+    share = as_number(target, f"target {kind}=")
+    if not 0 < share <= 1:
         raise ValueError(
             f"target {kind}={target!r} must be in (0, 1]: the share of the unpruned model's {kind} to keep, "
             "e.g. 0.4 keeps 40%"
         )
+    return share
 
 
-def check_amount(ratio: float | None, target: tuple[str, float] | None) -> None:
-    """How much to prune: exactly one of a channel `ratio` and a compute `target` (kind, share), each valid."""
+def check_amount(ratio: Any, target: tuple[str, Any] | None) -> tuple[float | None, tuple[str, float] | None]:
+    """How much to prune: exactly one of a channel `ratio` and a compute `target` (kind, share), each valid;
+    returned as plain floats."""
     if (ratio is None) == (target is None):
         raise ValueError(
             "give either --prune-ratio or a target (--target-gflops / --target-params), not both or neither"
         )
-    check_ratio(ratio) if ratio is not None else check_budget(*target)
+    if ratio is not None:
+        return check_ratio(ratio), None
+    kind, share = target
+    return None, (kind, check_budget(kind, share))
 
 
-def check_ratio(ratio: float) -> None:
-    """A prune ratio must be a share of channels in [0, 1)."""
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+def check_ratio(ratio: Any) -> float:
+    """A prune ratio must be a share of channels in [0, 1); returned as a float."""
+    value = as_number(ratio, "prune ratio")
+    if not 0 <= value < 1:
         raise ValueError(f"prune ratio {ratio!r} must be in [0, 1): e.g. 0.5 removes half of the prunable channels")
+    return value
 
 
 def prune_model(
@@ -386,7 +424,7 @@ def prune_model(
 
     Give either a channel `ratio` or a compute `target` (`("gflops", 0.4)`: keep 40% of the GFLOPs).
     """
-    check_amount(ratio, target)
+    ratio, target = check_amount(ratio, target)
     pruned = deepcopy(model).float().eval()
     pruner = Pruner(pruned, **pruner_args)
     plan = pruner.plan(ratio) if ratio is not None else pruner.plan_budget(*target)

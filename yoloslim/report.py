@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from torch import nn
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-from yoloslim.atomic import atomic_write_csv
+from yoloslim.atomic import csv_text
 from yoloslim.prune import LayerChange, PrunePlan
 
 
@@ -64,6 +63,6 @@ def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, target: 
     )
 
 
-def write_layer_csv(changes: Sequence[LayerChange], path: Path) -> Path:
-    """The per-layer report as CSV (one row per channel group)."""
-    return atomic_write_csv(path, list(asdict(changes[0])), (asdict(c) for c in changes))
+def layer_csv(changes: Sequence[LayerChange]) -> str:
+    """The per-layer report as CSV text (one row per channel group)."""
+    return csv_text(list(asdict(changes[0])), (asdict(c) for c in changes))

@@ -42,11 +42,13 @@ def _user_threads() -> int:
     value is then marked, so that a child does not take Ultralytics' cap for the user's choice.
     """
     for var in ("YOLOSLIM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
+        value = os.environ.get(var, "").strip()
         if var == "OMP_NUM_THREADS" and value == os.environ.get(_OMP_MARK):
             continue
-        if value.isdigit() and int(value) > 0:
+        if value.isascii() and value.isdigit() and int(value) > 0:
             return int(value)
+        if value and var == "YOLOSLIM_THREADS":
+            warnings.warn(f"{var}={value!r} is not a whole number > 0 (e.g. 4): ignored", stacklevel=2)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

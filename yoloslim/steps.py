@@ -16,18 +16,19 @@ import numpy as np
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.nn.tasks import yaml_model_load
 
-from yoloslim.atomic import atomic_write_text, durable_replace
+from yoloslim.atomic import atomic_write_text, durable_replace, write_set
 from yoloslim.channels import DEFAULT_STREAMS
-from yoloslim.checkpoint import check_weights_file, load_model, mark_pruned, save_checkpoint
-from yoloslim.data import resolve_data
+from yoloslim.checkpoint import check_weights_file, checkpoint_bytes, load_model, mark_pruned
+from yoloslim.data import recorded_data, resolve_data
 from yoloslim.model import YOLO
 from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
-from yoloslim.report import ModelSize, layer_table, prune_summary, write_layer_csv
+from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
+from yoloslim.sizes import check_batch, check_imgsz, fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
-from yoloslim.trainer import SLIM_ARGS, check_slim_args
+from yoloslim.trainer import SLIM_ARGS, TRAINERS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
 
@@ -80,12 +81,18 @@ def train(
     continues a trained .pt.
     """
     check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
+    imgsz, batch = check_imgsz(imgsz), check_batch(batch)
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
     data = resolve_data(data)
     model = YOLO(source)
+    if model.task not in TRAINERS:
+        raise ValueError(
+            f"'{source}' is a {model.task} model: yoloslim trains the tasks {sorted(TRAINERS)} (give a detection, "
+            "segmentation, pose or OBB checkpoint or yaml)"
+        )
     model.train(
         data=data,
         epochs=epochs,
@@ -116,9 +123,15 @@ def gamma_report(
     With `ratio`, the plot marks the gamma threshold that pruning the last checkpoint at that ratio uses.
     """
     paths = [check_weights_file(w) for w in weights]
-    labels = labels or [_label(p) for p in paths]
+    labels = labels or _labels(paths)
     if len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels {labels} repeat a name: give each checkpoint its own label (--labels)")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out '{out}' is a folder: give the PNG file to write, e.g. {out / 'gamma_hist.png'}")
+    check_output_folder(out.parent, "--out")
     models = [load_model(path)[0] for path in paths]
     gammas = {label: prunable_gammas(model) for label, model in zip(labels, models, strict=True)}
     threshold = None
@@ -126,7 +139,6 @@ def gamma_report(
         check_ratio(ratio)
         plan = Pruner(models[-1]).plan(ratio)
         threshold = (f"prune {ratio:g} of {labels[-1]}", max(plan.max_removed, 0.0))
-    out = Path(out)
     plot_gamma_histograms(
         {k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
         out,
@@ -149,9 +161,16 @@ def gamma_report(
     return out
 
 
-def _label(path: Path) -> str:
-    """A short label for a checkpoint: its run folder name for Ultralytics' weights/best.pt layout."""
-    return path.parent.parent.name if path.parent.name == "weights" else path.stem
+def _labels(paths: list[Path]) -> list[str]:
+    """Short labels for checkpoints: the run folder name for Ultralytics' weights/best.pt layout, else the file
+    stem; where two would be the same, as many trailing folders as tell them apart (`a/best`, `b/best`)."""
+    labels = [p.parent.parent.name if p.parent.name == "weights" else p.stem for p in paths]
+    parts = [p.resolve().with_suffix("").parts for p in paths]
+    for depth in range(2, max(map(len, parts)) + 1):
+        if len(set(labels)) == len(labels):
+            break
+        labels = ["/".join(q[-depth:]) for q in parts]
+    return labels
 
 
 def prune(
@@ -165,19 +184,23 @@ def prune(
     target: tuple[str, float] | None = None,
     importance: str = DEFAULT_IMPORTANCE,
     streams: bool = DEFAULT_STREAMS,
+    allow_unchanged: bool = False,
 ) -> Path:
     """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the
     GFLOPs); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
 
-    The input is never modified, and the output is written atomically. With `data`, the pruned model
-    (before fine-tuning) is validated on it.
+    The input is never modified. The three files are written as one set (`atomic.write_set`): a failure
+    leaves the previous set or the new one. A prune that would remove no channel is an error unless
+    `allow_unchanged` (or `ratio` 0, which asks for that). With `data`, the pruned model (before fine-tuning)
+    is validated on it.
     """
-    check_amount(ratio, target)
+    ratio, target = check_amount(ratio, target)
     source = check_weights_file(weights)
     save_dir = Path(save_dir)
     out = save_dir / "pruned.pt"
     if out.resolve() == source.resolve():
         raise ValueError(f"--save-dir '{save_dir}' would overwrite the input '{source}': choose another folder")
+    check_output_folder(save_dir, "--save-dir")
     model, ckpt = load_model(source)
     data = resolve_data(data) if data is not None else None
     imgsz = int((ckpt.get("train_args") or {}).get("imgsz") or 640)
@@ -189,8 +212,14 @@ def prune(
         if target:
             probe.plan_budget(*target)
         LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
-        ranking = estimate_taylor(model, ranking_data(data, ckpt), imgsz, streams=streams)
+        ranking = estimate_taylor(model, ranking_data(data, ckpt, source), imgsz, streams=streams)
     pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})
+    if plan.removed == 0 and ratio != 0 and not allow_unchanged:
+        raise ValueError(
+            f"pruning at {ratio if target is None else f'{target[0]}={target[1]:g}'} removes no channel "
+            f"(round_to={round_to} and min_keep={min_keep:g} keep every layer whole): lower --round-to or "
+            "--min-keep, or pass --allow-unchanged to save the model as it is; nothing written"
+        )
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     _warn_if_not_sparse(model, plan.max_removed)
     info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve())}
@@ -198,10 +227,12 @@ def prune(
     mark_pruned(pruned, info)
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in SLIM_ARGS}
     summary = prune_summary(before, after, plan, target)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(save_dir / "prune_report.txt", f"{layer_table(changes)}\n\n{summary}\n")
-    write_layer_csv(changes, save_dir / "prune_layers.csv")
-    save_checkpoint(pruned, out, train_args=train_args)  # last: its presence means the step finished
+    files = {
+        "prune_report.txt": f"{layer_table(changes)}\n\n{summary}\n".encode(),
+        "prune_layers.csv": layer_csv(changes).encode(),
+        out.name: checkpoint_bytes(pruned, train_args),
+    }
+    write_set(save_dir, files, last=out.name)  # pruned.pt last: its presence means the step finished
     print(layer_table(changes), "", summary, sep="\n")
     LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {save_dir / 'prune_report.txt'})")
     if data:
@@ -209,17 +240,31 @@ def prune(
     return out
 
 
-def ranking_data(data: str | None, ckpt: dict[str, Any]) -> str:
+def check_output_folder(folder: Path, flag: str) -> None:
+    """A folder that outputs can be written into (or created in): a one-line error before any work if not.
+
+    Writability is probed with a file created and removed at once in the folder, or in its nearest existing
+    parent when it is not there yet (permission bits do not tell about read-only mounts or immutable folders).
+    """
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} '{folder}': '{existing}' is an existing file, not a folder: choose a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".yoloslim-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} '{folder}' cannot be written ({e.strerror}): choose a writable folder") from None
+
+
+def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path) -> str:
     """The dataset whose training images a gradient-based ranking reads: `data`, else the checkpoint's own."""
     if data:
         return data
-    trained_on = (ckpt.get("train_args") or {}).get("data")
-    if trained_on and Path(trained_on).is_file():
-        return str(trained_on)
-    raise ValueError(
-        f"importance 'taylor' needs the training images, and the checkpoint's dataset '{trained_on}' is not here: "
-        "pass --data your.yaml (or --importance gamma)"
-    )
+    try:
+        return recorded_data((ckpt.get("train_args") or {}).get("data"), weights)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"importance 'taylor' needs the training images, and {e} (or --importance gamma)") from None
 
 
 NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1
@@ -248,10 +293,16 @@ def validate(
     project: str | Path = "runs/yoloslim",
     name: str = "val",
 ) -> dict[str, float]:
-    """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line."""
+    """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line.
+
+    `imgsz` is rounded up to the model's stride as Ultralytics does (`sizes.fit_imgsz`, with a warning), and
+    GFLOPs are counted at the size validated at, which the result gives as `imgsz`.
+    """
+    batch = check_batch(batch, autobatch=False)
     source = check_weights_file(weights)
     data = resolve_data(data)
     model = YOLO(source)
+    imgsz = fit_imgsz(imgsz, model.model)
     size = ModelSize.of(model.model, imgsz)  # before val, which fuses conv and BN in place
     metrics = model.val(
         data=data,
@@ -269,26 +320,32 @@ def validate(
         "map50_95": float(metrics.box.map),
         "params": size.params,
         "gflops": size.gflops,
+        "imgsz": imgsz,
     }
 
 
 def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> dict[str, Any]:
-    """Export a checkpoint to ONNX with Ultralytics' exporter, then check it with onnxruntime.
+    """Export a checkpoint to ONNX with Ultralytics' exporter, check it with onnxruntime, then put it in place.
 
     Ultralytics writes the file in place; here it exports a copy of the checkpoint in a temporary folder
-    beside it and renames the finished file next to the checkpoint, so a process killed mid-export never
-    leaves a partial ONNX file where a rerun would trust it. Prints and returns the file, its size and the
-    largest output difference against the torch model.
+    beside it, checks the exported file against the torch model there, and only then renames it next to the
+    checkpoint. A process killed mid-export, or a file that fails its check, never replaces the previous ONNX
+    file. `imgsz` is rounded up to the model's stride as Ultralytics does (with a warning). Prints and returns
+    the file, its size, the image size and the largest output difference against the torch model.
     """
     source = check_weights_file(weights)
     final = source.with_suffix(".onnx")
-    with tempfile.TemporaryDirectory(prefix=f".{source.stem}-export-", dir=source.parent) as tmp:
+    if len(final.name.encode()) > os.pathconf(source.parent, "PC_NAME_MAX"):
+        raise ValueError(f"'{final.name}' is too long a file name here: copy the checkpoint to a shorter name")
+    check_output_folder(source.parent, "the checkpoint's folder")
+    reference, _ = load_model(source)
+    imgsz = fit_imgsz(imgsz, reference)
+    with tempfile.TemporaryDirectory(prefix=".yoloslim-export-", dir=source.parent) as tmp:
         copy = Path(tmp) / source.name
         shutil.copyfile(source, copy)
         exported = Path(YOLO(copy).export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
+        diff = max_output_difference(exported, reference, imgsz)
         durable_replace(exported, final)
-    reference, _ = load_model(source)
-    diff = max_output_difference(final, reference, imgsz)
     size_mb = os.path.getsize(final) / 2**20
-    print(f"ONNX {final}: {size_mb:.2f} MB, largest output difference vs torch {diff:.3g}")
-    return {"onnx": final, "size_mb": size_mb, "max_diff": diff}
+    print(f"ONNX {final}: {size_mb:.2f} MB at imgsz {imgsz}, largest output difference vs torch {diff:.3g}")
+    return {"onnx": final, "size_mb": size_mb, "max_diff": diff, "imgsz": imgsz}

@@ -19,12 +19,15 @@ or not to prune", arXiv:1710.01878), applied to whole BN channels:
 - the fade and the zeros are applied after every optimizer step to the model and to its EMA (which Ultralytics
   validates and saves), and gradients of chosen channels are cleared before clipping so they take none of its budget.
 
-Exact zeros rank lowest under every importance, so `resume` chooses them again at its first plan.
+A resumed run continues the chosen set, the fades and the ranking's averages that the trainer saved beside
+`last.pt` (`state_dict`); without that file, exact zeros rank lowest under every importance, so its first plan
+chooses them again.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,6 +135,26 @@ class ChannelZeroing:
             for name, (gamma, beta) in self.start.items()
         )
         return self.amount >= self.final and faded
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on exactly where this one stopped: the chosen channels, their fades, the
+        schedule's position and the accumulated importance (a `TaylorImportance`'s averages)."""
+        state = {k: getattr(self, k) for k in ("kind", "value", "amount", "progress")}
+        state.update({k: dict(getattr(self, k)) for k in ("zeroed", "until", "start")})  # a copy: they grow
+        if hasattr(self.importance, "state_dict"):
+            state["importance"] = self.importance.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` of a run with the same target and model."""
+        if (state["kind"], state["value"]) != (self.kind, self.value):
+            raise ValueError(
+                f"the saved zeroing targets {state['kind']}={state['value']:g}, this run {self.kind}={self.value:g}"
+            )
+        for key in ("amount", "progress", "zeroed", "until", "start"):
+            setattr(self, key, state[key])
+        if "importance" in state and hasattr(self.importance, "load_state_dict"):
+            self.importance.load_state_dict(state["importance"])
 
     def _rank(self, pruner: Pruner, unit: Unit) -> torch.Tensor:
         """The importance, with the channels chosen so far below every other one (they stay chosen)."""

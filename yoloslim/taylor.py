@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from copy import deepcopy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -70,8 +70,18 @@ class TaylorImportance:
             return False
         for key, square in squares.items():
             old = self.scores.get(key)
+            if old is not None:
+                old = old.to(square.device)  # a resumed run's averages are loaded on the CPU
             self.scores[key] = square if old is None else old.mul_(self.decay).add_(square, alpha=1 - self.decay)
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averages (on the CPU) and the decay, for a resumed run to continue them."""
+        return {"decay": self.decay, "scores": {k: v.detach().cpu().clone() for k, v in self.scores.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.scores = {tuple(map(tuple, k)): v for k, v in state["scores"].items()}
 
     def __call__(self, pruner: Pruner, unit: Unit) -> torch.Tensor:
         """The unit's channel scores (higher is more important)."""

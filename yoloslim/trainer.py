@@ -14,6 +14,8 @@ Ultralytics hooks are overridden, nothing is copied from Ultralytics:
 - `build_optimizer` scales Ultralytics' learning rate by `lr_scale` (default: 0.1 for a stage that continues a
   trained .pt, 1 otherwise).
 - `save_metrics` adds the sparsity columns to `results.csv`; an `on_train_end` callback reports the target.
+- `save_model` also writes the zeroing's state beside last.pt, and `resume_training` reads it back, so a resumed
+  sparse run goes on with the same chosen channels, fades and Taylor averages.
 
 Fine-tuning can learn from a teacher (the normal-trained model) through Ultralytics' own knowledge distillation
 (`distill_model`, weight `dis`): Ultralytics wraps the model in its `DistillationModel` after `get_model`, so the
@@ -29,10 +31,12 @@ silently ignoring them.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
@@ -42,6 +46,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML,
 from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
+from yoloslim.atomic import atomic_write_bytes
 from yoloslim.channels import DEFAULT_STREAMS, UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
@@ -64,6 +69,7 @@ SLIM_ARGS: dict[str, Any] = {
 # 0.31 to 0.12 mAP50-95 within three epochs before any channel was zeroed; at a tenth it never fell below 0.29
 # (docs/RESULTS.md).
 CONTINUE_LR_SCALE = 0.1
+ZEROING_STATE = "zeroing.pt"  # beside last.pt: the state of a sparsity target's zeroing, for resume
 
 
 def register_args() -> None:
@@ -311,6 +317,11 @@ class SlimMixin:
         if pruned and not self.args.finetune:
             LOGGER.info(f"{colorstr('yoloslim:')} the model is pruned, so it is fine-tuned as it is (finetune=True)")
             self.args.finetune = True  # args.yaml is written again once the stage's defaults are fixed
+        if not pruned:
+            LOGGER.warning(
+                f"{colorstr('yoloslim:')} finetune=True on a model that yoloslim has not pruned: it trains at full "
+                "width, at the fine-tuning rate (prune it first: yoloslim prune)"
+            )
         for p in weights.parameters():
             p.requires_grad_(True)
         if verbose:
@@ -352,6 +363,32 @@ class SlimMixin:
         super().optimizer_step()
         if self.zeroing is not None:
             self.zeroing.update(self.progress(), [unwrap_model(self.model), *([self.ema.ema] if self.ema else [])])
+
+    def save_model(self):
+        """Ultralytics' checkpoints, then the zeroing's state beside them (`zeroing.pt`, tagged with the epoch of
+        last.pt), so that a resumed run goes on with the same chosen channels, fades and Taylor averages."""
+        saved = super().save_model()
+        if saved is not False and self.zeroing is not None and RANK in {-1, 0}:
+            buffer = io.BytesIO()
+            torch.save({"epoch": self.epoch, "state": self.zeroing.state_dict()}, buffer)
+            atomic_write_bytes(self.wdir / ZEROING_STATE, buffer.getvalue())
+        return saved
+
+    def resume_training(self, ckpt) -> None:
+        """Ultralytics' resume, then the zeroing's saved state where it belongs to the checkpoint resumed."""
+        super().resume_training(ckpt)
+        if ckpt is None or not self.resume or self.zeroing is None:
+            return
+        path = self.wdir / ZEROING_STATE
+        saved = torch.load(path, weights_only=False) if path.is_file() else None
+        if saved is not None and saved["epoch"] == ckpt.get("epoch"):
+            self.zeroing.load_state_dict(saved["state"])
+            LOGGER.info(f"{colorstr('yoloslim:')} resumed the zeroing at {self.zeroing.amount:.1%} ({path.name})")
+        else:
+            LOGGER.warning(
+                f"{colorstr('yoloslim:')} no zeroing state of epoch {ckpt.get('epoch', -1) + 1} beside {self.last}: "
+                "the channels it had chosen are chosen again from fresh scores (exact zeros rank lowest)"
+            )
 
     def prunable_gammas(self) -> list[nn.Parameter]:
         """The prunable gammas of the model being trained, found once from the channel graph.

@@ -1,0 +1,218 @@
+"""Bad inputs of the second reliability round (issue 20): each is a one-line error that says what to do and writes
+nothing, or is handled as the user asked, never a silent fallback or no-op (docs/RELIABILITY.md, rows 49-64)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ultralytics.utils import LOGGER
+
+from yoloslim import Pruner, prune_model, steps
+from yoloslim.checkpoint import load_model, save_checkpoint
+from yoloslim.data import resolve_data
+from yoloslim.pipeline import PipelineConfig
+
+from .conftest import build_model
+
+UNWRITABLE = Path("/sys/yoloslim-out")  # sysfs takes no new files, for root too (permission bits do not stop root)
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_ckpt, tmp_path_factory) -> Path:
+    return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("pruned"), importance="gamma")
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "yoloslim", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _one_line_error(out: subprocess.CompletedProcess, message: str) -> None:
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert message in lines[-1] and lines[-1].startswith("yoloslim "), lines[-1]
+
+
+@contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """Ultralytics' LOGGER warnings emitted inside the block (its logger does not propagate to caplog)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        yield records
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_path) -> None:
+    for args in ({"round_to": 4096}, {"min_keep": 1.0}):
+        out = tmp_path / f"noop-{next(iter(args))}"
+        with pytest.raises(ValueError, match="removes no channel.*--allow-unchanged"):
+            steps.prune(tiny_ckpt, 0.5, out, importance="gamma", **args)
+        assert not out.exists()
+    saved = steps.prune(tiny_ckpt, 0.5, tmp_path / "asked", importance="gamma", round_to=4096, allow_unchanged=True)
+    assert sum(p.numel() for p in load_model(saved)[0].parameters()) == sum(
+        p.numel() for p in load_model(tiny_ckpt)[0].parameters()
+    )
+    _one_line_error(
+        _cli("prune", "--weights", str(tiny_ckpt), "--round-to", "4096", "--importance", "gamma", "--no-val"),
+        "removes no channel",
+    )
+
+
+def test_a_plan_is_bound_to_the_widths_it_was_made_for() -> None:
+    model = build_model()
+    pruner = Pruner(model)
+    plan = pruner.plan(0.5)
+    pruner.apply(plan)
+    sliced = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="no longer has the channel counts.*build a new Pruner"):
+        pruner.apply(plan)  # was: IndexError half-way, the model left half-sliced
+    assert all(torch.equal(a, b) for a, b in zip(sliced, model.parameters(), strict=True))
+    other = build_model("yolov8s.yaml")
+    with pytest.raises(ValueError, match="made for a model with other channel counts"):
+        Pruner(other).apply(plan)
+    twin = build_model()  # a model of the same widths takes the plan (e.g. a copy of the one planned on)
+    Pruner(twin).apply(plan)
+    assert [p.shape for p in twin.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_finetune_of_an_unpruned_model_warns(tiny_ckpt, tiny_data, runs) -> None:
+    with _warnings() as warned:
+        steps.train(tiny_ckpt, tiny_data, 1, 64, 8, None, runs, "ft-unpruned", finetune=True, workers=0, val=False)
+    assert any("has not pruned" in w for w in warned), warned
+
+
+def test_missing_recorded_dataset_is_an_error_that_names_it(tiny_ckpt, tmp_path) -> None:
+    model, ckpt = load_model(tiny_ckpt)
+    moved = save_checkpoint(model, tmp_path / "moved.pt", train_args={**ckpt["train_args"], "data": "/gone/data.yaml"})
+    _one_line_error(_cli("val", "--weights", str(moved)), "was trained on '/gone/data.yaml', which is not here")
+    _one_line_error(_cli("prune", "--weights", str(moved), "--save-dir", str(tmp_path / "p")), "/gone/data.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.pt"]
+
+
+def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:
+    """A checkpoint trained on the built-in demo set records its cache path; the set is made again, byte for byte."""
+    from yoloslim.data import demo_dataset, recorded_data
+
+    original = demo_dataset(tmp_path / "cache", n_train=2, n_val=1, imgsz=64, seed=3)
+    first = sorted((p.name, p.read_bytes()) for p in original.parent.rglob("*.jpg"))
+    for p in sorted(original.parent.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    assert recorded_data(str(original), "w.pt") == str(original)
+    assert sorted((p.name, p.read_bytes()) for p in original.parent.rglob("*.jpg")) == first
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("pipeline", "--imgsz", "0"),
+        ("pipeline", "--imgsz", "-32"),
+        ("pipeline", "--batch", "-3"),
+        ("val", "--imgsz", "0"),
+        ("export", "--imgsz", "-32"),
+        ("train", "--batch", "0"),
+    ],
+)
+def test_bad_sizes_are_one_line_errors(argv) -> None:
+    _one_line_error(_cli(*argv), "must be a whole number > 0")
+
+
+def test_pipeline_sizes_are_checked_and_rounded() -> None:
+    with pytest.raises(ValueError, match="batch=-3 must be a whole number > 0"):
+        PipelineConfig(batch=-3).check()
+    with pytest.raises(ValueError, match="imgsz=0 must be"):
+        PipelineConfig(imgsz=0).check()
+    with pytest.raises(ValueError, match="epochs_sparse=0"):
+        PipelineConfig(epochs_sparse=0).check()
+    config = PipelineConfig(imgsz=100)
+    with _warnings() as warned:
+        config.check()
+    assert config.imgsz == 128 and any("not a multiple of the model's stride 32: using 128" in w for w in warned)
+
+
+def test_gamma_report_of_two_weights_with_one_file_name(tiny_ckpt, pruned, tmp_path) -> None:
+    a, b = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt"
+    for path, source in ((a, tiny_ckpt), (b, pruned)):
+        path.parent.mkdir()
+        path.write_bytes(source.read_bytes())
+    out = steps.gamma_report([a, b], tmp_path / "h.png")
+    summary = (tmp_path / "h.txt").read_text()
+    assert out.is_file() and "a/best" in summary and "b/best" in summary
+    with pytest.raises(ValueError, match="repeat a name"):
+        steps.gamma_report([a, b], tmp_path / "h2.png", labels=["x", "x"])
+    with pytest.raises(ValueError, match="is a folder"):
+        steps.gamma_report([a], tmp_path)
+    assert not (tmp_path / "h2.png").exists()
+
+
+def test_output_folders_that_cannot_be_written(tiny_ckpt, tmp_path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is an existing file, not a folder"):
+        steps.prune(tiny_ckpt, 0.5, a_file, importance="gamma")
+    assert a_file.read_text() == "x"
+    with pytest.raises(ValueError, match="cannot be written"):
+        steps.prune(tiny_ckpt, 0.5, UNWRITABLE, importance="gamma")
+    with pytest.raises(ValueError, match="cannot be written"):
+        steps.gamma_report([tiny_ckpt], UNWRITABLE / "h.png")
+    _one_line_error(_cli("prune", "--weights", str(tiny_ckpt), "--save-dir", str(a_file)), "not a folder")
+
+
+def test_bad_thread_counts_warn_and_are_ignored() -> None:
+    for value in ("²", "0", "abc", "-1"):
+        out = subprocess.run(
+            [sys.executable, "-c", "import yoloslim; print(yoloslim.runtime.THREADS)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "YOLOSLIM_THREADS": value, "OMP_NUM_THREADS": ""},
+        )
+        assert out.returncode == 0 and int(out.stdout) == len(os.sched_getaffinity(0)), out.stderr
+        assert f"YOLOSLIM_THREADS={value!r} is not a whole number > 0" in out.stderr
+
+
+def test_training_a_classification_checkpoint_is_refused(tiny_data, runs, tmp_path) -> None:
+    from ultralytics.nn.tasks import ClassificationModel
+
+    cls = save_checkpoint(ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False), tmp_path / "cls.pt")
+    with pytest.raises(ValueError, match="is a classify model: yoloslim trains the tasks"):
+        steps.train(cls, tiny_data, 1, 64, 8, None, runs, "cls-run")
+    assert not (runs / "cls-run").exists()
+
+
+def test_unwritable_cache_says_what_to_set(tiny_ckpt, monkeypatch) -> None:
+    monkeypatch.setenv("YOLOSLIM_CACHE", str(UNWRITABLE))
+    with pytest.raises(OSError, match="set YOLOSLIM_CACHE to a writable folder"):
+        resolve_data("demo")
+    out = _cli("val", "--weights", str(tiny_ckpt), "--data", "demo", env={"YOLOSLIM_CACHE": str(UNWRITABLE)})
+    _one_line_error(out, "YOLOSLIM_CACHE")
+
+
+def test_ratios_as_numpy_and_torch_scalars() -> None:
+    model = build_model()
+    sizes = [
+        sum(p.numel() for p in prune_model(model, ratio)[0].parameters())
+        for ratio in (0.5, np.float32(0.5), np.float64(0.5), torch.tensor(0.5))
+    ]
+    assert len(set(sizes)) == 1 and sizes[0] < sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="'0.5' is not a number"):
+        prune_model(model, "0.5")
+    with pytest.raises(ValueError, match="round_to=2.5 must be a whole number"):
+        Pruner(model, round_to=2.5)
