@@ -1,4 +1,5 @@
-"""Step 6b: export a checkpoint to ONNX, then check it with onnxruntime against the torch model."""
+"""Step 6b: export a checkpoint (ONNX by default; --format openvino / torchscript, --quantize 8 --data D for INT8),
+then check the artifact: FP32 against the torch model's outputs, INT8 by validating the artifact itself."""
 
 from yoloslim.cli import parser_for, run, weights_of
 

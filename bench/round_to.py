@@ -15,7 +15,7 @@ from table import emit
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model
-from yoloslim.onnxrt import side_by_side_latency_ms
+from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
 from yoloslim.report import ModelSize
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     for ckpt in models.values():
         f = ckpt.with_suffix(".onnx")
         onnx[ckpt] = f if f.exists() else steps.export(ckpt, imgsz=a.imgsz)["onnx"]
-    ms = side_by_side_latency_ms(list(onnx.values()), a.imgsz, rounds=5, repeats=a.repeats)
+    ms = side_by_side_latency_ms(onnx_runners(list(onnx.values())), a.imgsz, rounds=5, repeats=a.repeats)
     gflops = {c: ModelSize.of(load_model(c)[0], a.imgsz).gflops for c in models.values()}
     rows = []
     for (target, r), ckpt in models.items():

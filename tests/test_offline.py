@@ -29,7 +29,7 @@ import glob
 import torch
 import yoloslim
 from yoloslim import YOLO, steps
-from yoloslim.onnxrt import side_by_side_latency_ms
+from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
 data, project = sys.argv[1], sys.argv[2]
 args = dict(imgsz=64, batch=8, device="cpu", project=project)
 normal = steps.train("yolov8n.yaml", data, 1, name="train", plots=True, **args)
@@ -40,7 +40,7 @@ pruned = steps.prune(sparse, 0.3, f"{project}/prune", data=data)
 tuned = steps.train(pruned, data, 1, name="finetune", finetune=True, **args)
 steps.validate(tuned, data, imgsz=64, batch=8, project=project, name="val")
 onnx = steps.export(tuned, imgsz=64)["onnx"]
-side_by_side_latency_ms([onnx], 64, rounds=1, repeats=2)
+side_by_side_latency_ms(onnx_runners([onnx]), 64, rounds=1, repeats=2)
 print("THREADS", threads, os.cpu_count())
 fonts = glob.glob(os.path.join(os.environ["YOLO_CONFIG_DIR"], "**", "*.ttf"), recursive=True)
 print("ORT", os.environ.get("ORT_DISABLE_TELEMETRY"), "FONTS", fonts)

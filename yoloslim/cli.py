@@ -174,6 +174,18 @@ def _round_to(text: str) -> int:
     return value
 
 
+def _add_latency_target(group: Any, p: argparse.ArgumentParser, how: str) -> None:
+    """--target-latency (in the group of exclusive targets) and the --runtime it is measured on."""
+    from yoloslim.latency import RUNTIMES
+
+    group.add_argument(
+        "--target-latency",
+        type=_share("--target-latency"),
+        help=f"instead: run at this share of the unpruned model's batch-1 latency on --runtime ({how})",
+    )
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="where --target-latency is measured (CPU)")
+
+
 def _add_ranking(p: argparse.ArgumentParser) -> None:
     """The pruner's ranking flags, shared by sparse training (its zeroing) and pruning: use the same for both."""
     from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, SCRIPT_ROUND_TO
@@ -224,6 +236,7 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
                 help="instead of --sparsity: zero channels until the live ones keep this share of the GFLOPs; "
                 "prune with the same --target-gflops afterwards to remove only zeros",
             )
+            _add_latency_target(target, p, "the GFLOPs share found on the start model is the sparse target (logged)")
             _add_ranking(p)
     elif command == "gamma":
         p.add_argument("--weights", nargs="+", help="one or more .pt checkpoints (e.g. before and after sparsity)")
@@ -250,6 +263,7 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             type=_share("--target-params"),
             help="instead of a ratio: keep this share of the unpruned model's parameters",
         )
+        _add_latency_target(amount, p, "measured: each probe is pruned, exported and timed")
         _add_ranking(p)
         p.add_argument("--save-dir", help="folder for pruned.pt and the per-layer report")
         p.add_argument("--min-keep", type=float, default=0.05, help="per-layer floor, as a share of its channels")
@@ -270,6 +284,17 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             p.add_argument("--batch", type=_whole("batch"), default=16)
             p.add_argument("--device", default=None)
             p.add_argument("--project", default=PROJECT)
+        else:
+            from yoloslim.deploy import FORMATS
+
+            p.add_argument("--format", choices=FORMATS, default="onnx", help="what to export to")
+            p.add_argument(
+                "--quantize",
+                type=int,
+                choices=[8],
+                help="INT8 (onnx, openvino), calibrated on the training images of --data and validated on it",
+            )
+            p.add_argument("--data", help="dataset yaml of --quantize 8 (its train images calibrate, val validates)")
     elif command == "pipeline":
         from yoloslim.pipeline import PipelineConfig
 
@@ -351,13 +376,14 @@ def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _fill_from_checkpoint(a: argparse.Namespace) -> None:
-    """Unset --data / --imgsz default to what the checkpoint was trained with (it must be here; imgsz else 640)."""
+def _fill_from_checkpoint(a: argparse.Namespace, data: bool = True) -> None:
+    """Unset --data (if `data`) / --imgsz default to what the checkpoint was trained with (the dataset must be here;
+    imgsz else 640)."""
     from yoloslim import steps
     from yoloslim.data import recorded_data
 
     trained = steps.trained_with(a.weights)
-    if getattr(a, "data", "") is None:
+    if data and getattr(a, "data", "") is None:
         a.data = recorded_data(trained.get("data"), a.weights)
     if getattr(a, "imgsz", 0) is None:
         a.imgsz = int(trained.get("imgsz") or 640)
@@ -384,8 +410,13 @@ def _run_train(a: argparse.Namespace) -> Any:
 
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
+    ranking = ranking_args(a)
+    if a.target_latency:  # one number drives both stages: the sparse stage zeroes to the GFLOPs it stands for
+        a.target_gflops = steps.latency_target_gflops(
+            a.weights, a.target_latency, a.data, a.imgsz, a.runtime, **ranking
+        )
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
-    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking_args(a))
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking)
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -413,9 +444,8 @@ def _run_prune(a: argparse.Namespace) -> Any:
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
     if not a.no_val:
         _fill_from_checkpoint(a)
-    target = (
-        ("gflops", a.target_gflops) if a.target_gflops else ("params", a.target_params) if a.target_params else None
-    )
+    targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))
+    target = next(((kind, share) for kind, share in targets if share), None)
     return steps.prune(
         a.weights,
         None if target else a.prune_ratio,  # a target replaces the (default) ratio; both given is refused above
@@ -428,6 +458,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
         importance=a.importance,
         streams=a.streams,
         allow_unchanged=a.allow_unchanged,
+        runtime=a.runtime,
     )
 
 
@@ -440,9 +471,13 @@ def _run_val(a: argparse.Namespace) -> Any:
 
 def _run_export(a: argparse.Namespace) -> Any:
     from yoloslim import steps
+    from yoloslim.deploy import Kind
 
-    _fill_from_checkpoint(a)
-    return steps.export(a.weights, imgsz=a.imgsz)
+    _fill_from_checkpoint(a, data=False)  # INT8 asks for its calibration set; FP32 reads no data
+    kind = Kind(a.format, a.quantize or 32)
+    if a.data and not a.quantize:
+        raise ValueError("--data is the calibration set of --quantize 8: give both, or neither")
+    return steps.export(a.weights, imgsz=a.imgsz, kind=kind, data=a.data)
 
 
 def _run_pipeline(a: argparse.Namespace) -> Any:
@@ -490,7 +525,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
     "prune": (_run_prune, "prune channels by a global ranking, to a ratio or a GFLOPs / params target; save pruned.pt"),
     "finetune": (_run_finetune, "fine-tune a pruned checkpoint as it is"),
     "val": (_run_val, "validate a checkpoint"),
-    "export": (_run_export, "export a checkpoint to ONNX and check it with onnxruntime"),
+    "export": (_run_export, "export a checkpoint (ONNX, OpenVINO, TorchScript; INT8) and check the artifact"),
     "pipeline": (_run_pipeline, "the whole sequence, resumable, ending in one results table and plots"),
 }
 

@@ -31,7 +31,7 @@ from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import finished_training, readable
 from yoloslim.data import resolve_data
 from yoloslim.model import YOLO
-from yoloslim.onnxrt import side_by_side_latency_ms
+from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
 from yoloslim.sizes import check_batch, fit_imgsz
@@ -337,7 +337,7 @@ class Pipeline:
     def latencies(self, rows: list[dict[str, Any]]) -> None:
         """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
         measured = side_by_side_latency_ms(
-            [row["onnx"] for row in rows], self.cfg.imgsz, repeats=self.cfg.latency_repeats
+            onnx_runners([row["onnx"] for row in rows]), self.cfg.imgsz, repeats=self.cfg.latency_repeats
         )
         for row in rows:
             row["latency_ms"] = measured[row["onnx"]]

@@ -9,19 +9,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ultralytics.utils import LOGGER, colorstr
-from ultralytics.nn.tasks import yaml_model_load
+from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+from ultralytics.utils import LOGGER, YAML, colorstr
 
-from yoloslim.atomic import atomic_write_text, durable_replace, write_set
+from yoloslim.atomic import atomic_write_text, deferred_interrupt, durable_replace, write_set
 from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import check_weights_file, checkpoint_bytes, load_model, mark_pruned
 from yoloslim.data import recorded_data, resolve_data
+from yoloslim.deploy import Kind, output_difference, runner
+from yoloslim.latency import check_latency_target, measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
-from yoloslim.onnxrt import max_output_difference
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
@@ -185,16 +187,21 @@ def prune(
     importance: str = DEFAULT_IMPORTANCE,
     streams: bool = DEFAULT_STREAMS,
     allow_unchanged: bool = False,
+    runtime: str = "onnx",
 ) -> Path:
     """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the
-    GFLOPs); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
+    GFLOPs), or to a latency target (("latency", 0.5): run at half the unpruned model's latency on `runtime`, found by
+    measuring, `latency.py`); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
 
     The input is never modified. The three files are written as one set (`atomic.write_set`): a failure
     leaves the previous set or the new one. A prune that would remove no channel is an error unless
     `allow_unchanged` (or `ratio` 0, which asks for that). With `data`, the pruned model (before fine-tuning)
     is validated on it.
     """
-    ratio, target = check_amount(ratio, target)
+    latency = check_latency_target(target[1]) if target and target[0] == "latency" else None
+    if latency is not None:
+        Kind(runtime).check()
+    ratio, target = check_amount(ratio, ("gflops", 1.0) if latency is not None else target)
     source = check_weights_file(weights)
     save_dir = Path(save_dir)
     out = save_dir / "pruned.pt"
@@ -213,6 +220,9 @@ def prune(
             probe.plan_budget(*target)
         LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
         ranking = estimate_taylor(model, ranking_data(data, ckpt, source), imgsz, streams=streams)
+    if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
+        pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
+        target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
     pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})
     if plan.removed == 0 and ratio != 0 and not allow_unchanged:
         raise ValueError(
@@ -223,6 +233,8 @@ def prune(
     before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     _warn_if_not_sparse(model, plan.max_removed)
     info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve())}
+    if latency is not None:
+        info.update(target_latency=latency, runtime=runtime)
     info.update(threshold=plan.threshold, max_removed=plan.max_removed, removed=plan.removed, **args)
     mark_pruned(pruned, info)
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in SLIM_ARGS}
@@ -238,6 +250,39 @@ def prune(
     if data:
         validate(out, data, imgsz=imgsz, project=save_dir, name="val")
     return out
+
+
+def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> float:
+    """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
+    (measured: `latency.search_gflops`)."""
+    measure = measured_latency_ratio(pruner, imgsz, runtime)
+    search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
+    share, reached = search.best
+    LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
+    return share
+
+
+def latency_target_gflops(
+    weights: str | Path,
+    latency: float,
+    data: str | Path | None,
+    imgsz: int,
+    runtime: str = "onnx",
+    importance: str = DEFAULT_IMPORTANCE,
+    round_to: int = 1,
+    streams: bool = DEFAULT_STREAMS,
+) -> float:
+    """The `target_gflops` of sparse training that stands for a latency target: found on the start model with the
+    ranking the sparse stage uses (its trained model is ranked again as it trains, so the latency of the final prune
+    lands near, not exactly at, the target)."""
+    latency = check_latency_target(latency)
+    Kind(runtime).check()
+    model, _ = load_model(check_weights_file(weights))
+    ranking: Any = importance
+    if importance == "taylor":
+        ranking = estimate_taylor(model, resolve_data(data), imgsz, streams=streams)
+    pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, streams=streams)
+    return gflops_for_latency(pruner, latency, imgsz, runtime)
 
 
 def check_output_folder(folder: Path, flag: str) -> None:
@@ -324,28 +369,100 @@ def validate(
     }
 
 
-def export(weights: str | Path, imgsz: int = 640, opset: int | None = None) -> dict[str, Any]:
-    """Export a checkpoint to ONNX with Ultralytics' exporter, check it with onnxruntime, then put it in place.
+def export(
+    weights: str | Path,
+    imgsz: int = 640,
+    opset: int | None = None,
+    kind: str | Kind = "onnx",
+    data: str | Path | None = None,
+) -> dict[str, Any]:
+    """Export a checkpoint with Ultralytics' exporter to `kind` (`onnx`, `openvino`, `torchscript`, or `onnx-int8` /
+    `openvino-int8`, calibrated on the training images of `data`), check the artifact, then put it in place.
 
-    Ultralytics writes the file in place; here it exports a copy of the checkpoint in a temporary folder
-    beside it, checks the exported file against the torch model there, and only then renames it next to the
-    checkpoint. A process killed mid-export, or a file that fails its check, never replaces the previous ONNX
-    file. `imgsz` is rounded up to the model's stride as Ultralytics does (with a warning). Prints and returns
-    the file, its size, the image size and the largest output difference against the torch model.
+    Ultralytics writes the artifact in place; here it exports a copy of the checkpoint in a temporary folder beside
+    it, checks the artifact there, and only then renames it next to the checkpoint: a process killed mid-export, or
+    an artifact that fails its check, never replaces the previous one. An FP32 artifact is checked against the torch
+    model's outputs; an INT8 one is validated on `data` (its own mAP50-95, next to the FP32 model's). `imgsz` is
+    rounded up to the model's stride as Ultralytics does (with a warning). Prints and returns the artifact, its
+    size, the image size and the check's figures.
     """
+    kind = Kind.parse(kind) if isinstance(kind, str) else kind
+    kind.check()
     source = check_weights_file(weights)
-    final = source.with_suffix(".onnx")
+    reference, ckpt = load_model(source)
+    if kind.bits == 8:
+        data = _calibration_data(data, reference, source)
+    final = kind.artifact(source)
     if len(final.name.encode()) > os.pathconf(source.parent, "PC_NAME_MAX"):
         raise ValueError(f"'{final.name}' is too long a file name here: copy the checkpoint to a shorter name")
     check_output_folder(source.parent, "the checkpoint's folder")
-    reference, _ = load_model(source)
     imgsz = fit_imgsz(imgsz, reference)
+    args: dict[str, Any] = {"format": kind.format, "imgsz": imgsz}
+    if kind.format == "onnx":
+        args.update(opset=opset, simplify=True, dynamic=False)
+    if kind.bits == 8:
+        args.update(quantize=8, data=data, split="train")  # calibrated on training images, validated on val
     with tempfile.TemporaryDirectory(prefix=".yoloslim-export-", dir=source.parent) as tmp:
         copy = Path(tmp) / source.name
         shutil.copyfile(source, copy)
-        exported = Path(YOLO(copy).export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
-        diff = max_output_difference(exported, reference, imgsz)
-        durable_replace(exported, final)
-    size_mb = os.path.getsize(final) / 2**20
-    print(f"ONNX {final}: {size_mb:.2f} MB at imgsz {imgsz}, largest output difference vs torch {diff:.3g}")
-    return {"onnx": final, "size_mb": size_mb, "max_diff": diff, "imgsz": imgsz}
+        exported = Path(YOLO(copy).export(**args))
+        if kind.bits == 8:
+            check = {"map50_95": validate_artifact(exported, data, imgsz, reference)}
+            check["fp32_map50_95"] = validate(source, data, imgsz=imgsz, project=tmp, name="val-fp32")["map50_95"]
+            said = f"mAP50-95 {check['map50_95']:.4f} (FP32 model {check['fp32_map50_95']:.4f})"
+        else:
+            check = {"max_diff": output_difference(runner(exported, kind), reference, imgsz)}
+            said = f"largest output difference vs torch {check['max_diff']:.3g}"
+        replace_artifact(exported, final)
+    size_mb = artifact_bytes(final) / 2**20
+    print(f"{kind.name} {final}: {size_mb:.2f} MB at imgsz {imgsz}, {said}")
+    return {
+        "artifact": final,
+        "onnx": final if kind.format == "onnx" else None,
+        "kind": kind.name,
+        "size_mb": size_mb,
+        "imgsz": imgsz,
+        **check,
+    }
+
+
+def _calibration_data(data: str | Path | None, model: Any, source: Path) -> str:
+    """The dataset an INT8 export calibrates and is validated on: given, with the model's classes."""
+    if data is None:
+        raise ValueError("an INT8 export calibrates on a dataset's training images: pass --data your.yaml")
+    data = resolve_data(data)
+    names = YAML.load(data).get("names") or {}
+    if (nc := len(names)) != (model_nc := int(model.model[-1].nc)):
+        raise ValueError(
+            f"dataset '{data}' has {nc} classes but '{source}' predicts {model_nc}: calibrate on the dataset the model "
+            "was trained on"
+        )
+    return data
+
+
+def validate_artifact(path: Path, data: str, imgsz: int, model: Any) -> float:
+    """mAP50-95 of an exported artifact itself on `data` (Ultralytics runs it in its own runtime, batch 1)."""
+    metrics = YOLO(str(path), task=guess_model_task(model)).val(
+        data=data, imgsz=imgsz, batch=1, project=str(path.parent), name="val", exist_ok=True, plots=False
+    )
+    return float(metrics.box.map)
+
+
+def artifact_bytes(path: Path) -> int:
+    """The size of an artifact: a file, or every file of an OpenVINO folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def replace_artifact(new: Path, final: Path) -> None:
+    """Move the checked artifact `new` over `final`: a file atomically; a folder by moving the old one aside first
+    (a folder cannot be renamed over a non-empty one), so `final` is the old folder or the new one at any time but
+    the instant between two renames."""
+    if new.is_file():
+        durable_replace(new, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    with deferred_interrupt():
+        os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)

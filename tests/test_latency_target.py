@@ -1,0 +1,96 @@
+"""A latency budget (`--target-latency`, issue 19): the search lands on synthetic latency curves, says what the
+floors reach when they stop short, and runs the real prune-export-measure path with an injected timer (no test
+times anything)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from yoloslim import steps
+from yoloslim.checkpoint import load_model, pruned_info
+from yoloslim.latency import TOLERANCE, check_latency_target, measured_latency_ratio, search_gflops
+from yoloslim.prune import Pruner
+from yoloslim.report import ModelSize
+
+from .conftest import build_model
+from .test_bad_inputs import _cli, _one_line_error
+
+
+def lagging(share: float) -> float:
+    """A latency curve that lags GFLOPs as CPUs do (0.40x GFLOPs at 0.65x latency): 0.25 + 0.75 * share^0.7."""
+    return 0.25 + 0.75 * share**0.7
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.5, 0.7, 0.9])
+@pytest.mark.parametrize("curve", [lagging, lambda s: s, lambda s: s**1.5, lambda s: 0.5 + 0.5 * s])
+def test_search_lands_within_tolerance(ratio, curve) -> None:
+    if curve(0.05) > ratio * (1 + TOLERANCE):
+        with pytest.raises(ValueError, match="cannot be reached"):
+            search_gflops(ratio, curve, floor=0.05)
+        return
+    search = search_gflops(ratio, curve, floor=0.05)
+    share, reached = search.best
+    assert search.landed() and reached == curve(share)
+    assert len(search.probes) <= 1 + 8
+
+
+def test_search_copes_with_timing_noise() -> None:
+    """Each probe off by up to +-3%, as side-by-side medians on a shared machine are: it still lands."""
+    rng = random.Random(0)
+    for _ in range(20):
+        search = search_gflops(0.5, lambda s: lagging(s) * rng.uniform(0.97, 1.03), floor=0.05)
+        assert search.landed()
+
+
+def test_unreachable_latency_says_what_the_floors_reach() -> None:
+    with pytest.raises(ValueError, match=r"floors run at 0\.57.x .*raise the target"):
+        search_gflops(0.5, lagging, floor=0.3)
+    for bad in (0, 1.5, "half", float("nan")):
+        with pytest.raises(ValueError, match="target latency"):
+            check_latency_target(bad)
+
+
+def test_real_measuring_path_with_an_injected_timer() -> None:
+    """Prune, export and run every probe for real; the timer says every run takes 1 ms, so no probe can get faster
+    than the unpruned model and the floors are reported as unreachable, with the figure measured (1.000x)."""
+    clock = itertools.count(step=0.001)
+    pruner = Pruner(build_model(), round_to=8)
+    measure = measured_latency_ratio(pruner, imgsz=64, rounds=1, repeats=2, timer=lambda: next(clock))
+    assert measure(0.5) == 1.0
+    with pytest.raises(ValueError, match=r"cannot be reached on this runtime: the per-layer floors run at 1\.000x"):
+        search_gflops(0.5, measure, floor=pruner.min_cost_share("gflops"))
+
+
+def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    """The prune step searches with its own pruner, records the target and saves the model the search measured."""
+    probes = []
+
+    def synthetic(pruner, imgsz, runtime):
+        def latency_ratio(share):
+            probes.append(share)
+            return lagging(share)
+
+        return latency_ratio
+
+    monkeypatch.setattr(steps, "measured_latency_ratio", synthetic)
+    out = steps.prune(tiny_ckpt, None, tmp_path / "p", target=("latency", 0.6), importance="gamma", round_to=1)
+    model = load_model(out)[0]
+    info = pruned_info(model)
+    share = info["target"][1]
+    assert info["target_latency"] == 0.6 and info["runtime"] == "onnx" and info["target"][0] == "gflops"
+    assert share in probes and abs(lagging(share) / 0.6 - 1) <= TOLERANCE
+    imgsz = 64
+    kept = ModelSize.of(model, imgsz).gflops / ModelSize.of(load_model(tiny_ckpt)[0], imgsz).gflops
+    assert kept <= share + 1e-6
+
+
+def test_latency_target_cli_errors(tiny_ckpt) -> None:
+    for value in ("0", "1.5"):
+        _one_line_error(_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", value), "(0, 1]")
+    _one_line_error(
+        _cli("prune", "--weights", str(tiny_ckpt), "--target-latency", "0.5", "--target-gflops", "0.5"),
+        "not allowed with argument",
+    )

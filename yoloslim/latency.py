@@ -1,0 +1,141 @@
+"""A latency budget: find the GFLOPs share whose pruned model runs at a share `ratio` of the unpruned model's latency
+on a runtime (onnxruntime CPU, or OpenVINO), so that one number (`--target-latency 0.5`) drives pruning, or sparse
+training through its `target_gflops`.
+
+Latency does not follow GFLOPs one for one: activations, concatenations and the box decode cost time that GFLOPs do
+not count, so a model at 0.40x GFLOPs ran at 0.57x the latency (docs/RESULTS.md). The search measures instead of
+assuming. It brackets the answer between GFLOPs shares whose measured ratios lie on either side of `ratio` and
+narrows the bracket by interpolation (regula falsi with the Illinois step, robust to a curve that bends), starting
+from `ratio` itself. Each probe prunes with the same `Pruner` (so the model measured is the model that will be
+saved), exports it, and times it side by side with the unpruned model in interleaved rounds; the ratio of the
+medians cancels most of a shared machine's drift. It stops when a probe lands within `tolerance` (5%) of `ratio`,
+or says what the closest reachable ratio is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+from ultralytics.utils import LOGGER
+
+from yoloslim.checkpoint import save_checkpoint
+from yoloslim.deploy import Kind, Timer, runner, side_by_side_latency_ms
+from yoloslim.prune import Pruner, as_number
+
+RUNTIMES = ("onnx", "openvino")
+TOLERANCE = 0.05  # a probe within 5% of the asked ratio ends the search
+PROBES = 8
+
+
+def check_latency_target(ratio: object) -> float:
+    """A latency target: the share in (0, 1] of the unpruned model's latency to run at."""
+    value = as_number(ratio, "target latency")
+    if not 0 < value <= 1:
+        raise ValueError(f"target latency {ratio!r} must be in (0, 1]: e.g. 0.5 runs at half the unpruned latency")
+    return value
+
+
+@dataclass
+class LatencySearch:
+    """The probes of a search: GFLOPs share -> measured latency ratio, and the answer."""
+
+    ratio: float
+    probes: dict[float, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> tuple[float, float]:
+        """The probe whose latency ratio is closest to the target: (GFLOPs share, latency ratio)."""
+        return min(self.probes.items(), key=lambda p: (abs(p[1] - self.ratio), -p[0]))
+
+    def landed(self, tolerance: float = TOLERANCE) -> bool:
+        return abs(self.best[1] / self.ratio - 1) <= tolerance + 1e-9
+
+
+def search_gflops(
+    ratio: float,
+    latency_ratio: Callable[[float], float],
+    floor: float,
+    tolerance: float = TOLERANCE,
+    probes: int = PROBES,
+) -> LatencySearch:
+    """The GFLOPs share in [`floor`, 1] whose measured `latency_ratio(share)` (increasing in share, 1 at share 1) is
+    within `tolerance` of `ratio`. Raises ValueError, with the ratio the floors reach, when they stop short of it;
+    warns with the closest probe when `probes` run out (timing too noisy to land)."""
+    ratio = check_latency_target(ratio)
+    search = LatencySearch(ratio, {1.0: 1.0})
+    if ratio == 1:
+        return search
+    low, high = None, (1.0, 1.0)  # the probes closest to the target from below and from above (share, ratio)
+    share, moved, repeated = max(ratio, floor), "", 0
+    for _ in range(probes):
+        measured = search.probes[share] = latency_ratio(share)
+        LOGGER.info(f"yoloslim: latency search: {share:.3f}x GFLOPs runs at {measured:.3f}x the latency")
+        if search.landed(tolerance):
+            return search
+        if measured > ratio and share <= floor + 1e-9:
+            raise ValueError(
+                f"target latency {ratio:g} cannot be reached on this runtime: the per-layer floors run at "
+                f"{measured:.3f}x ({share:.3f}x GFLOPs); raise the target (or lower min_keep)"
+            )
+        side = "high" if measured > ratio else "low"
+        if side == "high":
+            previous, high = high, (share, measured)
+        else:
+            low = (share, measured)
+        repeated, moved = (repeated + 1 if side == moved else 0), side
+        if low is None:  # nothing below the target yet: extrapolate the last two probes, not past the floors
+            (s0, r0), (s1, r1) = high, previous
+            share = max(floor, s0 + (ratio - r0) * (s1 - s0) / (r1 - r0) if r1 > r0 else s0 * ratio / r0)
+            continue
+        (s0, r0), (s1, r1) = low, high
+        interpolate = repeated < 2 and r1 != r0  # regula falsi; bisect when one end has stayed put
+        share = s0 + (ratio - r0) * (s1 - s0) / (r1 - r0) if interpolate else (s0 + s1) / 2
+    share, reached = search.best
+    LOGGER.warning(
+        f"yoloslim: latency search ended at {reached:.3f}x the latency ({share:.3f}x GFLOPs), not within "
+        f"{tolerance:.0%} of {ratio:g} after {probes} probes: the timing is too noisy here; using the closest"
+    )
+    return search
+
+
+def measured_latency_ratio(
+    pruner: Pruner,
+    imgsz: int,
+    runtime: str = "onnx",
+    rounds: int = 5,
+    repeats: int = 50,
+    timer: Timer | None = None,
+) -> Callable[[float], float]:
+    """`latency_ratio(share)` for `search_gflops`: the model of `pruner` pruned to `share` of its GFLOPs, exported to
+    `runtime` with Ultralytics' exporter, timed side by side with the unpruned model (batch 1, interleaved rounds,
+    medians). The unpruned model is exported once."""
+    from yoloslim import steps
+
+    kind = Kind(runtime)
+    kind.check()
+    work = Path(tempfile.mkdtemp(prefix="yoloslim-latency-"))
+    unpruned = runner(_exported(pruner.model, work / "unpruned", imgsz, kind, steps), kind)
+    extra = {"timer": timer} if timer else {}
+
+    def latency_ratio(share: float) -> float:
+        copy = deepcopy(pruner)  # the model and the pruner's view of it, copied together
+        copy.apply(pruner.plan_budget("gflops", share))
+        folder = work / f"{share:.6f}"
+        candidate = runner(_exported(copy.model, folder, imgsz, kind, steps), kind)
+        ms = side_by_side_latency_ms({"u": unpruned, "c": candidate}, imgsz, rounds, repeats, **extra)
+        shutil.rmtree(folder, ignore_errors=True)
+        return ms["c"] / ms["u"]
+
+    return latency_ratio
+
+
+def _exported(model: nn.Module, folder: Path, imgsz: int, kind: Kind, steps) -> Path:
+    """`model` exported to `kind` under `folder` (via a checkpoint, as users export)."""
+    checkpoint = save_checkpoint(model, folder / "model.pt")
+    return steps.export(checkpoint, imgsz=imgsz, kind=kind)["artifact"]
