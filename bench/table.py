@@ -7,13 +7,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from yoloslim.atomic import atomic_write_text
+from yoloslim.report import markdown_table
 
 
 def emit(caption: str, columns: Sequence[str], rows: Iterable[Sequence[object]], out: Path | None) -> str:
     """Print a caption and a Markdown table; also write them to `out` when given. Returns the text."""
-    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    text = "\n".join(lines) + "\n"
+    text = f"{caption}\n\n{markdown_table(columns, list(rows))}"
     print(text)
     if out:
         atomic_write_text(out, text)

@@ -25,7 +25,7 @@ def _tiny(data: str, run, **settings) -> PipelineConfig:
 
 def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
     run = tmp_path / "run"
-    config = _tiny(tiny_data, run, epochs_normal=2, ratios=(0.3, 0.6), compare_at=0.6)
+    config = _tiny(tiny_data, run, epochs_normal=2, ratios=(0.3, 0.6), compare_at=0.6, deploy=("onnx-int8",))
     # a normal-training stage killed after its first epoch, as the pipeline would have started it
     train_interrupted(
         YOLO("yolov8n.yaml"),
@@ -75,6 +75,15 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
         session = onnxruntime.InferenceSession(str(row["onnx"]), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].shape == [1, 3, 64, 64] and row["latency_ms"] > 0
 
+    with open(run / "deploy.csv") as f:
+        deploy = list(csv.DictReader(f))
+    kinds = ("onnx", "onnx-int8")
+    assert [(r["model"], r["kind"]) for r in deploy] == [(p, k) for p in ("0", "0.3", "0.6") for k in kinds]
+    assert all(float(r["latency_ms"]) > 0 and 0 <= float(r["map50_95"]) <= 1 for r in deploy)
+    size = {(r["model"], r["kind"]): float(r["size_mb"]) for r in deploy}
+    assert all(size[(p, "onnx-int8")] < 0.5 * size[(p, "onnx")] for p in ("0", "0.3", "0.6"))
+    assert "latency x" in (run / "deploy.md").read_text()
+
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")}
     second = Pipeline(config)
     again = second.run()
@@ -92,6 +101,8 @@ def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:
 
 
 def test_bad_pipeline_settings() -> None:
+    with pytest.raises(ValueError, match="format 'tflite' is not one of"):
+        PipelineConfig(deploy=("tflite",)).check()
     with pytest.raises(ValueError, match="must be one of the ratios"):
         PipelineConfig(ratios=(0.5,), compare_at=0.6).check()
     with pytest.raises(ValueError, match="must be one of the targets"):

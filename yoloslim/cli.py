@@ -355,6 +355,14 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         )
         p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
         p.add_argument(
+            "--deploy",
+            nargs="*",
+            default=list(d.deploy),
+            choices=["onnx-int8", "openvino", "openvino-int8", "torchscript"],
+            help="also a deploy table: every row's model in these kinds besides FP32 ONNX (size, latency, the "
+            "artifact's own mAP50-95; INT8 calibrated on the training images)",
+        )
+        p.add_argument(
             "--train-args",
             nargs="*",
             default=[],
@@ -513,6 +521,7 @@ def _run_pipeline(a: argparse.Namespace) -> Any:
             round_to=a.round_to,
             distill=a.distill,
             latency_repeats=a.latency_repeats,
+            deploy=tuple(a.deploy),
             train_args=extra,
         )
     )

@@ -30,10 +30,11 @@ from yoloslim.atomic import atomic_write_csv, atomic_write_text
 from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import finished_training, readable
 from yoloslim.data import resolve_data
+from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.model import YOLO
-from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
+from yoloslim.report import DEPLOY_COLUMNS, deploy_rows, markdown_table
 from yoloslim.sizes import check_batch, fit_imgsz
 from yoloslim.trainer import check_slim_args, ranking_args
 
@@ -108,6 +109,8 @@ class PipelineConfig:
     round_to: int = SCRIPT_ROUND_TO
     distill: bool = False  # fine-tune with the normal-trained model as the teacher (Ultralytics' distillation)
     latency_repeats: int = 30
+    # deployable kinds besides FP32 ONNX for a deploy table of every row (onnx-int8, openvino, openvino-int8)
+    deploy: tuple[str, ...] = ()
     # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
     # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch
     train_args: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +159,8 @@ class PipelineConfig:
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         steps.check_model_source(self.weights)
+        for kind in self.deploy:
+            Kind.parse(kind)  # a known kind whose runtime is installed
         self.batch = check_batch(self.batch, autobatch=False)  # nbs is the batch here: no AutoBatch
         for name in ("epochs_normal", "epochs_sparse", "epochs_finetune", "latency_repeats"):
             if isinstance(n := getattr(self, name), bool) or not isinstance(n, int) or n < 1:
@@ -286,6 +291,8 @@ class Pipeline:
         if compare:
             same = next(row for row in rows if row["point"] == f"{c.compare_at:g}")
             self.write_table([same, *compare], rows[0], n, "comparisons", note)
+        if c.deploy:
+            self.deploy_table(rows)
         plot_map_vs_gflops(
             [
                 {
@@ -329,6 +336,24 @@ class Pipeline:
         else:
             self.onnx(pruned)
         return row
+
+    def deploy_table(self, rows: list[dict[str, Any]]) -> None:
+        """Every row's final model as each deployable kind: size, latency side by side, the artifact's own mAP."""
+        c = self.cfg
+        models = {row["point"]: row["onnx"].with_suffix(".pt") for row in rows}
+        table = steps.deploy_table(
+            models, ["onnx", *c.deploy], c.data, c.imgsz, self.dir / "deploy", repeats=c.latency_repeats
+        )
+        caption = (
+            f"Deployable artifacts of every row (imgsz {c.imgsz}, batch-1 CPU latency side by side; x = share of the "
+            "first row's FP32 ONNX latency; mAP50-95 of each artifact itself, and its change from the same model's "
+            "FP32 ONNX file)"
+        )
+        markdown = f"{caption}\n\n{markdown_table(DEPLOY_COLUMNS, deploy_rows(table))}"
+        atomic_write_text(self.dir / "deploy.md", markdown)
+        keys = ["model", "kind", "gflops", "params", "size_mb", "latency_ms", "map50_95"]
+        atomic_write_csv(self.dir / "deploy.csv", keys, table)
+        print(f"\ndeploy:\n{markdown}")
 
     def teacher(self) -> dict[str, str]:
         """Fine-tuning's teacher with `distill`: the normal-trained model, the score each row is measured against."""

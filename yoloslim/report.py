@@ -66,3 +66,35 @@ def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, target: 
 def layer_csv(changes: Sequence[LayerChange]) -> str:
     """The per-layer report as CSV text (one row per channel group)."""
     return csv_text(list(asdict(changes[0])), (asdict(c) for c in changes))
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
+
+
+DEPLOY_COLUMNS = ["model", "kind", "GFLOPs x", "MB", "latency ms", "latency x", "mAP50-95", "vs FP32 (pt)"]
+
+
+def deploy_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """The deploy table's cells: latency as a share of the first model's FP32 ONNX file (the unpruned baseline), and
+    each artifact's mAP50-95 against the same model's FP32 ONNX file (what quantization or the runtime costs)."""
+    base = next(r for r in rows if r["kind"] == "onnx")
+    fp32 = {r["model"]: r["map50_95"] for r in rows if r["kind"] == "onnx"}
+    cells = []
+    for r in rows:
+        vs = f"{100 * (r['map50_95'] - fp32[r['model']]):+.2f}" if r["model"] in fp32 else "-"
+        cells.append(
+            [
+                r["model"],
+                r["kind"],
+                f"{r['gflops'] / base['gflops']:.3f}",
+                f"{r['size_mb']:.2f}",
+                f"{r['latency_ms']:.2f}",
+                f"{r['latency_ms'] / base['latency_ms']:.3f}",
+                f"{r['map50_95']:.4f}",
+                vs,
+            ]
+        )
+    return cells

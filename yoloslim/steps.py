@@ -21,7 +21,7 @@ from yoloslim.atomic import atomic_write_text, deferred_interrupt, durable_repla
 from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import check_weights_file, checkpoint_bytes, load_model, mark_pruned
 from yoloslim.data import recorded_data, resolve_data
-from yoloslim.deploy import Kind, output_difference, runner
+from yoloslim.deploy import Kind, output_difference, runner, side_by_side_latency_ms
 from yoloslim.latency import check_latency_target, measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
@@ -195,7 +195,7 @@ def prune(
 
     The input is never modified. The three files are written as one set (`atomic.write_set`): a failure
     leaves the previous set or the new one. A prune that would remove no channel is an error unless
-    `allow_unchanged` (or `ratio` 0, which asks for that). With `data`, the pruned model (before fine-tuning)
+    `allow_unchanged` (or ratio 0 / a target of 1, which ask for that). With `data`, the pruned model (before fine-tuning)
     is validated on it.
     """
     latency = check_latency_target(target[1]) if target and target[0] == "latency" else None
@@ -224,7 +224,8 @@ def prune(
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
         target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
     pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})
-    if plan.removed == 0 and ratio != 0 and not allow_unchanged:
+    asked_nothing = ratio == 0 or (target is not None and target[1] == 1)  # ratio 0 / the whole budget: as it is
+    if plan.removed == 0 and not asked_nothing and not allow_unchanged:
         raise ValueError(
             f"pruning at {ratio if target is None else f'{target[0]}={target[1]:g}'} removes no channel "
             f"(round_to={round_to} and min_keep={min_keep:g} keep every layer whole): lower --round-to or "
@@ -424,6 +425,52 @@ def export(
         "imgsz": imgsz,
         **check,
     }
+
+
+def deploy_table(
+    models: dict[str, Path],
+    kinds: list[str],
+    data: str | Path,
+    imgsz: int,
+    work: str | Path,
+    rounds: int = 5,
+    repeats: int = 50,
+) -> list[dict[str, Any]]:
+    """For each model (label -> checkpoint, the unpruned one first) and each deployable kind: the artifact's size,
+    its batch-1 CPU latency (every artifact timed side by side in interleaved rounds, medians) and the mAP50-95 of the
+    artifact itself on `data`. The checkpoints are copied into `work`, where the artifacts are written (and reused)."""
+    data = resolve_data(data)
+    parsed = [Kind.parse(k) for k in kinds]
+    rows, runs = [], {}
+    for label, checkpoint in models.items():
+        folder = Path(work) / label
+        copy = folder / "model.pt"
+        if not copy.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(check_weights_file(checkpoint), copy)
+        reference, _ = load_model(copy)
+        size = ModelSize.of(reference, imgsz)
+        for kind in parsed:
+            artifact = kind.artifact(copy)
+            if not artifact.exists():
+                export(copy, imgsz=imgsz, kind=kind, data=data if kind.bits == 8 else None)
+            runs[(label, kind.name)] = runner(artifact, kind)
+            score = validate_artifact(artifact, data, imgsz, reference)
+            rows.append(
+                {
+                    "model": label,
+                    "kind": kind.name,
+                    "gflops": size.gflops,
+                    "params": size.params,
+                    "size_mb": artifact_bytes(artifact) / 2**20,
+                    "map50_95": score,
+                    "artifact": artifact,
+                }
+            )
+    ms = side_by_side_latency_ms(runs, imgsz, rounds, repeats)
+    for row in rows:
+        row["latency_ms"] = ms[(row["model"], row["kind"])]
+    return rows
 
 
 def _calibration_data(data: str | Path | None, model: Any, source: Path) -> str:

@@ -1,0 +1,50 @@
+"""The deploy table: for an unpruned model and pruned ones, each deployable kind (format and precision) with its file
+size, batch-1 CPU latency (every artifact timed side by side in interleaved rounds) and the mAP50-95 of the artifact
+itself. Run it while nothing else uses the CPU.
+
+    python bench/deploy.py --models unpruned=runs/x/normal/weights/best.pt 0.40x=runs/x/finetune/weights/best.pt \
+        --data datasets/hardhat/hardhat.yaml --imgsz 320 --kinds onnx onnx-int8 openvino openvino-int8 \
+        --work runs/deploy --out docs/deploy_hardhat.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yoloslim  # noqa: F401  (offline settings first)
+from table import emit, write_csv
+
+from yoloslim import steps
+from yoloslim.report import DEPLOY_COLUMNS, deploy_rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", required=True, help="LABEL=checkpoint.pt, the unpruned model first")
+    p.add_argument("--data", required=True)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--kinds", nargs="+", default=["onnx", "onnx-int8"], help="onnx, onnx-int8, openvino, ...")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--work", type=Path, default=Path("runs/deploy"), help="artifacts are written (and reused) here")
+    p.add_argument("--out", type=Path, help="Markdown table; a CSV is written beside it")
+    a = p.parse_args()
+    if "onnx" not in a.kinds:
+        p.error("--kinds must include onnx: latency and mAP are given against the FP32 ONNX file")
+    models = dict(item.split("=", 1) for item in a.models)
+    rows = steps.deploy_table(
+        {k: Path(v) for k, v in models.items()}, a.kinds, a.data, a.imgsz, a.work, a.rounds, a.repeats
+    )
+    caption = (
+        f"Deployable artifacts at imgsz {a.imgsz} on {a.data}: batch-1 CPU latency (median of {a.repeats} runs in "
+        f"{a.rounds} interleaved rounds; x = share of the unpruned FP32 ONNX file's), mAP50-95 of each artifact itself"
+    )
+    emit(caption, DEPLOY_COLUMNS, deploy_rows(rows), a.out)
+    if a.out:
+        keys = ["model", "kind", "gflops", "params", "size_mb", "latency_ms", "map50_95"]
+        write_csv(a.out.with_suffix(".csv"), keys, [[r[k] for k in keys] for r in rows])
+
+
+if __name__ == "__main__":
+    main()
