@@ -7,6 +7,7 @@ what keeps the latency ratio above the GFLOPs ratio. Run it while nothing else u
 
     python bench/latency_profile.py --baseline runs/bench-round-to/unpruned.pt \
         --pruned runs/bench-round-to/0.4-r16/pruned.pt --imgsz 320 640 --threads 0 1
+    python bench/latency_profile.py --family yolo26n.yaml --target 0.4 --imgsz 320
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ import onnxruntime
 import yoloslim  # noqa: F401  (offline settings first)
 from table import emit
 
+from ultralytics.nn.tasks import DetectionModel
+
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
+from yoloslim.checkpoint import load_model, save_checkpoint
+from yoloslim.report import ModelSize
 
 CONV = ("Conv", "ConvTranspose", "FusedConv", "NchwcConv", "QLinearConv")
 
@@ -65,16 +70,38 @@ def profile_ms(path: Path, imgsz: int, threads: int, runs: int, warmup: int = 5)
     return dict(per_op)
 
 
+def family_pair(family: str, target: float, imgsz: int, work: Path) -> tuple[Path, Path]:
+    """An untrained model of `family` and its prune to `target` of the GFLOPs, as checkpoints under `work`."""
+    folder = work / Path(family).stem
+    unpruned, pruned = folder / "unpruned.pt", folder / "pruned.pt"
+    if not pruned.exists():
+        model = DetectionModel(family, nc=80, verbose=False)
+        model.args = {"imgsz": imgsz}
+        save_checkpoint(model, unpruned, train_args={"imgsz": imgsz})
+        steps.prune(unpruned, None, folder, round_to=8, target=("gflops", target), importance="gamma")
+    return unpruned, pruned
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baseline", type=Path, required=True, help="unpruned .pt")
-    p.add_argument("--pruned", type=Path, required=True, help="pruned .pt")
+    p.add_argument("--baseline", type=Path, help="unpruned .pt")
+    p.add_argument("--pruned", type=Path, help="pruned .pt")
+    p.add_argument(
+        "--family",
+        help="instead: a model yaml (yolov8n.yaml, yolo11n.yaml, yolo26n.yaml), built untrained and pruned to "
+        "--target of its GFLOPs, round_to 8, at the first --imgsz (the structure is what latency depends on)",
+    )
+    p.add_argument("--target", type=float, default=0.4, help="GFLOPs share of the --family prune")
     p.add_argument("--imgsz", type=int, nargs="+", default=[320])
     p.add_argument("--threads", type=int, nargs="+", default=[0], help="onnxruntime intra-op threads (0 = every core)")
     p.add_argument("--runs", type=int, default=60)
     p.add_argument("--work", type=Path, default=Path("runs/bench-latency-profile"))
     p.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     a = p.parse_args()
+    if a.family:
+        a.baseline, a.pruned = family_pair(a.family, a.target, a.imgsz[0], a.work)
+    elif not (a.baseline and a.pruned):
+        p.error("give --baseline and --pruned, or --family")
     texts = []
     for imgsz in a.imgsz:
         base, pruned = onnx_at(a.baseline, imgsz, a.work), onnx_at(a.pruned, imgsz, a.work)
@@ -92,9 +119,14 @@ def main() -> None:
                 ("all nodes", f"{nodes['b']:.2f}", f"{nodes['q']:.2f}", f"{nodes['q'] / nodes['b']:.2f}"),
                 ("run (wall)", f"{b['total']:.2f}", f"{q['total']:.2f}", f"{q['total'] / b['total']:.2f}"),
             ]
+            gflops = (
+                ModelSize.of(load_model(a.pruned)[0], imgsz).gflops
+                / ModelSize.of(load_model(a.baseline)[0], imgsz).gflops
+            )
             caption = (
                 f"imgsz {imgsz}, {threads or 'all'} thread(s), mean ms per run over {a.runs} runs "
-                f"(onnxruntime {onnxruntime.__version__} node profile): {a.baseline} vs {a.pruned}"
+                f"(onnxruntime {onnxruntime.__version__} node profile): {a.baseline} vs {a.pruned}; GFLOPs "
+                f"{gflops:.3f}x, latency {q['total'] / b['total']:.3f}x: latency/GFLOPs {q['total'] / b['total'] / gflops:.2f}"
             )
             texts.append(emit(caption, ("operator", "unpruned ms", "pruned ms", "ratio"), rows, None))
     if a.out:
