@@ -1,4 +1,4 @@
-"""Channel pruning by BN-gamma importance: choose the channels to keep, then slice the weights.
+"""Channel pruning: rank the channels, choose the ones to keep (the plan), then have `surgery.py` slice the weights.
 
 Network slimming (Liu et al. 2017, arXiv:1708.06519) removes the channels whose BN scale factor is
 small, with one global threshold over all prunable channels; removing a conv's filters together with
@@ -6,7 +6,8 @@ the matching input columns of its consumers follows Li et al. 2016 (arXiv:1608.0
 
 `Pruner` is one object with a swappable importance criterion (as in Torch-Pruning). `Pruner.plan`
 returns a `PrunePlan` (the kept channels as plain data, as timm's `_prune.py` stores a pruned
-structure), and `Pruner.apply` performs the surgery that the channel graph (`channels.py`) describes.
+structure), and `Pruner.apply` hands it to the surgery (`surgery.py`) that the channel graph (`channels.py`)
+describes.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2, C2f
 
-from yoloslim.channels import DEFAULT_STREAMS, ChannelGraph, ChannelGroup, Consumer, build_graph
+from yoloslim.channels import DEFAULT_STREAMS, ChannelGraph, ChannelGroup, build_graph
 from yoloslim.cost import KINDS, CostModel, Unit, prunable_units
+from yoloslim.surgery import LayerChange, cut, plan_masks
 
 Importance = Callable[["Pruner", Unit], torch.Tensor]
 
@@ -90,16 +91,6 @@ class PrunePlan:
     def dropped(self, group: ChannelGroup) -> list[int]:
         """The channels of `group` that the plan removes (sorted indices)."""
         return sorted(set(range(group.size)) - set(self.keep[group.name]))
-
-
-@dataclass(frozen=True)
-class LayerChange:
-    """One row of the per-layer report."""
-
-    name: str
-    before: int
-    after: int
-    prunable: bool
 
 
 class Pruner:
@@ -293,7 +284,7 @@ class Pruner:
         return min(n, math.ceil(k / self.round_to) * self.round_to)
 
     def apply(self, plan: PrunePlan) -> list[LayerChange]:
-        """Slice every producer and consumer to the plan; return the per-layer changes.
+        """Slice every producer and consumer to the plan (`surgery.cut`); return the per-layer changes.
 
         The plan must be one made for a model of this model's widths, and the model must still have the widths
         this pruner read: applying a plan twice, or to another model, is refused before anything is sliced.
@@ -306,72 +297,7 @@ class Pruner:
             )
         if plan.widths is not None and plan.widths != widths:
             raise ValueError("this plan was made for a model with other channel counts: plan on this model")
-        masks = {}
-        for g in self.graph.groups.values():
-            mask = torch.zeros(g.size, dtype=torch.bool)
-            mask[plan.keep.get(g.name, list(range(g.size)))] = True
-            if not mask.any():
-                raise ValueError(
-                    f"{g.name}: the plan keeps none of its {g.size} channels; every layer keeps at least one"
-                )
-            if g.halves == 2 and mask[: g.size // 2].sum() != mask[g.size // 2 :].sum():
-                raise ValueError(f"{g.name}: C2f.cv1 halves must keep equal counts (stock chunk(2))")
-            if not g.prunable and not mask.all():
-                raise ValueError(f"{g.name} is not prunable: {g.reason}")
-            if g.link and not torch.equal(mask, masks[g.link][g.offset : g.offset + g.size]):
-                what = "the BNs of a residual stream" if g.residual else "a depthwise conv and its input"
-                raise ValueError(f"{g.name} is linked to {g.link}: {what} must keep the same channels")
-            masks[g.name] = mask
-        with torch.no_grad():
-            for c in self.graph.consumers.values():  # consumers first: folding reads the producers' unsliced BNs
-                self._slice_consumer(c, masks)
-            for g in self.graph.groups.values():
-                self._slice_producer(g, masks[g.name])
-        for m in self.model.modules():
-            if isinstance(m, (C2f, C2)):  # both chunk cv1 by their stored half width
-                m.c = m.cv1.conv.out_channels // 2
-        return [LayerChange(g.name, g.size, int(masks[g.name].sum()), g.prunable) for g in self.graph.groups.values()]
-
-    def _slice_consumer(self, c: Consumer, masks: dict[str, torch.Tensor]) -> None:
-        """Drop the input columns of removed channels, folding their constant outputs first."""
-        conv: nn.Conv2d = self.modules[c.name]
-        keep = torch.tensor([not g or bool(masks[g][i]) for g, i in c.inputs])
-        if keep.all() or c.depthwise:  # a depthwise conv loses its input channels with its outputs (the producer)
-            return
-        if self.fold:
-            removed = (~keep).nonzero().flatten().tolist()
-            constant = torch.stack([self._constant_output(*c.inputs[j]) for j in removed])
-            delta = conv.weight[:, removed].float().sum((2, 3)) @ constant  # per output channel
-            if c.has_bn:
-                bn: nn.BatchNorm2d = self.modules[c.name.removesuffix(".conv") + ".bn"]
-                bn.running_mean -= delta.to(bn.running_mean)
-            else:
-                conv.bias += delta.to(conv.bias)
-        conv.weight = nn.Parameter(conv.weight[:, keep].clone())
-        conv.in_channels = int(keep.sum())
-
-    def _constant_output(self, group: str, index: int) -> torch.Tensor:
-        """What a channel emits when its gamma is zero: `act(beta)` of its Conv block, plus, for a Bottleneck
-        cv2, what the stream it adds onto carries."""
-        g = self.graph.groups[group]
-        out = self.modules[g.conv].act(self.modules[g.name].bias[index].float())
-        return out + self._constant_output(g.residual, g.offset + index) if g.residual else out
-
-    def _slice_producer(self, g: ChannelGroup, mask: torch.Tensor) -> None:
-        """Drop the removed output filters of a Conv block and the matching BN entries."""
-        if mask.all():
-            return
-        conv: nn.Conv2d = self.modules[g.conv].conv
-        bn: nn.BatchNorm2d = self.modules[g.name]
-        conv.weight = nn.Parameter(conv.weight[mask].clone())
-        conv.out_channels = int(mask.sum())
-        if conv.groups > 1:  # depthwise: as many groups and inputs as outputs
-            conv.groups = conv.in_channels = conv.out_channels
-        bn.weight = nn.Parameter(bn.weight[mask].clone())
-        bn.bias = nn.Parameter(bn.bias[mask].clone())
-        bn.running_mean = bn.running_mean[mask].clone()
-        bn.running_var = bn.running_var[mask].clone()
-        bn.num_features = int(mask.sum())
+        return cut(self.model, self.graph, plan_masks(self.graph, plan.keep), self.fold)
 
 
 def as_number(value: Any, what: str) -> float:

@@ -10,7 +10,8 @@ from torch import nn
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 from yoloslim.atomic import csv_text
-from yoloslim.prune import LayerChange, PrunePlan
+from yoloslim.prune import PrunePlan
+from yoloslim.surgery import LayerChange
 
 
 @dataclass(frozen=True)
