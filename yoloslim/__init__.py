@@ -7,6 +7,7 @@ from yoloslim.cost import CostModel, Unit, prunable_units
 from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, cost_weighted, gamma_importance, prune_model
 from yoloslim.taylor import TaylorImportance, estimate_taylor
 from yoloslim.trainer import TRAINERS, SlimMixin, SlimTrainer
+from yoloslim import steps  # noqa: E402  (the workflow steps, after the classes they use)
 
 __all__ = [
     "YOLO",
@@ -28,4 +29,5 @@ __all__ = [
     "prunable_bn_names",
     "prunable_units",
     "prune_model",
+    "steps",
 ]

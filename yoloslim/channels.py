@@ -442,5 +442,20 @@ def build_graph(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> ChannelGra
 
 
 def prunable_bn_names(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> list[str]:
-    """Names (as `model.named_modules()` gives them) of the BNs whose gammas score prunable channels."""
+    """Names (as `model.named_modules()` gives them) of the BNs whose gammas score prunable channels.
+
+    Args:
+        model: an Ultralytics detection-family model (detect, segment, pose, OBB), not fused.
+        streams: include the BNs of Bottleneck residual streams.
+
+    Returns:
+        The BN names, in forward order.
+
+    Raises:
+        UnsupportedModuleError: a block no channel rule covers, or a fused model.
+
+    Example:
+        >>> prunable_bn_names(YOLO("yolov8n.yaml").model)[:2]
+        ['model.0.bn', 'model.1.bn']
+    """
     return [g.name for g in build_graph(model, streams).prunable]

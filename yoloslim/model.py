@@ -26,7 +26,20 @@ from yoloslim.trainer import (
 
 
 class YOLO(_UltralyticsYOLO):
-    """An Ultralytics YOLO model that trains with yoloslim's trainers (`SlimMixin` on each task's own)."""
+    """An Ultralytics YOLO model that trains with yoloslim's trainers (`SlimMixin` on each task's own).
+
+    Everything else (predict, val, export) is Ultralytics' own. `train` takes Ultralytics' arguments and yoloslim's:
+    `sr`, `sparsity` or `target_gflops`, `importance`, `streams`, `round_to`, `finetune`, `lr_scale`.
+
+    Raises:
+        ValueError: a bad slimming argument, slimming of an unsupported task, a pruned model given another task's
+            dataset, an unreachable target; all before Ultralytics creates a run folder.
+
+    Example:
+        >>> model = YOLO("yolov8n.yaml")
+        >>> model.train(data="data.yaml", epochs=100, sr=1e-2, target_gflops=0.4)
+        >>> YOLO("pruned.pt").train(data="data.yaml", epochs=50, finetune=True)
+    """
 
     @property
     def task_map(self) -> dict[str, dict[str, Any]]:

@@ -106,6 +106,13 @@ class Pruner:
             running mean, or a head conv's bias), which makes removing zero-gamma channels exact for 1x1
             consumers and close for the others.
         streams: prune the residual streams of Bottleneck shortcuts (all their BNs together); off by default.
+
+    Raises:
+        ValueError: a bad round_to, min_keep or importance name. UnsupportedModuleError: a block no rule covers.
+
+    Example:
+        >>> pruner = Pruner(model, importance="gamma", round_to=8)
+        >>> changes = pruner.apply(pruner.plan_budget("gflops", 0.4))  # model now keeps 40% of its GFLOPs
     """
 
     def __init__(
@@ -348,7 +355,20 @@ def prune_model(
 ) -> tuple[nn.Module, PrunePlan, list[LayerChange]]:
     """A pruned copy of `model` (the input is left untouched), the plan used and the per-layer changes.
 
-    Give either a channel `ratio` or a compute `target` (`("gflops", 0.4)`: keep 40% of the GFLOPs).
+    Args:
+        model: an Ultralytics detection-family model.
+        ratio: share of prunable channels to remove, in [0, 1) (a Python, NumPy or torch scalar).
+        target: instead of `ratio`, a compute budget: ("gflops", 0.4) keeps 40% of the GFLOPs, ("params", s).
+        **pruner_args: `Pruner`'s importance, round_to, min_keep, fold and streams.
+
+    Returns:
+        (the pruned copy, its `PrunePlan`, one `LayerChange` per channel group).
+
+    Raises:
+        ValueError: a bad amount or an unreachable target. UnsupportedModuleError: a block no rule covers.
+
+    Example:
+        >>> pruned, plan, changes = prune_model(YOLO("best.pt").model, target=("gflops", 0.4), round_to=8)
     """
     ratio, target = check_amount(ratio, target)
     pruned = deepcopy(model).float().eval()

@@ -74,13 +74,34 @@ def train(
     sparsity: float = 0.0,
     **overrides: Any,
 ) -> Path:
-    """Train with `SlimTrainer` (normal with sr=0, sparsity with sr>0 and/or a `sparsity` target, fine-tuning
-    with finetune=True, learning from a teacher with `distill_model=` its .pt).
+    """Train with `SlimTrainer`: normal with sr=0, sparsity with sr>0 and/or a `sparsity` target, fine-tuning
+    with finetune=True, learning from a teacher with `distill_model=` its .pt.
 
-    Returns the best checkpoint. The run folder `project/name` is reused (overwritten) so that the
-    steps' default paths chain. The learning rate and warm-up of a stage are the trainer's (`SlimMixin`): stock
-    Ultralytics for normal training, a tenth of the rate with every rate warming up from 0 for a stage that
-    continues a trained .pt.
+    The run folder `project/name` is reused (overwritten) so that the steps' default paths chain. The learning rate
+    and warm-up of a stage are the trainer's (`SlimMixin`): stock Ultralytics for normal training, a tenth of the
+    rate with every rate warming up from 0 for a stage that continues a trained .pt.
+
+    Args:
+        weights: a .pt checkpoint, or a model yaml (yolov8n.yaml).
+        data: dataset yaml; None or "demo" for the built-in synthetic set.
+        epochs, imgsz, batch, device: as Ultralytics takes them (imgsz and batch checked here: whole numbers > 0,
+            batch -1 for AutoBatch).
+        project, name: the run folder `project/name`.
+        sr: L1 penalty on prunable BN gammas per 16 images (0 = none).
+        finetune: train a pruned checkpoint as it is.
+        sparsity: share of prunable channels driven to exact zero by the end (0 = none).
+        **overrides: any other Ultralytics or yoloslim training argument (`target_gflops`, `importance`, `lr_scale`...).
+
+    Returns:
+        The best checkpoint (last.pt when no best.pt was written).
+
+    Raises:
+        ValueError: a bad slimming argument, size, model or dataset, before any run folder is made.
+        FileNotFoundError: missing weights or dataset.
+
+    Example:
+        >>> best = steps.train("yolov8n.yaml", "demo", 30, 160, 16, None, "runs/yoloslim", "normal")
+        >>> sparse = steps.train(best, "demo", 30, 160, 16, None, "runs/yoloslim", "sparse", sr=1e-2, sparsity=0.5)
     """
     check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
     imgsz, batch = check_imgsz(imgsz), check_batch(batch)
@@ -122,7 +143,21 @@ def gamma_report(
 ) -> Path:
     """Histograms of the prunable gammas of one or more checkpoints (PNG), with a text summary beside it.
 
-    With `ratio`, the plot marks the gamma threshold that pruning the last checkpoint at that ratio uses.
+    Args:
+        weights: the checkpoints, e.g. before and after sparsity training.
+        out: the PNG file to write (`out` with `.txt` gets the summary).
+        labels: one per checkpoint (default: run folder names, made unique).
+        side_by_side: one panel per checkpoint instead of overlaid histograms.
+        ratio: mark the gamma threshold that pruning the last checkpoint at this ratio uses.
+
+    Returns:
+        The PNG file.
+
+    Raises:
+        ValueError: labels that do not match the checkpoints or repeat, `out` a folder or not writable.
+
+    Example:
+        >>> steps.gamma_report(["normal/weights/best.pt", "sparse/weights/best.pt"], "gamma.png", ratio=0.5)
     """
     paths = [check_weights_file(w) for w in weights]
     labels = labels or _labels(paths)
@@ -195,8 +230,33 @@ def prune(
 
     The input is never modified. The three files are written as one set (`atomic.write_set`): a failure
     leaves the previous set or the new one. A prune that would remove no channel is an error unless
-    `allow_unchanged` (or ratio 0 / a target of 1, which ask for that). With `data`, the pruned model (before fine-tuning)
-    is validated on it.
+    `allow_unchanged` (or ratio 0 / a target of 1, which ask for that).
+
+    Args:
+        weights: the (sparse-trained) checkpoint.
+        ratio: share of prunable channels to remove, in [0, 1); None with a `target`.
+        save_dir: folder for pruned.pt, prune_report.txt and prune_layers.csv.
+        round_to: keep channel counts in multiples of this (1 = exact counts).
+        fold: fold removed channels' constant outputs into their readers (exact removal of zeroed channels).
+        min_keep: per-layer floor, as a share of the layer's channels.
+        data: validate the pruned model on it; the Taylor ranking also reads its training images (default: the
+            dataset the checkpoint was trained on).
+        target: ("gflops" | "params" | "latency", share) instead of a ratio.
+        importance: "taylor" (default), "gamma", "flops" or "sqrt-flops".
+        streams: also prune Bottleneck residual streams.
+        allow_unchanged: save even when floors and rounding leave every layer whole.
+        runtime: where a latency target is measured ("onnx" or "openvino").
+
+    Returns:
+        The path of pruned.pt.
+
+    Raises:
+        ValueError: a bad amount, an unreachable target, an unwritable folder, a prune that removes nothing.
+        UnsupportedModuleError: a block no channel rule covers.
+        FileNotFoundError: missing weights.
+
+    Example:
+        >>> steps.prune("sparse/weights/best.pt", None, "pruned/", round_to=8, target=("gflops", 0.4))
     """
     latency = check_latency_target(target[1]) if target and target[0] == "latency" else None
     if latency is not None:
@@ -341,8 +401,17 @@ def validate(
 ) -> dict[str, float]:
     """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line.
 
-    `imgsz` is rounded up to the model's stride as Ultralytics does (`sizes.fit_imgsz`, with a warning), and
-    GFLOPs are counted at the size validated at, which the result gives as `imgsz`.
+    Args:
+        weights: the checkpoint.
+        data: dataset yaml; None or "demo" for the built-in synthetic set.
+        imgsz: rounded up to the model's stride as Ultralytics does (`sizes.fit_imgsz`, with a warning).
+        batch, device, project, name: as Ultralytics' `val` takes them.
+
+    Returns:
+        mAP50, mAP50-95, parameters, GFLOPs (counted at the size validated at) and that size (`imgsz`).
+
+    Example:
+        >>> steps.validate("finetune/weights/best.pt", "data.yaml", imgsz=640)["map50_95"]
     """
     batch = check_batch(batch, autobatch=False)
     source = check_weights_file(weights)
@@ -383,9 +452,24 @@ def export(
     Ultralytics writes the artifact in place; here it exports a copy of the checkpoint in a temporary folder beside
     it, checks the artifact there, and only then renames it next to the checkpoint: a process killed mid-export, or
     an artifact that fails its check, never replaces the previous one. An FP32 artifact is checked against the torch
-    model's outputs; an INT8 one is validated on `data` (its own mAP50-95, next to the FP32 model's). `imgsz` is
-    rounded up to the model's stride as Ultralytics does (with a warning). Prints and returns the artifact, its
-    size, the image size and the check's figures.
+    model's outputs; an INT8 one is validated on `data` (its own mAP50-95, next to the FP32 model's).
+
+    Args:
+        weights: the checkpoint; the artifact is written beside it (`best.onnx`, `best_int8_openvino_model/`, ...).
+        imgsz: rounded up to the model's stride as Ultralytics does (with a warning).
+        opset: ONNX opset (default: Ultralytics' choice).
+        kind: format and precision, e.g. "onnx", "openvino-int8", or a `deploy.Kind`.
+        data: the dataset of an INT8 kind (its train split calibrates, its val split validates).
+
+    Returns:
+        `artifact`, `kind`, `size_mb`, `imgsz`, and `max_diff` (FP32) or `map50_95` and `fp32_map50_95` (INT8).
+
+    Raises:
+        ValueError: an unknown kind, a missing runtime (the openvino extra), INT8 without data or with a dataset of
+            another class count, an unwritable folder, a name too long, a failed check; nothing is written.
+
+    Example:
+        >>> steps.export("finetune/weights/best.pt", imgsz=320, kind="onnx-int8", data="data.yaml")["map50_95"]
     """
     kind = Kind.parse(kind) if isinstance(kind, str) else kind
     kind.check()

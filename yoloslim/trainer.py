@@ -220,7 +220,18 @@ def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None
 class SlimMixin:
     """The network-slimming hooks for any Ultralytics detection-family trainer: the L1 penalty (`sr`), a
     sparsity target (`sparsity` / `target_gflops`) and pruned-model fine-tuning (`finetune`). Mixed in before
-    the task's trainer (`class T(SlimMixin, SegmentationTrainer)`), so `super()` reaches the task's own steps."""
+    the task's trainer (`class T(SlimMixin, SegmentationTrainer)`), so `super()` reaches the task's own steps.
+
+    Args:
+        cfg, overrides, _callbacks: as Ultralytics' trainers take them; `overrides` may hold the `SLIM_ARGS`.
+
+    Raises:
+        ValueError: a bad slimming argument, at construction (before Ultralytics makes the run folder where it can).
+
+    Example:
+        >>> trainer = SlimTrainer(overrides={"model": "yolov8n.yaml", "data": "data.yaml", "sr": 1e-2, "sparsity": 0.5})
+        >>> trainer.train()
+    """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Validate the slimming arguments first, then set up as Ultralytics does."""
