@@ -128,10 +128,19 @@ def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:
         ("val", "--imgsz", "0"),
         ("export", "--imgsz", "-32"),
         ("train", "--batch", "0"),
+        ("train", "--epochs", "0"),
+        ("finetune", "--epochs", "-1"),
     ],
 )
 def test_bad_sizes_are_one_line_errors(argv) -> None:
     _one_line_error(_cli(*argv), "must be a whole number > 0")
+
+
+def test_steps_refuse_bad_counts(tiny_data, runs) -> None:
+    for epochs, imgsz, batch, bad in ((0, 64, 8, "epochs=0"), (1, 64.5, 8, "imgsz=64.5"), (1, 64, -3, "batch=-3")):
+        with pytest.raises(ValueError, match=f"{bad} must be a whole number > 0"):
+            steps.train("yolov8n.yaml", tiny_data, epochs, imgsz, batch, None, runs, "bad-count")
+    assert not (runs / "bad-count").exists()
 
 
 def test_pipeline_sizes_are_checked_and_rounded() -> None:

@@ -84,7 +84,7 @@ def _free_port() -> int:
 
 def test_ddp_ranks_zero_the_same_channels_as_one_process(tiny_data, tmp_path) -> None:
     mp.spawn(_train, args=(2, _free_port(), tiny_data, str(tmp_path)), nprocs=2, join=True)
-    _train(0, 1, 0, tiny_data, str(tmp_path))
+    mp.spawn(_train, args=(1, 0, tiny_data, str(tmp_path)), nprocs=1, join=True)  # its own process: one thread there
     rank0, rank1, single = (torch.load(tmp_path / f"{n}.pt") for n in ("world2-rank0", "world2-rank1", "world1-rank0"))
     assert rank0.keys() == rank1.keys() == single.keys()
     for name in rank0:

@@ -90,3 +90,6 @@ def test_bad_export_requests_write_nothing(pruned, tiny_data, tmp_path, monkeypa
     _one_line_error(_cli("export", "--weights", str(pruned), "--format", "tflite"), "invalid choice")
     _one_line_error(_cli("export", "--weights", str(pruned), "--quantize", "8"), "pass --data")
     _one_line_error(_cli("export", "--weights", str(pruned), "--quantize", "4"), "invalid choice")
+    _one_line_error(
+        _cli("export", "--weights", str(pruned), "--data", tiny_data), "the calibration set of --quantize 8"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yoloslim import atomic, steps
+from yoloslim import artifacts, atomic, steps
 from yoloslim.checkpoint import load_model, pruned_info
 
 
@@ -113,10 +113,10 @@ def test_export_replaces_the_checked_file_only_after_its_check(pruned, monkeypat
     good = steps.export(pruned, imgsz=64)
     checked = Path(good["onnx"]).read_bytes()
 
-    def failing_check(path, model, imgsz):
+    def failing_check(run, model, imgsz):
         raise ValueError("ONNX output shapes differ")
 
-    monkeypatch.setattr(steps, "max_output_difference", failing_check)
+    monkeypatch.setattr(artifacts, "output_difference", failing_check)
     with pytest.raises(ValueError, match="shapes differ"):
         steps.export(pruned, imgsz=96)
     assert Path(good["onnx"]).read_bytes() == checked
@@ -135,13 +135,14 @@ def test_export_rounds_imgsz_to_the_stride_and_checks_at_that_size(pruned) -> No
 @pytest.mark.parametrize("imgsz", [0, -32, 64.5, "64"])
 def test_export_refuses_a_size_that_is_not_a_positive_whole_number(pruned, imgsz) -> None:
     before = sorted(p.name for p in pruned.parent.iterdir())
-    with pytest.raises(ValueError, match="whole number of pixels > 0"):
+    with pytest.raises(ValueError, match="must be a whole number > 0"):
         steps.export(pruned, imgsz=imgsz)
     assert sorted(p.name for p in pruned.parent.iterdir()) == before
 
 
 def test_export_name_too_long_is_a_clear_error(pruned, tmp_path) -> None:
-    """The .onnx name is 2 bytes longer than the .pt name: a 254-byte checkpoint name cannot be exported beside it."""
+    """The .onnx name is 2 bytes longer than the .pt name: a checkpoint named with PC_NAME_MAX - 1 bytes (.pt included)
+    cannot be exported beside it."""
     long = tmp_path / ("w" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 3) + ".pt")
     long.write_bytes(pruned.read_bytes())
     with pytest.raises(ValueError, match="too long a file name"):

@@ -13,6 +13,7 @@ import io
 import os
 import secrets
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -77,7 +78,8 @@ def write_set(folder: str | Path, files: Mapping[str, bytes], last: str) -> Path
         with deferred_interrupt():
             (folder / last).unlink(missing_ok=True)
             for name in order:
-                os.replace(staged.pop(name), folder / name)
+                os.replace(staged[name], folder / name)
+                del staged[name]
             _fsync_folder(folder)
     finally:
         for tmp in staged.values():
@@ -134,3 +136,21 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_output_folder(folder: str | Path, flag: str) -> None:
+    """A folder that outputs can be written into (or created in): a one-line error before any work if not.
+
+    Writability is probed with a file created and removed at once in the folder, or in its nearest existing
+    parent when it is not there yet (permission bits do not tell about read-only mounts or immutable folders).
+    """
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} '{folder}': '{existing}' is an existing file, not a folder: choose a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".yoloslim-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} '{folder}' cannot be written ({e.strerror}): choose a writable folder") from None

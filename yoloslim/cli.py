@@ -46,7 +46,7 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "demo") -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a .pt checkpoint, or a model yaml such as yolov8n.yaml")
     _add_data(p)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=_whole("epochs"))
     p.add_argument("--imgsz", type=_whole("imgsz"), default=160)
     p.add_argument("--batch", type=_whole("batch", autobatch=True), default=16)
     p.add_argument("--device", default=None, help="cpu, 0, 0,1 ... (default: Ultralytics picks)")
@@ -148,14 +148,14 @@ def _positive(flag: str) -> Callable[[str], float]:
 
 
 def _whole(key: str, autobatch: bool = False) -> Callable[[str], int]:
-    """argparse type for --imgsz / --batch: the steps' own check (`sizes.py`), reported by argparse."""
+    """argparse type for --imgsz / --batch / --epochs: the steps' own check (`sizes.py`), reported by argparse."""
 
     def parse(text: str) -> int:
-        from yoloslim.sizes import check_batch, check_imgsz
+        from yoloslim.sizes import check_batch, check_whole
 
         try:
             value = int(text)
-            return check_batch(value, autobatch) if key == "batch" else check_imgsz(value)
+            return check_batch(value, autobatch) if key == "batch" else check_whole(key, value)
         except ValueError:
             rule = "a whole number > 0" + (" (or -1: AutoBatch)" if autobatch else "")
             raise argparse.ArgumentTypeError(f"--{key} {text!r} must be {rule}") from None
@@ -174,13 +174,25 @@ def _round_to(text: str) -> int:
     return value
 
 
+def _latency(value: str) -> float:
+    """argparse type for --target-latency: the search's own check, reported by argparse."""
+    from yoloslim.latency import check_latency_target
+
+    try:
+        return check_latency_target(float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--target-latency {value!r} must be a number in (0, 1]: the share of the unpruned model's latency, e.g. 0.5"
+        ) from None
+
+
 def _add_latency_target(group: Any, p: argparse.ArgumentParser, how: str) -> None:
     """--target-latency (in the group of exclusive targets) and the --runtime it is measured on."""
     from yoloslim.latency import RUNTIMES
 
     group.add_argument(
         "--target-latency",
-        type=_share("--target-latency"),
+        type=_latency,
         help=f"instead: run at this share of the unpruned model's batch-1 latency on --runtime ({how})",
     )
     p.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="where --target-latency is measured (CPU)")
@@ -296,6 +308,7 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
             )
             p.add_argument("--data", help="dataset yaml of --quantize 8 (its train images calibrate, val validates)")
     elif command == "pipeline":
+        from yoloslim.deploy import KINDS
         from yoloslim.pipeline import PipelineConfig
 
         d = PipelineConfig()
@@ -356,9 +369,9 @@ def _configure(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-compare", action="store_true", help="skip the two comparisons")
         p.add_argument(
             "--deploy",
-            nargs="*",
+            nargs="+",
             default=list(d.deploy),
-            choices=["onnx-int8", "openvino", "openvino-int8", "torchscript"],
+            choices=[k for k in KINDS if k != "onnx"],
             help="also a deploy table: every row's model in these kinds besides FP32 ONNX (size, latency, the "
             "artifact's own mAP50-95; INT8 calibrated on the training images)",
         )

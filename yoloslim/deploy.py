@@ -28,7 +28,8 @@ Timer = Callable[[], float]
 
 FORMATS = ("onnx", "openvino", "torchscript")
 INT8_FORMATS = ("onnx", "openvino")
-EXTRA = {"openvino": ("openvino", "openvino"), "nncf": ("openvino", "nncf")}  # module -> (pip extra, why)
+EXTRA = {"openvino": "openvino", "nncf": "openvino"}  # the runtime's module -> the pip extra that installs it
+KINDS = [f if b == 32 else f"{f}-int8" for f in FORMATS for b in (32, 8) if b == 32 or f in INT8_FORMATS]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Kind:
         needed += ["nncf"] if self.format == "openvino" and self.bits == 8 else []
         for module in needed:
             if importlib.util.find_spec(module) is None:
-                extra = EXTRA[module][0]
+                extra = EXTRA[module]
                 raise ValueError(
                     f"{self.name} needs the '{module}' package, which is not installed: pip install -e \".[{extra}]\""
                 )
@@ -92,14 +93,15 @@ def runner(path: str | Path, kind: Kind) -> Runner:
     if kind.format == "onnx":
         sess = onnx_session(path)
         name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})
+        return _with_channels(lambda x: sess.run(None, {name: x}), sess.get_inputs()[0].shape[1])
     if kind.format == "openvino":
         import openvino
 
         # an FP32 model runs in FP32: OpenVINO would pick bf16 on CPUs that have it (measured 0.14 px off at 64 px)
         config = {"INFERENCE_PRECISION_HINT": "f32"} if kind.bits == 32 else {}
         compiled = openvino.Core().compile_model(str(next(path.glob("*.xml"))), "CPU", config)
-        return lambda x: [np.asarray(v) for v in compiled(x).values()]
+        channels = compiled.inputs[0].get_partial_shape()[1].get_length()
+        return _with_channels(lambda x: [np.asarray(v) for v in compiled(x).values()], channels)
     module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(x: np.ndarray) -> list[np.ndarray]:
@@ -107,7 +109,19 @@ def runner(path: str | Path, kind: Kind) -> Runner:
             out = module(torch.from_numpy(x))
         return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
 
+    return _with_channels(run, _torchscript_channels(module))
+
+
+def _with_channels(run: Runner, channels: int) -> Runner:
+    """`run`, with the number of image channels its input takes (`run.channels`), for latency inputs."""
+    run.channels = int(channels)
     return run
+
+
+def _torchscript_channels(module: torch.jit.ScriptModule) -> int:
+    """The image channels of a TorchScript model: its first conv's input channels."""
+    weight = next(p for p in module.parameters() if p.dim() == 4)
+    return int(weight.shape[1])
 
 
 def output_difference(run: Runner, model: nn.Module, imgsz: int, seed: int = 0) -> float:
@@ -127,11 +141,10 @@ def output_difference(run: Runner, model: nn.Module, imgsz: int, seed: int = 0) 
     return max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
 
 
-def latency_ms(
-    run: Runner, imgsz: int, channels: int = 3, warmup: int = 5, repeats: int = 30, timer: Timer = time.perf_counter
-) -> float:
-    """Median latency of one image (batch 1) in milliseconds, after `warmup` runs, over `repeats` runs."""
-    x = np.random.default_rng(0).random((1, channels, imgsz, imgsz), dtype=np.float32)
+def latency_ms(run: Runner, imgsz: int, warmup: int = 5, repeats: int = 30, timer: Timer = time.perf_counter) -> float:
+    """Median latency of one image (batch 1, the runner's channels) in milliseconds, after `warmup` runs, over
+    `repeats` runs."""
+    x = np.random.default_rng(0).random((1, getattr(run, "channels", 3), imgsz, imgsz), dtype=np.float32)
     for _ in range(warmup):
         run(x)
     times = []

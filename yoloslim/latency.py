@@ -5,8 +5,8 @@ training through its `target_gflops`.
 Latency does not follow GFLOPs one for one: activations, concatenations and the box decode cost time that GFLOPs do
 not count, so a model at 0.40x GFLOPs ran at 0.57x the latency (docs/RESULTS.md). The search measures instead of
 assuming. It brackets the answer between GFLOPs shares whose measured ratios lie on either side of `ratio` and
-narrows the bracket by interpolation (regula falsi with the Illinois step, robust to a curve that bends), starting
-from `ratio` itself. Each probe prunes with the same `Pruner` (so the model measured is the model that will be
+narrows the bracket by interpolation (regula falsi, bisecting when one end stays put, so a curve that bends cannot
+stall it), starting from `ratio` itself. Each probe prunes with the same `Pruner` (so the model measured is the model that will be
 saved), exports it, and times it side by side with the unpruned model in interleaved rounds; the ratio of the
 medians cancels most of a shared machine's drift. It stops when a probe lands within `tolerance` (5%) of `ratio`,
 or says what the closest reachable ratio is.
@@ -15,7 +15,6 @@ or says what the closest reachable ratio is.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -24,9 +23,11 @@ from pathlib import Path
 from torch import nn
 from ultralytics.utils import LOGGER
 
+from yoloslim.artifacts import export
 from yoloslim.checkpoint import save_checkpoint
 from yoloslim.deploy import Kind, Timer, runner, side_by_side_latency_ms
 from yoloslim.prune import Pruner, as_number
+from yoloslim.sizes import fit_imgsz
 
 RUNTIMES = ("onnx", "openvino")
 TOLERANCE = 0.05  # a probe within 5% of the asked ratio ends the search
@@ -107,35 +108,35 @@ def search_gflops(
 def measured_latency_ratio(
     pruner: Pruner,
     imgsz: int,
+    work: Path,
     runtime: str = "onnx",
     rounds: int = 5,
     repeats: int = 50,
     timer: Timer | None = None,
 ) -> Callable[[float], float]:
     """`latency_ratio(share)` for `search_gflops`: the model of `pruner` pruned to `share` of its GFLOPs, exported to
-    `runtime` with Ultralytics' exporter, timed side by side with the unpruned model (batch 1, interleaved rounds,
-    medians). The unpruned model is exported once."""
-    from yoloslim import steps
-
+    `runtime` with Ultralytics' exporter (in `work`, which the caller removes), timed side by side with the unpruned
+    model (batch 1, interleaved rounds, medians). The unpruned model is exported once."""
     kind = Kind(runtime)
     kind.check()
-    work = Path(tempfile.mkdtemp(prefix="yoloslim-latency-"))
-    unpruned = runner(_exported(pruner.model, work / "unpruned", imgsz, kind, steps), kind)
+    imgsz = fit_imgsz(imgsz, pruner.model)
+    unpruned = runner(_exported(pruner.model, Path(work) / "unpruned", imgsz, kind), kind)
     extra = {"timer": timer} if timer else {}
 
     def latency_ratio(share: float) -> float:
         copy = deepcopy(pruner)  # the model and the pruner's view of it, copied together
         copy.apply(pruner.plan_budget("gflops", share))
-        folder = work / f"{share:.6f}"
-        candidate = runner(_exported(copy.model, folder, imgsz, kind, steps), kind)
-        ms = side_by_side_latency_ms({"u": unpruned, "c": candidate}, imgsz, rounds, repeats, **extra)
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = Path(work) / f"{share:.6f}"
+        try:
+            candidate = runner(_exported(copy.model, folder, imgsz, kind), kind)
+            ms = side_by_side_latency_ms({"u": unpruned, "c": candidate}, imgsz, rounds, repeats, **extra)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         return ms["c"] / ms["u"]
 
     return latency_ratio
 
 
-def _exported(model: nn.Module, folder: Path, imgsz: int, kind: Kind, steps) -> Path:
+def _exported(model: nn.Module, folder: Path, imgsz: int, kind: Kind) -> Path:
     """`model` exported to `kind` under `folder` (via a checkpoint, as users export)."""
-    checkpoint = save_checkpoint(model, folder / "model.pt")
-    return steps.export(checkpoint, imgsz=imgsz, kind=kind)["artifact"]
+    return export(save_checkpoint(model, folder / "model.pt"), imgsz=imgsz, kind=kind)["artifact"]

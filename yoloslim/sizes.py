@@ -17,11 +17,17 @@ from torch import nn
 from ultralytics.utils import LOGGER
 
 
+def check_whole(name: str, value: Any) -> int:
+    """A count that must be a whole number > 0 (epochs; imgsz, in pixels)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        example = {"imgsz": "640 (pixels)", "epochs": "30"}.get(name, "1")
+        raise ValueError(f"{name}={value!r} must be a whole number > 0, e.g. {example}")
+    return int(value)
+
+
 def check_imgsz(imgsz: Any) -> int:
     """An image size: a whole number of pixels > 0."""
-    if isinstance(imgsz, bool) or not isinstance(imgsz, numbers.Integral) or imgsz <= 0:
-        raise ValueError(f"imgsz={imgsz!r} must be a whole number of pixels > 0, e.g. 640")
-    return int(imgsz)
+    return check_whole("imgsz", imgsz)
 
 
 def check_batch(batch: Any, autobatch: bool = True) -> int:

@@ -6,28 +6,27 @@ to fix), and returns the file or figures it produced.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ultralytics.nn.tasks import guess_model_task, yaml_model_load
-from ultralytics.utils import LOGGER, YAML, colorstr
+from ultralytics.nn.tasks import yaml_model_load
+from ultralytics.utils import LOGGER, colorstr
 
-from yoloslim.atomic import atomic_write_text, deferred_interrupt, durable_replace, write_set
+from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
+from yoloslim.atomic import atomic_write_text, check_output_folder, write_set
 from yoloslim.channels import DEFAULT_STREAMS
 from yoloslim.checkpoint import check_weights_file, checkpoint_bytes, load_model, mark_pruned
 from yoloslim.data import recorded_data, resolve_data
-from yoloslim.deploy import Kind, output_difference, runner, side_by_side_latency_ms
+from yoloslim.deploy import Kind
 from yoloslim.latency import check_latency_target, measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
 from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
-from yoloslim.sizes import check_batch, check_imgsz, fit_imgsz
+from yoloslim.sizes import check_batch, check_imgsz, check_whole, fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
 from yoloslim.trainer import SLIM_ARGS, TRAINERS, check_slim_args
@@ -104,7 +103,7 @@ def train(
         >>> sparse = steps.train(best, "demo", 30, 160, 16, None, "runs/yoloslim", "sparse", sr=1e-2, sparsity=0.5)
     """
     check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
-    imgsz, batch = check_imgsz(imgsz), check_batch(batch)
+    epochs, imgsz, batch = check_whole("epochs", epochs), check_imgsz(imgsz), check_batch(batch)
     source = check_model_source(weights)
     run = Path(_project(project)) / name
     if Path(source).resolve().is_relative_to(run):
@@ -316,8 +315,9 @@ def prune(
 def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> float:
     """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
     (measured: `latency.search_gflops`)."""
-    measure = measured_latency_ratio(pruner, imgsz, runtime)
-    search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
+    with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
+        measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime)
+        search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
     share, reached = search.best
     LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
     return share
@@ -339,28 +339,12 @@ def latency_target_gflops(
     latency = check_latency_target(latency)
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
+    imgsz = fit_imgsz(imgsz, model)
     ranking: Any = importance
     if importance == "taylor":
         ranking = estimate_taylor(model, resolve_data(data), imgsz, streams=streams)
     pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, streams=streams)
     return gflops_for_latency(pruner, latency, imgsz, runtime)
-
-
-def check_output_folder(folder: Path, flag: str) -> None:
-    """A folder that outputs can be written into (or created in): a one-line error before any work if not.
-
-    Writability is probed with a file created and removed at once in the folder, or in its nearest existing
-    parent when it is not there yet (permission bits do not tell about read-only mounts or immutable folders).
-    """
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{flag} '{folder}': '{existing}' is an existing file, not a folder: choose a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".yoloslim-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{flag} '{folder}' cannot be written ({e.strerror}): choose a writable folder") from None
 
 
 def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path) -> str:
@@ -437,163 +421,3 @@ def validate(
         "gflops": size.gflops,
         "imgsz": imgsz,
     }
-
-
-def export(
-    weights: str | Path,
-    imgsz: int = 640,
-    opset: int | None = None,
-    kind: str | Kind = "onnx",
-    data: str | Path | None = None,
-) -> dict[str, Any]:
-    """Export a checkpoint with Ultralytics' exporter to `kind` (`onnx`, `openvino`, `torchscript`, or `onnx-int8` /
-    `openvino-int8`, calibrated on the training images of `data`), check the artifact, then put it in place.
-
-    Ultralytics writes the artifact in place; here it exports a copy of the checkpoint in a temporary folder beside
-    it, checks the artifact there, and only then renames it next to the checkpoint: a process killed mid-export, or
-    an artifact that fails its check, never replaces the previous one. An FP32 artifact is checked against the torch
-    model's outputs; an INT8 one is validated on `data` (its own mAP50-95, next to the FP32 model's).
-
-    Args:
-        weights: the checkpoint; the artifact is written beside it (`best.onnx`, `best_int8_openvino_model/`, ...).
-        imgsz: rounded up to the model's stride as Ultralytics does (with a warning).
-        opset: ONNX opset (default: Ultralytics' choice).
-        kind: format and precision, e.g. "onnx", "openvino-int8", or a `deploy.Kind`.
-        data: the dataset of an INT8 kind (its train split calibrates, its val split validates).
-
-    Returns:
-        `artifact`, `kind`, `size_mb`, `imgsz`, and `max_diff` (FP32) or `map50_95` and `fp32_map50_95` (INT8).
-
-    Raises:
-        ValueError: an unknown kind, a missing runtime (the openvino extra), INT8 without data or with a dataset of
-            another class count, an unwritable folder, a name too long, a failed check; nothing is written.
-
-    Example:
-        >>> steps.export("finetune/weights/best.pt", imgsz=320, kind="onnx-int8", data="data.yaml")["map50_95"]
-    """
-    kind = Kind.parse(kind) if isinstance(kind, str) else kind
-    kind.check()
-    source = check_weights_file(weights)
-    reference, ckpt = load_model(source)
-    if kind.bits == 8:
-        data = _calibration_data(data, reference, source)
-    final = kind.artifact(source)
-    if len(final.name.encode()) > os.pathconf(source.parent, "PC_NAME_MAX"):
-        raise ValueError(f"'{final.name}' is too long a file name here: copy the checkpoint to a shorter name")
-    check_output_folder(source.parent, "the checkpoint's folder")
-    imgsz = fit_imgsz(imgsz, reference)
-    args: dict[str, Any] = {"format": kind.format, "imgsz": imgsz}
-    if kind.format == "onnx":
-        args.update(opset=opset, simplify=True, dynamic=False)
-    if kind.bits == 8:
-        args.update(quantize=8, data=data, split="train")  # calibrated on training images, validated on val
-    with tempfile.TemporaryDirectory(prefix=".yoloslim-export-", dir=source.parent) as tmp:
-        copy = Path(tmp) / source.name
-        shutil.copyfile(source, copy)
-        exported = Path(YOLO(copy).export(**args))
-        if kind.bits == 8:
-            check = {"map50_95": validate_artifact(exported, data, imgsz, reference)}
-            check["fp32_map50_95"] = validate(source, data, imgsz=imgsz, project=tmp, name="val-fp32")["map50_95"]
-            said = f"mAP50-95 {check['map50_95']:.4f} (FP32 model {check['fp32_map50_95']:.4f})"
-        else:
-            check = {"max_diff": output_difference(runner(exported, kind), reference, imgsz)}
-            said = f"largest output difference vs torch {check['max_diff']:.3g}"
-        replace_artifact(exported, final)
-    size_mb = artifact_bytes(final) / 2**20
-    print(f"{kind.name} {final}: {size_mb:.2f} MB at imgsz {imgsz}, {said}")
-    return {
-        "artifact": final,
-        "onnx": final if kind.format == "onnx" else None,
-        "kind": kind.name,
-        "size_mb": size_mb,
-        "imgsz": imgsz,
-        **check,
-    }
-
-
-def deploy_table(
-    models: dict[str, Path],
-    kinds: list[str],
-    data: str | Path,
-    imgsz: int,
-    work: str | Path,
-    rounds: int = 5,
-    repeats: int = 50,
-) -> list[dict[str, Any]]:
-    """For each model (label -> checkpoint, the unpruned one first) and each deployable kind: the artifact's size,
-    its batch-1 CPU latency (every artifact timed side by side in interleaved rounds, medians) and the mAP50-95 of the
-    artifact itself on `data`. The checkpoints are copied into `work`, where the artifacts are written (and reused)."""
-    data = resolve_data(data)
-    parsed = [Kind.parse(k) for k in kinds]
-    rows, runs = [], {}
-    for label, checkpoint in models.items():
-        folder = Path(work) / label
-        copy = folder / "model.pt"
-        if not copy.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(check_weights_file(checkpoint), copy)
-        reference, _ = load_model(copy)
-        size = ModelSize.of(reference, imgsz)
-        for kind in parsed:
-            artifact = kind.artifact(copy)
-            if not artifact.exists():
-                export(copy, imgsz=imgsz, kind=kind, data=data if kind.bits == 8 else None)
-            runs[(label, kind.name)] = runner(artifact, kind)
-            score = validate_artifact(artifact, data, imgsz, reference)
-            rows.append(
-                {
-                    "model": label,
-                    "kind": kind.name,
-                    "gflops": size.gflops,
-                    "params": size.params,
-                    "size_mb": artifact_bytes(artifact) / 2**20,
-                    "map50_95": score,
-                    "artifact": artifact,
-                }
-            )
-    ms = side_by_side_latency_ms(runs, imgsz, rounds, repeats)
-    for row in rows:
-        row["latency_ms"] = ms[(row["model"], row["kind"])]
-    return rows
-
-
-def _calibration_data(data: str | Path | None, model: Any, source: Path) -> str:
-    """The dataset an INT8 export calibrates and is validated on: given, with the model's classes."""
-    if data is None:
-        raise ValueError("an INT8 export calibrates on a dataset's training images: pass --data your.yaml")
-    data = resolve_data(data)
-    names = YAML.load(data).get("names") or {}
-    if (nc := len(names)) != (model_nc := int(model.model[-1].nc)):
-        raise ValueError(
-            f"dataset '{data}' has {nc} classes but '{source}' predicts {model_nc}: calibrate on the dataset the model "
-            "was trained on"
-        )
-    return data
-
-
-def validate_artifact(path: Path, data: str, imgsz: int, model: Any) -> float:
-    """mAP50-95 of an exported artifact itself on `data` (Ultralytics runs it in its own runtime, batch 1)."""
-    metrics = YOLO(str(path), task=guess_model_task(model)).val(
-        data=data, imgsz=imgsz, batch=1, project=str(path.parent), name="val", exist_ok=True, plots=False
-    )
-    return float(metrics.box.map)
-
-
-def artifact_bytes(path: Path) -> int:
-    """The size of an artifact: a file, or every file of an OpenVINO folder."""
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def replace_artifact(new: Path, final: Path) -> None:
-    """Move the checked artifact `new` over `final`: a file atomically; a folder by moving the old one aside first
-    (a folder cannot be renamed over a non-empty one), so `final` is the old folder or the new one at any time but
-    the instant between two renames."""
-    if new.is_file():
-        durable_replace(new, final)
-        return
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    with deferred_interrupt():
-        os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)

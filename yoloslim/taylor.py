@@ -80,6 +80,7 @@ class TaylorImportance:
         return {"decay": self.decay, "scores": {k: v.detach().cpu().clone() for k, v in self.scores.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the averages of `state_dict()` (they move to the gradients' device at the next step)."""
         self.decay = state["decay"]
         self.scores = {tuple(map(tuple, k)): v for k, v in state["scores"].items()}
 
