@@ -49,12 +49,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Call `write(file)` on a temporary file next to `path`, then move it durably over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _staged(path, write)
+    tmp = _staged(path, write)  # flushed to disk already
     try:
-        durable_replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
 
 
