@@ -16,7 +16,7 @@ import yoloslim  # noqa: F401  (offline settings first)
 from table import emit, write_csv
 
 from yoloslim import steps
-from yoloslim.report import DEPLOY_COLUMNS, deploy_rows
+from yoloslim.report import DEPLOY_COLUMNS, DEPLOY_FIELDS, deploy_rows
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
     )
     emit(caption, DEPLOY_COLUMNS, deploy_rows(rows), a.out)
     if a.out:
-        keys = ["model", "kind", "gflops", "params", "size_mb", "latency_ms", "map50_95"]
-        write_csv(a.out.with_suffix(".csv"), keys, [[r[k] for k in keys] for r in rows])
+        write_csv(a.out.with_suffix(".csv"), DEPLOY_FIELDS, [[r[k] for k in DEPLOY_FIELDS] for r in rows])
 
 
 if __name__ == "__main__":

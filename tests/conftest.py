@@ -59,6 +59,24 @@ def stock_predict(weights: Path) -> str:
     return out.stdout
 
 
+def yoloslim_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m yoloslim ARGV` in a child process (with `env` added), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "yoloslim", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, message: str) -> None:
+    """The command failed with `message` on its last line, `yoloslim <step>: ...`, and no traceback."""
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert message in lines[-1] and lines[-1].startswith("yoloslim "), lines[-1]
+
+
 class Interrupt(Exception):
     """Stands in for a run killed after its first checkpoint."""
 

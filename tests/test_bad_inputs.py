@@ -21,7 +21,7 @@ from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.pipeline import PipelineConfig
 
-from .conftest import build_model
+from .conftest import assert_one_line_error, build_model, yoloslim_cli
 
 UNWRITABLE = Path("/sys/yoloslim-out")  # sysfs takes no new files, for root too (permission bits do not stop root)
 
@@ -29,22 +29,6 @@ UNWRITABLE = Path("/sys/yoloslim-out")  # sysfs takes no new files, for root too
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
     return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("pruned"), importance="gamma")
-
-
-def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "yoloslim", *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def _one_line_error(out: subprocess.CompletedProcess, message: str) -> None:
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
-    assert message in lines[-1] and lines[-1].startswith("yoloslim "), lines[-1]
 
 
 @contextmanager
@@ -70,8 +54,8 @@ def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_pa
     assert sum(p.numel() for p in load_model(saved)[0].parameters()) == sum(
         p.numel() for p in load_model(tiny_ckpt)[0].parameters()
     )
-    _one_line_error(
-        _cli("prune", "--weights", str(tiny_ckpt), "--round-to", "4096", "--importance", "gamma", "--no-val"),
+    assert_one_line_error(
+        yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--round-to", "4096", "--importance", "gamma", "--no-val"),
         "removes no channel",
     )
 
@@ -102,8 +86,12 @@ def test_finetune_of_an_unpruned_model_warns(tiny_ckpt, tiny_data, runs) -> None
 def test_missing_recorded_dataset_is_an_error_that_names_it(tiny_ckpt, tmp_path) -> None:
     model, ckpt = load_model(tiny_ckpt)
     moved = save_checkpoint(model, tmp_path / "moved.pt", train_args={**ckpt["train_args"], "data": "/gone/data.yaml"})
-    _one_line_error(_cli("val", "--weights", str(moved)), "was trained on '/gone/data.yaml', which is not here")
-    _one_line_error(_cli("prune", "--weights", str(moved), "--save-dir", str(tmp_path / "p")), "/gone/data.yaml")
+    assert_one_line_error(
+        yoloslim_cli("val", "--weights", str(moved)), "was trained on '/gone/data.yaml', which is not here"
+    )
+    assert_one_line_error(
+        yoloslim_cli("prune", "--weights", str(moved), "--save-dir", str(tmp_path / "p")), "/gone/data.yaml"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.pt"]
 
 
@@ -133,7 +121,7 @@ def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:
     ],
 )
 def test_bad_sizes_are_one_line_errors(argv) -> None:
-    _one_line_error(_cli(*argv), "must be a whole number > 0")
+    assert_one_line_error(yoloslim_cli(*argv), "must be a whole number > 0")
 
 
 def test_steps_refuse_bad_counts(tiny_data, runs) -> None:
@@ -181,7 +169,7 @@ def test_output_folders_that_cannot_be_written(tiny_ckpt, tmp_path) -> None:
         steps.prune(tiny_ckpt, 0.5, UNWRITABLE, importance="gamma")
     with pytest.raises(ValueError, match="cannot be written"):
         steps.gamma_report([tiny_ckpt], UNWRITABLE / "h.png")
-    _one_line_error(_cli("prune", "--weights", str(tiny_ckpt), "--save-dir", str(a_file)), "not a folder")
+    assert_one_line_error(yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--save-dir", str(a_file)), "not a folder")
 
 
 def test_bad_thread_counts_warn_and_are_ignored() -> None:
@@ -210,8 +198,8 @@ def test_unwritable_cache_says_what_to_set(tiny_ckpt, monkeypatch) -> None:
     monkeypatch.setenv("YOLOSLIM_CACHE", str(UNWRITABLE))
     with pytest.raises(OSError, match="set YOLOSLIM_CACHE to a writable folder"):
         resolve_data("demo")
-    out = _cli("val", "--weights", str(tiny_ckpt), "--data", "demo", env={"YOLOSLIM_CACHE": str(UNWRITABLE)})
-    _one_line_error(out, "YOLOSLIM_CACHE")
+    out = yoloslim_cli("val", "--weights", str(tiny_ckpt), "--data", "demo", env={"YOLOSLIM_CACHE": str(UNWRITABLE)})
+    assert_one_line_error(out, "YOLOSLIM_CACHE")
 
 
 def test_ratios_as_numpy_and_torch_scalars() -> None:

@@ -14,7 +14,8 @@ import yaml
 from yoloslim import deploy, steps
 from yoloslim.deploy import Kind, runner
 
-from .test_bad_inputs import _cli, _one_line_error
+from .conftest import assert_one_line_error, yoloslim_cli
+
 
 HAS_OPENVINO = all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
 
@@ -87,9 +88,9 @@ def test_bad_export_requests_write_nothing(pruned, tiny_data, tmp_path, monkeypa
     with pytest.raises(ValueError, match=r'needs the \'openvino\' package.*pip install -e "\.\[openvino\]"'):
         steps.export(pruned, imgsz=64, kind="openvino")
     assert sorted(p.name for p in pruned.parent.iterdir()) == before
-    _one_line_error(_cli("export", "--weights", str(pruned), "--format", "tflite"), "invalid choice")
-    _one_line_error(_cli("export", "--weights", str(pruned), "--quantize", "8"), "pass --data")
-    _one_line_error(_cli("export", "--weights", str(pruned), "--quantize", "4"), "invalid choice")
-    _one_line_error(
-        _cli("export", "--weights", str(pruned), "--data", tiny_data), "the calibration set of --quantize 8"
+    assert_one_line_error(yoloslim_cli("export", "--weights", str(pruned), "--format", "tflite"), "invalid choice")
+    assert_one_line_error(yoloslim_cli("export", "--weights", str(pruned), "--quantize", "8"), "pass --data")
+    assert_one_line_error(yoloslim_cli("export", "--weights", str(pruned), "--quantize", "4"), "invalid choice")
+    assert_one_line_error(
+        yoloslim_cli("export", "--weights", str(pruned), "--data", tiny_data), "the calibration set of --quantize 8"
     )

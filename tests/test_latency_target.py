@@ -15,8 +15,7 @@ from yoloslim.latency import TOLERANCE, check_latency_target, measured_latency_r
 from yoloslim.prune import Pruner
 from yoloslim.report import ModelSize
 
-from .conftest import build_model
-from .test_bad_inputs import _cli, _one_line_error
+from .conftest import assert_one_line_error, build_model, yoloslim_cli
 
 
 def lagging(share: float) -> float:
@@ -88,8 +87,8 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
 
 def test_latency_target_cli_errors(tiny_ckpt) -> None:
     for value in ("0", "1.5"):
-        _one_line_error(_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", value), "(0, 1]")
-    _one_line_error(
-        _cli("prune", "--weights", str(tiny_ckpt), "--target-latency", "0.5", "--target-gflops", "0.5"),
+        assert_one_line_error(yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", value), "(0, 1]")
+    assert_one_line_error(
+        yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", "0.5", "--target-gflops", "0.5"),
         "not allowed with argument",
     )

@@ -14,7 +14,7 @@ from yoloslim.checkpoint import load_model
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, prunable_gammas, sr_at
 from yoloslim.target import FADE, RAMP_END, ChannelZeroing, scheduled_share
 
-from .conftest import TINY, build_model, train_interrupted
+from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
 
 FAST = dict(TINY, batch=4, nbs=4, val=False)
 
@@ -183,14 +183,7 @@ def test_bad_sparsity_fails_before_training(tiny_data, runs, args, error, messag
 
 
 def test_cli_sparsity_errors_are_one_line(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "yoloslim", "sparse", "--sparsity", "1.5"], capture_output=True, text=True, timeout=120
-    )
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode != 0 and "must be in [0, 1)" in lines[-1] and "Traceback" not in out.stderr
+    assert_one_line_error(yoloslim_cli("sparse", "--sparsity", "1.5"), "must be in [0, 1)")
 
 
 def test_plain_sr_is_the_seed_form_without_zeroing(tiny_data, runs) -> None:

@@ -15,7 +15,7 @@ from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, ste
 from yoloslim.trainer import CONTINUE_LR_SCALE, SLIM_ARGS, stage_lr_scale
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
-from .conftest import TINY, build_model, train_interrupted
+from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
 
 
 def test_sr_schedule_is_linear_decay() -> None:
@@ -165,9 +165,7 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
         ("finetune", "--distill-weight", "-1"): "must be a number > 0",
     }
     for argv, message in cases.items():
-        out = subprocess.run([sys.executable, "-m", "yoloslim", *argv], capture_output=True, text=True, timeout=120)
-        lines = [line for line in out.stderr.splitlines() if line.strip()]
-        assert out.returncode != 0 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr
+        assert_one_line_error(yoloslim_cli(*argv), message)
 
 
 def test_lr_scale_scales_the_optimizer_and_its_schedule(tiny_data, runs) -> None:

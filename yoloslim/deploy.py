@@ -43,11 +43,10 @@ class Kind:
     def parse(cls, text: str) -> Kind:
         """`onnx`, `onnx-int8`, `openvino`, `openvino-int8` or `torchscript`."""
         fmt, _, precision = text.partition("-")
-        bits = {"": 32, "int8": 8}.get(precision)
-        kind = cls(fmt, bits or 0)
-        kind.check()
-        if bits is None:
+        if precision not in ("", "int8"):
             raise ValueError(f"'{text}': the precision is int8 or none (FP32), e.g. onnx-int8")
+        kind = cls(fmt, 8 if precision else 32)
+        kind.check()
         return kind
 
     @property

@@ -34,8 +34,8 @@ from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
-from yoloslim.report import DEPLOY_COLUMNS, deploy_rows, markdown_table
-from yoloslim.sizes import check_batch, fit_imgsz
+from yoloslim.report import DEPLOY_COLUMNS, DEPLOY_FIELDS, deploy_rows, markdown_table
+from yoloslim.sizes import check_batch, check_whole, fit_imgsz
 from yoloslim.trainer import check_slim_args, ranking_args
 
 
@@ -163,8 +163,7 @@ class PipelineConfig:
             Kind.parse(kind)  # a known kind whose runtime is installed
         self.batch = check_batch(self.batch, autobatch=False)  # nbs is the batch here: no AutoBatch
         for name in ("epochs_normal", "epochs_sparse", "epochs_finetune", "latency_repeats"):
-            if isinstance(n := getattr(self, name), bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name}={n!r} must be a whole number >= 1")
+            check_whole(name, getattr(self, name))
         self.imgsz = fit_imgsz(self.imgsz, YOLO(self.weights).model)  # every stage, table and export at one size
         self.data = resolve_data(self.data)
 
@@ -351,8 +350,7 @@ class Pipeline:
         )
         markdown = f"{caption}\n\n{markdown_table(DEPLOY_COLUMNS, deploy_rows(table))}"
         atomic_write_text(self.dir / "deploy.md", markdown)
-        keys = ["model", "kind", "gflops", "params", "size_mb", "latency_ms", "map50_95"]
-        atomic_write_csv(self.dir / "deploy.csv", keys, table)
+        atomic_write_csv(self.dir / "deploy.csv", DEPLOY_FIELDS, table)
         print(f"\ndeploy:\n{markdown}")
 
     def teacher(self) -> dict[str, str]:

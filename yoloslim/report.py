@@ -75,6 +75,7 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]) + "\n"
 
 
+DEPLOY_FIELDS = ["model", "kind", "gflops", "params", "size_mb", "latency_ms", "map50_95"]  # a deploy row's figures
 DEPLOY_COLUMNS = ["model", "kind", "GFLOPs x", "MB", "latency ms", "latency x", "mAP50-95", "vs FP32 (pt)"]
 
 
