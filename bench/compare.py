@@ -12,7 +12,8 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 
 An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
 `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
-`importance`, `streams`, `round_to` and `lr_scale`, or any Ultralytics training argument); `--train-args` gives
+`importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, or any Ultralytics
+training argument); `--train-args` gives
 every arm the same ones (`fraction=0.5 val=False`: half the training images, validation at the last epoch only).
 Each arm is scored by its last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives
 every score, mean +- sd, and each arm's paired difference from `--reference` with a 95% t interval over seeds.
@@ -47,6 +48,7 @@ from yoloslim.trainer import CONTINUE_LR_SCALE
 BATCH = 16
 RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
 RANKING = ("importance", "streams", "round_to")
+NOT_TRAINING = ("importance", "streams", "target")  # arm settings that are not Ultralytics training arguments
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,6 @@ class Comparison:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
-        self.target = ("gflops", a.target)
 
     def train(self, weights: Path, folder: Path, name: str, epochs: int, seed: int, **args: Any) -> Path:
         """One training stage; its last.pt, reused when a finished run is there."""
@@ -102,16 +103,15 @@ class Comparison:
         out = folder / "prune" / "pruned.pt"
         if not readable(out):
             ranking = {k: settings[k] for k in RANKING if k in settings}
-            steps.prune(
-                weights, None, out.parent, target=self.target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking}
-            )
+            target = ("gflops", settings.get("target", self.a.target))
+            steps.prune(weights, None, out.parent, target=target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking})
         return out
 
     def run(self, arm: Arm, seed: int) -> Path:
         """The final model of `arm` for `seed`."""
         a, s = self.a, {**self.a.train_args, **arm.settings}
         folder = a.run_dir / arm.name / f"seed{seed}"
-        train_args = {k: v for k, v in s.items() if k not in ("importance", "streams")}
+        train_args = {k: v for k, v in s.items() if k not in NOT_TRAINING}
         total = a.sparse_epochs + a.finetune_epochs
         if arm.recipe == "continue":  # continued as the other arms continue it: a tenth of the rate, warm-up from 0
             continued = {"lr_scale": CONTINUE_LR_SCALE, "warmup_bias_lr": 0.0, **train_args}
@@ -128,7 +128,7 @@ class Comparison:
             a.sparse_epochs,
             seed,
             sr=a.sr,
-            target_gflops=a.target,
+            target_gflops=s.get("target", a.target),
             **{**train_args, **ranking},
         )
         teacher = {"distill_model": str(a.normal)} if arm.recipe == "slim-teacher" else {}
