@@ -1,8 +1,11 @@
 """Step 6b: export a checkpoint (ONNX by default; --format openvino / torchscript, --quantize 8 --data D for INT8),
 then check the artifact: FP32 against the torch model's outputs, INT8 by validating the artifact itself."""
 
-from yoloslim.cli import parser_for, run, weights_of
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"format": "openvino"}; every other flag's default is in yoloslim/settings.py, and
+# `python export.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for("export", weights=weights_of("finetune"), imgsz=None)  # None: the training imgsz
-    run(parser.parse_args())
+    run(parser_for("export", **DEFAULTS).parse_args())

@@ -1,9 +1,10 @@
 """Step 5: fine-tune the pruned model as it is (the stock trainer would rebuild the full-width network)."""
 
-from yoloslim.cli import PROJECT, parser_for, run
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"epochs": 50}; every other flag's default is in yoloslim/settings.py, and
+# `python finetune.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for(
-        "finetune", weights=f"{PROJECT}/prune/pruned.pt", data="demo", epochs=20, imgsz=160, batch=16, name="finetune"
-    )
-    run(parser.parse_args())
+    run(parser_for("finetune", **DEFAULTS).parse_args())

@@ -1,8 +1,11 @@
 """Step 4: prune channels by one global ranking (Taylor importance by default, the same as the sparse stage's); writes
 pruned.pt and a per-layer report."""
 
-from yoloslim.cli import PROJECT, parser_for, run, weights_of
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"prune_ratio": 0.6, "save_dir": "runs/yoloslim/prune-0.6"}; every other flag's default is in yoloslim/settings.py, and
+# `python prune.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for("prune", weights=weights_of("sparse"), data=None, prune_ratio=0.5, save_dir=f"{PROJECT}/prune")
-    run(parser.parse_args())
+    run(parser_for("prune", **DEFAULTS).parse_args())

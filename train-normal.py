@@ -1,7 +1,10 @@
-"""Step 1: normal training (sr=0). Edit the defaults below, or pass flags (see --help)."""
+"""Step 1: normal training (sr=0)."""
 
 from yoloslim.cli import parser_for, run
 
+# Your own defaults go here, e.g. {"data": "my_data.yaml", "epochs": 100}; every other flag's default is in yoloslim/settings.py, and
+# `python train-normal.py --help` lists them all.
+DEFAULTS: dict = {}
+
 if __name__ == "__main__":
-    parser = parser_for("train", weights="yolov8n.yaml", data="demo", epochs=30, imgsz=160, batch=16, name="normal")
-    run(parser.parse_args())
+    run(parser_for("train", **DEFAULTS).parse_args())

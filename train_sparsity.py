@@ -1,18 +1,11 @@
 """Step 2: sparsity training: an L1 penalty `sr` on prunable BN gammas (decayed linearly over the run), and a
 target: `sparsity` of the prunable channels driven to exact zero by the last epoch (0 = the plain L1 form)."""
 
-from yoloslim.cli import parser_for, run, weights_of
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"sparsity": 0.6, "epochs": 100}; every other flag's default is in yoloslim/settings.py, and
+# `python train_sparsity.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for(
-        "sparse",
-        weights=weights_of("normal"),
-        data="demo",
-        sr=1e-2,
-        sparsity=0.5,
-        epochs=30,
-        imgsz=160,
-        batch=16,
-        name="sparse",
-    )
-    run(parser.parse_args())
+    run(parser_for("sparse", **DEFAULTS).parse_args())

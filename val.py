@@ -1,7 +1,11 @@
-"""Step 6a: validate a checkpoint: Ultralytics' metrics table and the parameters / GFLOPs line."""
+"""Step 6a: validate a checkpoint: Ultralytics' metrics table and the parameters / GFLOPs line (the dataset and
+imgsz default to the checkpoint's own)."""
 
-from yoloslim.cli import parser_for, run, weights_of
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"data": "my_data.yaml"}; every other flag's default is in yoloslim/settings.py, and
+# `python val.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for("val", weights=weights_of("finetune"), data=None, imgsz=None, batch=16)  # None: as trained
-    run(parser.parse_args())
+    run(parser_for("val", **DEFAULTS).parse_args())

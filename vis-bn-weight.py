@@ -1,12 +1,11 @@
-"""Step 3: histograms of prunable BN gammas before and after sparsity training (PNG + text summary)."""
+"""Step 3: histograms of prunable BN gammas before and after sparsity training (PNG + text summary); the line
+marks the gamma threshold of --prune-ratio (use your train_sparsity.py --sparsity)."""
 
-from yoloslim.cli import PROJECT, parser_for, run, weights_of
+from yoloslim.cli import parser_for, run
+
+# Your own defaults go here, e.g. {"prune_ratio": 0.6}; every other flag's default is in yoloslim/settings.py, and
+# `python vis-bn-weight.py --help` lists them all.
+DEFAULTS: dict = {}
 
 if __name__ == "__main__":
-    parser = parser_for(
-        "gamma",
-        weights=[weights_of("normal"), weights_of("sparse")],
-        out=f"{PROJECT}/gamma/gamma_hist.png",
-        prune_ratio=0.5,  # marks the gamma threshold of this prune ratio (use your train_sparsity.py --sparsity)
-    )
-    run(parser.parse_args())
+    run(parser_for("gamma", **DEFAULTS).parse_args())

@@ -28,7 +28,7 @@ UNWRITABLE = Path("/sys/yoloslim-out")  # sysfs takes no new files, for root too
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("pruned"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), importance="gamma")
 
 
 @contextmanager
@@ -48,9 +48,11 @@ def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_pa
     for args in ({"round_to": 4096}, {"min_keep": 1.0}):
         out = tmp_path / f"noop-{next(iter(args))}"
         with pytest.raises(ValueError, match="removes no channel.*--allow-unchanged"):
-            steps.prune(tiny_ckpt, 0.5, out, importance="gamma", **args)
+            steps.prune(tiny_ckpt, ratio=0.5, save_dir=out, importance="gamma", **args)
         assert not out.exists()
-    saved = steps.prune(tiny_ckpt, 0.5, tmp_path / "asked", importance="gamma", round_to=4096, allow_unchanged=True)
+    saved = steps.prune(
+        tiny_ckpt, ratio=0.5, save_dir=tmp_path / "asked", importance="gamma", round_to=4096, allow_unchanged=True
+    )
     assert sum(p.numel() for p in load_model(saved)[0].parameters()) == sum(
         p.numel() for p in load_model(tiny_ckpt)[0].parameters()
     )
@@ -79,7 +81,18 @@ def test_a_plan_is_bound_to_the_widths_it_was_made_for() -> None:
 
 def test_finetune_of_an_unpruned_model_warns(tiny_ckpt, tiny_data, runs) -> None:
     with _warnings() as warned:
-        steps.train(tiny_ckpt, tiny_data, 1, 64, 8, None, runs, "ft-unpruned", finetune=True, workers=0, val=False)
+        steps.train(
+            tiny_ckpt,
+            data=tiny_data,
+            epochs=1,
+            imgsz=64,
+            batch=8,
+            project=runs,
+            name="ft-unpruned",
+            finetune=True,
+            workers=0,
+            val=False,
+        )
     assert any("has not pruned" in w for w in warned), warned
 
 
@@ -107,6 +120,7 @@ def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:
     assert sorted((p.name, p.read_bytes()) for p in original.parent.rglob("*.jpg")) == first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -127,7 +141,15 @@ def test_bad_sizes_are_one_line_errors(argv) -> None:
 def test_steps_refuse_bad_counts(tiny_data, runs) -> None:
     for epochs, imgsz, batch, bad in ((0, 64, 8, "epochs=0"), (1, 64.5, 8, "imgsz=64.5"), (1, 64, -3, "batch=-3")):
         with pytest.raises(ValueError, match=f"{bad} must be a whole number > 0"):
-            steps.train("yolov8n.yaml", tiny_data, epochs, imgsz, batch, None, runs, "bad-count")
+            steps.train(
+                "yolov8n.yaml",
+                data=tiny_data,
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                project=runs,
+                name="bad-count",
+            )
     assert not (runs / "bad-count").exists()
 
 
@@ -149,13 +171,13 @@ def test_gamma_report_of_two_weights_with_one_file_name(tiny_ckpt, pruned, tmp_p
     for path, source in ((a, tiny_ckpt), (b, pruned)):
         path.parent.mkdir()
         path.write_bytes(source.read_bytes())
-    out = steps.gamma_report([a, b], tmp_path / "h.png")
+    out = steps.gamma_report([a, b], out=tmp_path / "h.png")
     summary = (tmp_path / "h.txt").read_text()
     assert out.is_file() and "a/best" in summary and "b/best" in summary
     with pytest.raises(ValueError, match="repeat a name"):
-        steps.gamma_report([a, b], tmp_path / "h2.png", labels=["x", "x"])
+        steps.gamma_report([a, b], out=tmp_path / "h2.png", labels=["x", "x"])
     with pytest.raises(ValueError, match="is a folder"):
-        steps.gamma_report([a], tmp_path)
+        steps.gamma_report([a], out=tmp_path)
     assert not (tmp_path / "h2.png").exists()
 
 
@@ -163,15 +185,16 @@ def test_output_folders_that_cannot_be_written(tiny_ckpt, tmp_path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="is an existing file, not a folder"):
-        steps.prune(tiny_ckpt, 0.5, a_file, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.5, save_dir=a_file, importance="gamma")
     assert a_file.read_text() == "x"
     with pytest.raises(ValueError, match="cannot be written"):
-        steps.prune(tiny_ckpt, 0.5, UNWRITABLE, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.5, save_dir=UNWRITABLE, importance="gamma")
     with pytest.raises(ValueError, match="cannot be written"):
-        steps.gamma_report([tiny_ckpt], UNWRITABLE / "h.png")
+        steps.gamma_report([tiny_ckpt], out=UNWRITABLE / "h.png")
     assert_one_line_error(yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--save-dir", str(a_file)), "not a folder")
 
 
+@pytest.mark.slow
 def test_bad_thread_counts_warn_and_are_ignored() -> None:
     for value in ("²", "0", "abc", "-1"):
         out = subprocess.run(
@@ -190,7 +213,7 @@ def test_training_a_classification_checkpoint_is_refused(tiny_data, runs, tmp_pa
 
     cls = save_checkpoint(ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False), tmp_path / "cls.pt")
     with pytest.raises(ValueError, match="is a classify model: yoloslim trains the tasks"):
-        steps.train(cls, tiny_data, 1, 64, 8, None, runs, "cls-run")
+        steps.train(cls, data=tiny_data, epochs=1, imgsz=64, batch=8, device=None, project=runs, name="cls-run")
     assert not (runs / "cls-run").exists()
 
 

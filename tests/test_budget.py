@@ -112,7 +112,7 @@ def test_streams_off_by_default_leaves_them_whole() -> None:
 
 def test_gflops_target_pruned_checkpoint_in_stock_ultralytics_and_onnx(tiny_ckpt, tmp_path) -> None:
     """A target-pruned checkpoint (streams pruned) loads in stock Ultralytics, and its ONNX matches torch."""
-    pruned = steps.prune(tiny_ckpt, None, tmp_path / "p", target=("gflops", 0.4), streams=True)
+    pruned = steps.prune(tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("gflops", 0.4), streams=True)
     report = (tmp_path / "p" / "prune_report.txt").read_text()
     assert "target gflops 0.400x, reached 0.39" in report or "target gflops 0.400x, reached 0.40" in report
     model, _ = load_model(pruned)
@@ -141,14 +141,14 @@ def test_bad_targets_write_nothing(tiny_ckpt, tmp_path) -> None:
         (0.001, "smallest reachable is 0.0"),
     ):
         with pytest.raises(ValueError, match=message):
-            steps.prune(tiny_ckpt, None, tmp_path / "bad", target=("gflops", target))
+            steps.prune(tiny_ckpt, ratio=None, save_dir=tmp_path / "bad", target=("gflops", target))
     with pytest.raises(ValueError, match="not both"):
-        steps.prune(tiny_ckpt, 0.5, tmp_path / "bad", target=("gflops", 0.5))
+        steps.prune(tiny_ckpt, ratio=0.5, save_dir=tmp_path / "bad", target=("gflops", 0.5))
     assert not (tmp_path / "bad").exists()
     cli = [sys.executable, "prune.py", "--weights", str(tiny_ckpt), "--save-dir", str(tmp_path / "bad"), "--no-val"]
     for extra, message in (
         (["--prune-ratio", "0.5", "--target-gflops", "0.5"], "not allowed with argument"),
-        (["--target-gflops", "0"], "must be a number in (0, 1]"),
+        (["--target-gflops", "0"], "must be in (0, 1]"),
         (["--target-params", "0.0001"], "smallest reachable"),
     ):
         out = subprocess.run(cli + extra, capture_output=True, text=True, timeout=300)
@@ -172,7 +172,7 @@ def test_sparse_training_to_a_gflops_target_then_prune_to_it(tiny_data, runs) ->
     last = runs / "gflops" / "weights" / "last.pt"
     sparse, _ = load_model(last)
     assert Pruner(sparse, importance="gamma").live_cost_share("gflops") <= 0.4
-    pruned = steps.prune(last, None, runs / "gflops-pruned", target=("gflops", 0.4))
+    pruned = steps.prune(last, ratio=None, save_dir=runs / "gflops-pruned", target=("gflops", 0.4))
     small, _ = load_model(pruned)
     assert "largest |gamma| removed 0" in (runs / "gflops-pruned" / "prune_report.txt").read_text()
     x = torch.rand(2, 3, 64, 64)
@@ -197,7 +197,7 @@ def test_round_to_shared_by_zeroing_and_pruning(tiny_data, runs) -> None:
         **dict(TINY, batch=4, nbs=4, val=False),
     )
     last = runs / "round8" / "weights" / "last.pt"
-    pruned = steps.prune(last, None, runs / "round8-pruned", target=("gflops", 0.5), round_to=8)
+    pruned = steps.prune(last, ratio=None, save_dir=runs / "round8-pruned", target=("gflops", 0.5), round_to=8)
     assert "largest |gamma| removed 0" in (runs / "round8-pruned" / "prune_report.txt").read_text()
     sparse, _ = load_model(last)
     small = dict(load_model(pruned)[0].named_modules())

@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
+
 
 def test_paired_interval_matches_the_t_formula() -> None:
     mean, lo, hi = compare.paired_interval([0.01, 0.03, 0.02])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -22,6 +23,9 @@ from yoloslim.channels import prunable_bn_names
 from yoloslim.trainer import SlimTrainer
 
 from .conftest import build_model
+
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
+
 
 STEPS_PER_EPOCH, EPOCHS, BATCH, IMGSZ = 3, 3, 4, 64
 

@@ -22,7 +22,7 @@ HAS_OPENVINO = all(importlib.util.find_spec(m) is not None for m in ("openvino",
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("deploy"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("deploy"), importance="gamma")
 
 
 def _val_images(data: str) -> list[np.ndarray]:
@@ -46,7 +46,7 @@ def test_int8_onnx_of_a_pruned_model_runs_and_is_validated(pruned, tiny_data) ->
     assert int8["artifact"] == pruned.with_name("pruned_int8.onnx") and int8["artifact"].is_file()
     assert int8["size_mb"] < 0.5 * fp32["size_mb"]  # 8-bit weights
     assert 0 <= int8["map50_95"] <= 1
-    reference = steps.validate(pruned, tiny_data, imgsz=64, project=pruned.parent, name="val-ref")["map50_95"]
+    reference = steps.validate(pruned, data=tiny_data, imgsz=64, project=pruned.parent, name="val-ref")["map50_95"]
     assert int8["fp32_map50_95"] == pytest.approx(reference)
     run32, run8 = runner(fp32["artifact"], Kind("onnx")), runner(int8["artifact"], Kind("onnx", 8))
     for x in _val_images(tiny_data):
@@ -60,6 +60,7 @@ def test_torchscript_matches_torch(pruned) -> None:
     assert result["artifact"] == pruned.with_suffix(".torchscript") and result["max_diff"] <= 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_OPENVINO, reason='the openvino extra is not installed (pip install -e ".[openvino]")')
 def test_openvino_fp32_matches_torch_and_int8_validates(pruned, tiny_data) -> None:
     fp32 = steps.export(pruned, imgsz=64, kind="openvino")
@@ -70,6 +71,7 @@ def test_openvino_fp32_matches_torch_and_int8_validates(pruned, tiny_data) -> No
     assert int8["artifact"] == pruned.with_name("pruned_int8_openvino_model") and 0 <= int8["map50_95"] <= 1
 
 
+@pytest.mark.slow
 def test_bad_export_requests_write_nothing(pruned, tiny_data, tmp_path, monkeypatch) -> None:
     before = sorted(p.name for p in pruned.parent.iterdir())
     with pytest.raises(ValueError, match="format 'tflite' is not one of"):

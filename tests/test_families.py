@@ -145,7 +145,9 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
     matches torch."""
     model = _model(cfg)
     source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
-    pruned = steps.prune(source, 0.5, tmp_path / "p", importance="gamma")  # no training data: an untrained model
+    pruned = steps.prune(
+        source, ratio=0.5, save_dir=tmp_path / "p", importance="gamma"
+    )  # no training data: an untrained model
     stdout = stock_predict(pruned)
     loaded, _ = load_model(pruned)
     n = sum(p.numel() for p in loaded.parameters())
@@ -157,7 +159,9 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
 
 def _pruned_checkpoint(cfg: str, folder) -> Path:
     source = save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt"))
-    return steps.prune(source, 0.3, folder / "pruned", importance="gamma")  # no training data: an untrained model
+    return steps.prune(
+        source, ratio=0.3, save_dir=folder / "pruned", importance="gamma"
+    )  # no training data: an untrained model
 
 
 @pytest.mark.parametrize(
@@ -176,7 +180,7 @@ def test_task_sparse_prune_finetune(cfg: str, dataset: str, trainer: type, runs,
     sparse.train(data=data, epochs=1, sr=0.01, sparsity=0.3, project=str(runs), name=f"{name}-sparse", **TINY)
     assert type(sparse.trainer) is trainer
     assert "sparsity/share_lt_0.01" in (runs / f"{name}-sparse" / "results.csv").read_text().splitlines()[0]
-    pruned = steps.prune(sparse.trainer.best, 0.3, runs / f"{name}-pruned")
+    pruned = steps.prune(sparse.trainer.best, ratio=0.3, save_dir=runs / f"{name}-pruned")
     assert "largest |gamma| removed 0" in (runs / f"{name}-pruned" / "prune_report.txt").read_text()
     tuned = YOLO(pruned)
     tuned.train(data=data, epochs=1, finetune=True, project=str(runs), name=f"{name}-ft", **TINY)

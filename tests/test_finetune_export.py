@@ -25,7 +25,7 @@ def _params(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, 0.5, tmp_path_factory.mktemp("pruned"))
+    return steps.prune(tiny_ckpt, ratio=0.5, save_dir=tmp_path_factory.mktemp("pruned"))
 
 
 def test_finetune_keeps_pruned_count_also_after_resume(pruned, tiny_data, runs) -> None:
@@ -62,17 +62,18 @@ def test_finetune_learns_from_a_teacher_and_saves_the_pruned_student(pruned, tin
 
 def test_teacher_must_exist_and_is_not_for_sparsity(pruned, tiny_ckpt, tiny_data, tmp_path) -> None:
     missing = str(tmp_path / "normal.pt")
+    stage = {"data": tiny_data, "epochs": 1, "imgsz": 64, "batch": 8, "device": "cpu", "project": tmp_path}
     with pytest.raises(FileNotFoundError, match="teacher .* is not an existing .pt checkpoint"):
-        steps.train(pruned, tiny_data, 1, 64, 8, "cpu", tmp_path, "a", finetune=True, distill_model=missing)
+        steps.train(pruned, name="a", finetune=True, distill_model=missing, **stage)
     with pytest.raises(FileNotFoundError, match="teacher .* is not an existing .pt checkpoint"):
         YOLO(pruned).train(data=tiny_data, distill_model=missing, project=str(tmp_path), name="b", **TINY)
     with pytest.raises(ValueError, match="not for sparsity training"):
-        steps.train(tiny_ckpt, tiny_data, 1, 64, 8, "cpu", tmp_path, "c", sr=0.01, distill_model=str(tiny_ckpt))
+        steps.train(tiny_ckpt, name="c", sr=0.01, distill_model=str(tiny_ckpt), **stage)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_pruned_marker_alone_fine_tunes_the_pruned_model(pruned, tiny_data, runs) -> None:
-    best = steps.train(pruned, tiny_data, epochs=1, imgsz=64, batch=8, device="cpu", project=runs, name="marker")
+    best = steps.train(pruned, data=tiny_data, epochs=1, imgsz=64, batch=8, device="cpu", project=runs, name="marker")
     assert _params(best) == _params(pruned)
 
 
@@ -102,6 +103,6 @@ def test_onnx_export_matches_torch(pruned, capsys) -> None:
 
 
 def test_validate_reports_metrics_and_size(pruned, tiny_data) -> None:
-    metrics = steps.validate(pruned, tiny_data, imgsz=64, batch=8, project=pruned.parent, name="val")
+    metrics = steps.validate(pruned, data=tiny_data, imgsz=64, batch=8, project=pruned.parent, name="val")
     assert metrics["params"] == _params(pruned) and metrics["gflops"] > 0
     assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1

@@ -12,6 +12,8 @@ import pytest
 
 from yoloslim.checkpoint import load_model, readable
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
+
 # Runs the tiny pipeline in a fresh process; INJECT names the fault to inject (a SIGKILL at one boundary).
 RUN = r"""
 import os, signal, sys

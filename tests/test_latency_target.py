@@ -11,7 +11,8 @@ import pytest
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
-from yoloslim.latency import TOLERANCE, check_latency_target, measured_latency_ratio, search_gflops
+from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
+from yoloslim.settings import check_latency_target
 from yoloslim.prune import Pruner
 from yoloslim.report import ModelSize
 
@@ -74,7 +75,9 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
         return latency_ratio
 
     monkeypatch.setattr(steps, "measured_latency_ratio", synthetic)
-    out = steps.prune(tiny_ckpt, None, tmp_path / "p", target=("latency", 0.6), importance="gamma", round_to=1)
+    out = steps.prune(
+        tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.6), importance="gamma", round_to=1
+    )
     model = load_model(out)[0]
     info = pruned_info(model)
     share = info["target"][1]
@@ -85,6 +88,7 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
     assert kept <= share + 1e-6
 
 
+@pytest.mark.slow
 def test_latency_target_cli_errors(tiny_ckpt) -> None:
     for value in ("0", "1.5"):
         assert_one_line_error(yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", value), "(0, 1]")

@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
+
 GUARDED_RUN = r"""
 import os, socket, subprocess, sys
 attempts = []
@@ -30,15 +34,16 @@ import torch
 import yoloslim
 from yoloslim import YOLO, steps
 from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
+
 data, project = sys.argv[1], sys.argv[2]
 args = dict(imgsz=64, batch=8, device="cpu", project=project)
-normal = steps.train("yolov8n.yaml", data, 1, name="train", plots=True, **args)
+normal = steps.train("yolov8n.yaml", data=data, epochs=1, name="train", plots=True, **args)
 threads = torch.get_num_threads()
-sparse = steps.train(normal, data, 1, name="sparse", sr=0.01, sparsity=0.3, **args)
-steps.gamma_report([normal, sparse], f"{project}/gamma.png", ratio=0.3)
-pruned = steps.prune(sparse, 0.3, f"{project}/prune", data=data)
-tuned = steps.train(pruned, data, 1, name="finetune", finetune=True, **args)
-steps.validate(tuned, data, imgsz=64, batch=8, project=project, name="val")
+sparse = steps.train(normal, data=data, epochs=1, name="sparse", sr=0.01, sparsity=0.3, **args)
+steps.gamma_report([normal, sparse], out=f"{project}/gamma.png", ratio=0.3)
+pruned = steps.prune(sparse, ratio=0.3, save_dir=f"{project}/prune", data=data)
+tuned = steps.train(pruned, data=data, epochs=1, name="finetune", finetune=True, **args)
+steps.validate(tuned, data=data, imgsz=64, batch=8, project=project, name="val")
 onnx = steps.export(tuned, imgsz=64)["onnx"]
 side_by_side_latency_ms(onnx_runners([onnx]), 64, rounds=1, repeats=2)
 print("THREADS", threads, os.cpu_count())

@@ -17,7 +17,7 @@ from yoloslim.checkpoint import load_model, pruned_info
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("pruned"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), importance="gamma")
 
 
 def _set(folder: Path) -> dict[str, bytes]:
@@ -96,7 +96,7 @@ def test_write_set_killed_between_renames_leaves_no_finished_marker(tmp_path, mo
 
 def test_prune_that_fails_to_write_keeps_the_previous_prune(tiny_ckpt, tmp_path, monkeypatch) -> None:
     """The out-of-disk case of issue 20: report and CSV said 0.2 while pruned.pt was still the 0.6 model."""
-    first = steps.prune(tiny_ckpt, 0.6, tmp_path, importance="gamma")
+    first = steps.prune(tiny_ckpt, ratio=0.6, save_dir=tmp_path, importance="gamma")
     before = _set(tmp_path)
     staged = atomic._staged
 
@@ -107,7 +107,7 @@ def test_prune_that_fails_to_write_keeps_the_previous_prune(tiny_ckpt, tmp_path,
 
     monkeypatch.setattr(atomic, "_staged", full_disk)
     with pytest.raises(OSError, match="No space"):
-        steps.prune(tiny_ckpt, 0.2, tmp_path, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.2, save_dir=tmp_path, importance="gamma")
     assert _set(tmp_path) == before and pruned_info(load_model(first)[0])["ratio"] == 0.6
     assert "0.6" in (tmp_path / "prune_report.txt").read_text()
 
@@ -155,8 +155,8 @@ def test_export_name_too_long_is_a_clear_error(pruned, tmp_path) -> None:
 
 
 def test_validate_reports_gflops_at_the_size_it_ran(pruned, tiny_data) -> None:
-    at_100 = steps.validate(pruned, tiny_data, imgsz=100, batch=8, project=pruned.parent, name="val100")
-    at_128 = steps.validate(pruned, tiny_data, imgsz=128, batch=8, project=pruned.parent, name="val128")
+    at_100 = steps.validate(pruned, data=tiny_data, imgsz=100, batch=8, project=pruned.parent, name="val100")
+    at_128 = steps.validate(pruned, data=tiny_data, imgsz=128, batch=8, project=pruned.parent, name="val128")
     assert at_100["imgsz"] == 128 and at_100["gflops"] == at_128["gflops"] > 0
     assert at_100["map50_95"] == at_128["map50_95"]
 

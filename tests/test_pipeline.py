@@ -16,6 +16,8 @@ from yoloslim.pipeline import Pipeline, PipelineConfig, run_pipeline
 
 from .conftest import train_interrupted
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
+
 
 def _tiny(data: str, run, **settings) -> PipelineConfig:
     """A pipeline on the tiny dataset at 64 px, one epoch per stage unless `settings` say otherwise."""

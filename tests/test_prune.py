@@ -139,8 +139,8 @@ def test_c2f_halves_stay_equal() -> None:
 
 
 def test_prune_twice(tiny_ckpt, tmp_path) -> None:
-    first = steps.prune(tiny_ckpt, 0.3, tmp_path / "a")
-    second = steps.prune(first, 0.3, tmp_path / "b")
+    first = steps.prune(tiny_ckpt, ratio=0.3, save_dir=tmp_path / "a")
+    second = steps.prune(first, ratio=0.3, save_dir=tmp_path / "b")
     model, _ = load_model(second)
     info = pruned_info(model)
     assert info["source"] == str(first.resolve()) and info["history"][0]["source"] == str(Path(tiny_ckpt).resolve())
@@ -150,7 +150,7 @@ def test_prune_twice(tiny_ckpt, tmp_path) -> None:
 
 
 def test_pruned_checkpoint_runs_in_stock_ultralytics(tiny_ckpt, tmp_path) -> None:
-    pruned = steps.prune(tiny_ckpt, 0.5, tmp_path / "p")
+    pruned = steps.prune(tiny_ckpt, ratio=0.5, save_dir=tmp_path / "p")
     report = (tmp_path / "p" / "prune_report.txt").read_text()
     assert "model.2.m.0.cv1.bn" in report and "GFLOPs" in report and (tmp_path / "p" / "prune_layers.csv").exists()
     stdout = stock_predict(pruned)
@@ -166,25 +166,25 @@ def test_bad_input_writes_nothing(tiny_ckpt, tmp_path) -> None:
     before = _digest(tiny_ckpt)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        steps.prune(tiny_ckpt, 1.0, out)
+        steps.prune(tiny_ckpt, ratio=1.0, save_dir=out)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        steps.prune(tiny_ckpt, -0.1, out)
+        steps.prune(tiny_ckpt, ratio=-0.1, save_dir=out)
     with pytest.raises(FileNotFoundError, match="not found"):
-        steps.prune(tmp_path / "missing.pt", 0.5, out)
+        steps.prune(tmp_path / "missing.pt", ratio=0.5, save_dir=out)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable Ultralytics checkpoint"):
-        steps.prune(junk, 0.5, out)
+        steps.prune(junk, ratio=0.5, save_dir=out)
     from ultralytics.nn.tasks import DetectionModel
 
     ghost = save_checkpoint(DetectionModel("yolov8n-ghost.yaml", nc=3, verbose=False), tmp_path / "ghost.pt")
     with pytest.raises(UnsupportedModuleError, match="model.1 is GhostConv"):
-        steps.prune(ghost, 0.5, out)
+        steps.prune(ghost, ratio=0.5, save_dir=out)
     assert not out.exists()
     same = tmp_path / "same"
     same.mkdir()
     target = same / "pruned.pt"
     target.write_bytes(tiny_ckpt.read_bytes())
     with pytest.raises(ValueError, match="overwrite"):
-        steps.prune(target, 0.5, same)
+        steps.prune(target, ratio=0.5, save_dir=same)
     assert _digest(target) == _digest(tiny_ckpt) == before and sorted(p.name for p in same.iterdir()) == ["pruned.pt"]

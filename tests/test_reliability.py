@@ -19,7 +19,7 @@ from .conftest import TINY, build_model, train_interrupted
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, 0.4, tmp_path_factory.mktemp("pruned"))
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"))
 
 
 @pytest.mark.parametrize("args", [{"sr": 0.01}, {"sparsity": 0.5}, {"finetune": True}])
@@ -63,7 +63,9 @@ def test_old_checkpoint_ch_key_is_read(tmp_path) -> None:
     loaded, _ = load_model(path)
     graph = build_graph(loaded)
     assert len(graph.consumers["model.0.conv"].inputs) == 1
-    out = steps.prune(path, 0.3, tmp_path / "pruned", importance="gamma")  # an untrained model: no data to rank by
+    out = steps.prune(
+        path, ratio=0.3, save_dir=tmp_path / "pruned", importance="gamma"
+    )  # an untrained model: no data to rank by
     small, _ = load_model(out)
     assert small.model[0].conv.in_channels == 1 and small(torch.rand(1, 1, 64, 64))[0].shape[1] == 4 + 2
 

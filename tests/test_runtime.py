@@ -58,6 +58,7 @@ def test_fonts_are_installed_ones_under_their_own_names(tmp_path, monkeypatch) -
     assert checks.check_font.offline  # what Ultralytics' dataset check and Annotator call
 
 
+@pytest.mark.slow
 def test_child_processes_do_not_take_ultralytics_thread_cap_for_the_users(tmp_path) -> None:
     """OMP_NUM_THREADS=1 set by Ultralytics' import is inherited by children: they still use every core,
     while a user's own OMP_NUM_THREADS is honoured."""

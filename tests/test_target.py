@@ -87,7 +87,7 @@ def test_target_reached_and_saved(tiny_data, runs, optimizer) -> None:
     assert len(rows) == 3 and targets == sorted(targets) and targets[-1] == 0.5
     assert float(rows[-1]["sparsity/share_lt_0.01"]) >= 0.5
     sparse, _ = load_model(run / "weights" / "last.pt")
-    pruned = steps.prune(run / "weights" / "last.pt", 0.5, runs / f"{name}-pruned")
+    pruned = steps.prune(run / "weights" / "last.pt", ratio=0.5, save_dir=runs / f"{name}-pruned")
     small, _ = load_model(pruned)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

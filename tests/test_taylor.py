@@ -163,5 +163,5 @@ def test_taylor_prune_without_training_data_says_what_to_pass(tmp_path) -> None:
     """A checkpoint that names no dataset here cannot be ranked by Taylor: a one-line error, nothing written."""
     source = save_checkpoint(build_model(), tmp_path / "untrained.pt", train_args={"data": str(tmp_path / "gone.yaml")})
     with pytest.raises(ValueError, match="pass --data your.yaml"):
-        steps.prune(source, 0.3, tmp_path / "out")
+        steps.prune(source, ratio=0.3, save_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
-from yoloslim.trainer import CONTINUE_LR_SCALE, SLIM_ARGS, stage_lr_scale
+from yoloslim.settings import SLIM_ARGS
+from yoloslim.trainer import CONTINUE_LR_SCALE, stage_lr_scale
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
 from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
@@ -153,6 +154,7 @@ def test_bad_sr_fails_before_training(tiny_data, runs, sr) -> None:
     assert not (runs / "badsr").exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path) -> None:
     cases = {
         ("sparse", "--weights", str(tmp_path / "missing.pt")): "weights file",
@@ -220,7 +222,7 @@ def test_unsupported_model_trains_normally_but_not_sparse(tiny_data, runs) -> No
 def test_training_never_overwrites_its_input(tiny_ckpt) -> None:
     run = tiny_ckpt.parent.parent
     with pytest.raises(ValueError, match="holds the input weights"):
-        steps.train(tiny_ckpt, None, 1, 64, 8, "cpu", run.parent, run.name)
+        steps.train(tiny_ckpt, data=None, epochs=1, imgsz=64, batch=8, device="cpu", project=run.parent, name=run.name)
 
 
 def test_gamma_stats() -> None:

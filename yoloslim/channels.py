@@ -33,7 +33,8 @@ from ultralytics.nn.modules.conv import Concat, Conv, DWConv
 from ultralytics.nn.modules.head import OBB, OBB26, Detect, Pose, Pose26, Segment, Segment26
 from ultralytics.nn.tasks import DetectionModel
 
-DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
+from yoloslim.settings import DEFAULT_STREAMS
+
 Source = tuple[str, int]  # (group name, channel index in that group); group "" is a fixed channel (the image, or
 # the output of a conv without BN, which no gamma scores)
 FIXED = ""
@@ -141,6 +142,7 @@ class _Tracer:
         inputs: list[Source],
         prunable: bool = True,
         reason: str = "",
+        *,
         halves: int = 1,
         residual: Source = (FIXED, 0),
     ) -> list[Source]:

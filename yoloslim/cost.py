@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from yoloslim.channels import ChannelGraph, input_channels
+from yoloslim.settings import BUDGETS
 
-KINDS = ("gflops", "params")
+KINDS = BUDGETS
 
 
 @dataclass(frozen=True)

@@ -26,20 +26,13 @@ from ultralytics.utils import LOGGER
 from yoloslim.artifacts import export
 from yoloslim.checkpoint import save_checkpoint
 from yoloslim.deploy import Kind, Timer, runner, side_by_side_latency_ms
-from yoloslim.prune import Pruner, as_number
+from yoloslim.prune import Pruner
+from yoloslim.settings import check_latency_target
 from yoloslim.sizes import fit_imgsz
 
 RUNTIMES = ("onnx", "openvino")
 TOLERANCE = 0.05  # a probe within 5% of the asked ratio ends the search
 PROBES = 8
-
-
-def check_latency_target(ratio: object) -> float:
-    """A latency target: the share in (0, 1] of the unpruned model's latency to run at."""
-    value = as_number(ratio, "target latency")
-    if not 0 < value <= 1:
-        raise ValueError(f"target latency {ratio!r} must be in (0, 1]: e.g. 0.5 runs at half the unpruned latency")
-    return value
 
 
 @dataclass
@@ -109,6 +102,7 @@ def measured_latency_ratio(
     pruner: Pruner,
     imgsz: int,
     work: Path,
+    *,
     runtime: str = "onnx",
     rounds: int = 5,
     repeats: int = 50,

@@ -19,101 +19,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from ultralytics.utils import LOGGER
-
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_csv, atomic_write_text
-from yoloslim.channels import DEFAULT_STREAMS
-from yoloslim.checkpoint import finished_training, readable
-from yoloslim.data import resolve_data
-from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
-from yoloslim.model import YOLO
-from yoloslim.plots import plot_map_vs_gflops
-from yoloslim.prune import DEFAULT_IMPORTANCE, SCRIPT_ROUND_TO, check_budget, check_ratio
-from yoloslim.report import DEPLOY_COLUMNS, DEPLOY_FIELDS, deploy_rows, markdown_table
-from yoloslim.sizes import check_batch, check_whole, fit_imgsz
-from yoloslim.trainer import check_slim_args, ranking_args
-
-
-RESERVED = {
-    "data",
-    "model",
-    "epochs",
-    "imgsz",
-    "batch",
-    "device",
-    "project",
-    "name",
-    "exist_ok",
-    "sr",
-    "sparsity",
-    "target_gflops",
-    "importance",
-    "streams",
-    "round_to",
-    "finetune",
-    "resume",
-    "distill_model",
-}
-# settings whose change makes finished stages stale: a run folder made with others is refused
-STAGE_SETTINGS = (
-    "data",
-    "weights",
-    "imgsz",
-    "batch",
-    "epochs_normal",
-    "epochs_sparse",
-    "epochs_finetune",
-    "sr",
-    "sparsity",
-    "targets",
-    "one_sparse_stage",
-    "importance",
-    "streams",
-    "round_to",
-    "distill",
-    "train_args",
-)
+from yoloslim.report import DEPLOY_FIELDS, deploy_markdown, results_markdown, results_plot
+from yoloslim.settings import RANKING, RESERVED, STAGE_SETTINGS, check_values, pipeline_fields
 
 # stage settings added after run folders existed, with the value a folder saved without them ran at
 LATER_SETTINGS: dict[str, Any] = {"distill": False}
 
 
-@dataclass
-class PipelineConfig:
-    """What the pipeline trains and measures. The defaults run on the demo data in minutes on a CPU."""
+class _PipelineRules:
+    """What the pipeline's config does with its settings; the fields themselves come from `settings.py`."""
 
-    data: str = "demo"
-    weights: str = "yolov8n.yaml"
-    run_dir: str = "runs/yoloslim/pipeline"
-    imgsz: int = 160
-    batch: int = 16
-    device: str | None = None
-    # the demo's normal stage converges (15 epochs left it at 0.39, still rising): the stages after it continue
-    # a converged model, as they assume
-    epochs_normal: int = 30
-    epochs_sparse: int = 15
-    epochs_finetune: int = 5
-    sr: float = 1e-2
-    sparsity: float = 0.6  # share of prunable channels the sparse stage drives to exact zero (0 = plain L1 only)
-    ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    targets: tuple[float, ...] = ()  # GFLOPs shares to prune to, instead of the ratios (and `sparsity`)
-    one_sparse_stage: bool = False  # with targets: one sparse stage (zeroing to the smallest) instead of one each
-    compare_at: float | None = 0.6  # the ratio (or target) of the two comparisons; None skips them
-    importance: str = DEFAULT_IMPORTANCE
-    streams: bool = DEFAULT_STREAMS
-    round_to: int = SCRIPT_ROUND_TO
-    distill: bool = False  # fine-tune with the normal-trained model as the teacher (Ultralytics' distillation)
-    latency_repeats: int = 30
-    # deployable kinds besides FP32 ONNX for a deploy table of every row (onnx-int8, openvino, openvino-int8)
-    deploy: tuple[str, ...] = ()
-    # extra Ultralytics train arguments for every training stage; nbs defaults to `batch` here (no gradient
-    # accumulation), which gives a small dataset 4x more optimizer steps, and so more L1 steps, per epoch
-    train_args: dict[str, Any] = field(default_factory=dict)
+    def __post_init__(self) -> None:
+        """Lists (as the command line gives them) become tuples, and `KEY=VALUE` items of train_args one dict."""
+        for name in ("ratios", "targets", "deploy"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if isinstance(self.train_args, list):
+            self.train_args = {k: v for item in self.train_args for k, v in item.items()}
 
     @property
     def points(self) -> tuple[float, ...]:
@@ -138,40 +65,47 @@ class PipelineConfig:
 
     def sparse_args(self, point: float | None = None) -> dict[str, Any]:
         """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
-        return {"sr": self.sr, **self.sparse_target(point), **ranking_args(self)}
+        return {"sr": self.sr, **self.sparse_target(point), **self.ranking()}
+
+    def ranking(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RANKING}
 
     def check(self) -> None:
-        """Bad settings fail before any training."""
-        what = "targets" if self.targets else "ratios"
-        for r in self.points:
-            check_budget("gflops", r) if self.targets else check_ratio(r)
+        """Bad settings fail before any training: each by its check in settings.py, then how they go together."""
+        check_values("pipeline", self)
         if 1.0 in self.targets:
             raise ValueError(
                 "target 1 is the unpruned model, which the table always has as its first row: leave it out"
             )
         if self.compare_at is not None and self.compare_at not in self.points:
+            what = "targets" if self.targets else "ratios"
             raise ValueError(f"compare point {self.compare_at} must be one of the {what} {list(self.points)}")
-        check_slim_args(self.sparse_args())
         if self.sr <= 0 and not any(self.sparse_target().values()):
             raise ValueError(
-                f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is sparsity training"
+                f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is "
+                "sparsity training"
             )
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
-        steps.check_model_source(self.weights)
-        for kind in self.deploy:
-            Kind.parse(kind)  # a known kind whose runtime is installed
-        self.batch = check_batch(self.batch, autobatch=False)  # nbs is the batch here: no AutoBatch
-        for name in ("epochs_normal", "epochs_sparse", "epochs_finetune", "latency_repeats"):
-            check_whole(name, getattr(self, name))
-        self.imgsz = fit_imgsz(self.imgsz, YOLO(self.weights).model)  # every stage, table and export at one size
-        self.data = resolve_data(self.data)
+        # every stage, table and export at one size
+        self.data, self.imgsz = steps.check_inputs(self.weights, self.data, self.imgsz, self.deploy)
+
+
+PipelineConfig = make_dataclass(
+    "PipelineConfig",
+    pipeline_fields(),
+    bases=(_PipelineRules,),
+    namespace={
+        "__doc__": "What the pipeline trains and measures (one field per pipeline setting of `settings.py`). "
+        "The defaults run on the demo data in minutes on a CPU."
+    },
+)
 
 
 class Pipeline:
     """Runs the stages of a `PipelineConfig` in `run_dir`, skipping those already done."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: Any) -> None:
         config.check()
         self.cfg = config
         self.dir = Path(config.run_dir).resolve()
@@ -180,9 +114,9 @@ class Pipeline:
     def stage(self, name: str, output: Path, work: Callable[[], Any], done: Callable[[], bool] | None = None) -> Path:
         """Run `work` unless the stage is done (`done()`, by default: `output` exists); return `output`."""
         if (done or output.exists)():
-            LOGGER.info(f"{steps.PREFIX} stage '{name}' already done ({output}), skipping")
+            steps.say(f"stage '{name}' already done ({output}), skipping")
         else:
-            LOGGER.info(f"{steps.PREFIX} stage '{name}' ...")
+            steps.say(f"stage '{name}' ...")
             work()
             if not output.exists():
                 raise RuntimeError(f"stage '{name}' finished without writing {output}")
@@ -191,38 +125,24 @@ class Pipeline:
 
     def train(self, name: str, weights: str | Path, epochs: int, **kwargs: Any) -> Path:
         """A training stage whose output is `run_dir/name/weights/best.pt`; an interrupted one is resumed."""
-        last = self.dir / name / "weights" / "last.pt"
         c = self.cfg
         args = {"nbs": c.batch, **c.train_args}  # one optimizer step per batch: the L1 term acts once per step
-
-        def work() -> None:
-            if readable(last):
-                YOLO(last).train(resume=True)
-            else:
-                if last.exists():  # killed while Ultralytics wrote it: start the stage again
-                    LOGGER.warning(f"{steps.PREFIX} {last} is truncated or unreadable; stage '{name}' starts again")
-                    last.replace(last.with_name("last.pt.unreadable"))
-                steps.train(weights, c.data, epochs, c.imgsz, c.batch, c.device, self.dir, name, **kwargs, **args)
-
+        where = {"data": c.data, "imgsz": c.imgsz, "batch": c.batch, "device": c.device, "project": self.dir}
         return self.stage(
-            name, last.with_name("best.pt"), work, done=lambda: readable(last) and finished_training(last)
+            name,
+            self.dir / name / "weights" / "best.pt",
+            lambda: steps.train(weights, epochs=epochs, name=name, resume=True, **where, **kwargs, **args),
+            done=lambda: steps.finished_run(self.dir, name),
         )
 
     def metrics(self, name: str, weights: Path) -> dict[str, float]:
         """Validation metrics of `weights`, cached as `run_dir/metrics/name.json`."""
         out = self.dir / "metrics" / f"{name}.json"
+        c = self.cfg
 
         def work() -> None:
-            m = steps.validate(
-                weights,
-                self.cfg.data,
-                imgsz=self.cfg.imgsz,
-                batch=self.cfg.batch,
-                device=self.cfg.device,
-                project=self.dir / "val",
-                name=name,
-            )
-            atomic_write_text(out, json.dumps(m, indent=1))
+            where = {"imgsz": c.imgsz, "batch": c.batch, "device": c.device, "project": self.dir / "val"}
+            atomic_write_text(out, json.dumps(steps.validate(weights, data=c.data, name=name, **where), indent=1))
 
         return json.loads(self.stage(f"val {name}", out, work).read_text())
 
@@ -237,76 +157,85 @@ class Pipeline:
     def pruned(self, name: str, weights: Path, point: float, fold: bool = True) -> Path:
         """A pruning stage (at a ratio, or a GFLOPs target) whose output is `run_dir/name/pruned.pt`."""
         c = self.cfg
+        amount = {"target": ("gflops", point)} if c.targets else {"ratio": point}
         save_dir = self.dir / name
-        ratio, target = (None, ("gflops", point)) if c.targets else (point, None)
-        args = {**ranking_args(c), "fold": fold}
         return self.stage(
-            name, save_dir / "pruned.pt", lambda: steps.prune(weights, ratio, save_dir, target=target, **args)
+            name,
+            save_dir / "pruned.pt",
+            lambda: steps.prune(weights, save_dir=save_dir, fold=fold, **amount, **c.ranking()),
         )
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every stage; write and print the table; return its rows."""
-        c = self.cfg
-        normal = self.train("normal", c.weights, c.epochs_normal)
-        models: dict[str, Path] = {}  # sparse stage name -> its best.pt
-        for point, name in c.sparse_stages().items():
-            if name not in models:
-                models[name] = self.train(name, normal, c.epochs_sparse, **c.sparse_args(point))
-        sparse_of = {point: models[name] for point, name in c.sparse_stages().items()}
-        self.stage(
-            "gamma",
-            self.dir / "gamma_hist.png",
-            lambda: steps.gamma_report(
-                [normal, *models.values()],
-                self.dir / "gamma_hist.png",
-                labels=["normal (sr=0)", *(self._sparse_label(name) for name in models)],
-                ratio=None if c.targets else (c.sparsity or max(c.ratios)),
-            ),
-        )
-        name = "gflops-" if c.targets else ""
-        first = sparse_of[min(c.targets)] if c.targets else sparse_of[None]
-        unpruned = 1.0 if c.targets else 0.0  # the first row: the (sparsest) sparse model through the pruner, unchanged
-        rows = [self.row(f"{unpruned:g}", self.pruned(f"prune-{name}{unpruned:g}", first, unpruned))]
-        for p in c.points:
-            sparse = sparse_of[p if c.targets else None]
-            rows.append(self.row(f"{p:g}", self.pruned(f"prune-{name}{p:g}", sparse, p)))
-        compare = []
-        if (p := c.compare_at) is not None:
-            sparse = sparse_of[p if c.targets else None]
-            compare = [
-                self.row(f"{p:g} normal-trained", self.pruned(f"prune-{name}normal-{p:g}", normal, p)),
-                self.row(
-                    f"{p:g} no fold", self.pruned(f"prune-{name}nofold-{p:g}", sparse, p, fold=False), finetune=False
-                ),
-            ]
+        """Run every stage; write and print the tables; return the results table's rows."""
+        normal = self.train("normal", self.cfg.weights, self.cfg.epochs_normal)
+        sparse = self.sparse_stages(normal)
+        self.gamma(normal, sparse)
+        rows = self.rows(sparse)
+        compare = self.comparisons(normal, sparse)
         n = self.metrics("normal", normal)
         self.latencies(rows + compare)
-        sparse_maps = "; ".join(
-            f"{self._sparse_label(name)} mAP50 {m['map50']:.4f}, mAP50-95 {m['map50_95']:.4f}"
-            for name, m in ((name, self.metrics(name, path)) for name, path in models.items())
-        )
-        note = f"Before pruning: normal training mAP50 {n['map50']:.4f}, mAP50-95 {n['map50_95']:.4f}; {sparse_maps}."
-        self.write_table(rows, rows[0], n, "results", note)
-        if compare:
-            same = next(row for row in rows if row["point"] == f"{c.compare_at:g}")
-            self.write_table([same, *compare], rows[0], n, "comparisons", note)
-        if c.deploy:
+        self.tables(rows, compare, n, sparse)
+        if self.cfg.deploy:
             self.deploy_table(rows)
-        plot_map_vs_gflops(
-            [
-                {
-                    "label": r["point"],
-                    "gflops": r["gflops"] / rows[0]["gflops"],
-                    "map_before": r["map50_95_before"],
-                    "map_after": r["map50_95_after"],
-                }
-                for r in rows
-            ],
-            n["map50_95"],
-            self.dir / "map_vs_gflops.png",
-            title=f"{Path(c.weights).stem} on {Path(c.data).stem}, imgsz {c.imgsz}",
+        c = self.cfg
+        results_plot(
+            rows, n, self.dir / "map_vs_gflops.png", f"{Path(c.weights).stem} on {Path(c.data).stem}, imgsz {c.imgsz}"
         )
         return rows
+
+    def sparse_stages(self, normal: Path) -> dict[str, Path]:
+        """Every sparse stage (name -> its best.pt), each trained once however many rows it serves."""
+        models: dict[str, Path] = {}
+        for point, name in self.cfg.sparse_stages().items():
+            if name not in models:
+                models[name] = self.train(name, normal, self.cfg.epochs_sparse, **self.cfg.sparse_args(point))
+        return models
+
+    def sparse_of(self, sparse: dict[str, Path], point: float | None) -> Path:
+        """The sparse model that the row `point` prunes."""
+        return sparse[self.cfg.sparse_stages()[point if self.cfg.targets else None]]
+
+    def gamma(self, normal: Path, sparse: dict[str, Path]) -> None:
+        """The gamma histograms of the normal model and every sparse one."""
+        c, out = self.cfg, self.dir / "gamma_hist.png"
+        labels = ["normal (sr=0)", *(self._sparse_label(name) for name in sparse)]
+        ratio = None if c.targets else (c.sparsity or max(c.ratios))
+        self.stage(
+            "gamma", out, lambda: steps.gamma_report([normal, *sparse.values()], out=out, labels=labels, ratio=ratio)
+        )
+
+    def rows(self, sparse: dict[str, Path]) -> list[dict[str, Any]]:
+        """The results rows: the unpruned (sparsest) sparse model through the pruner, then one row per point."""
+        c = self.cfg
+        prefix = "gflops-" if c.targets else ""
+        unpruned = 1.0 if c.targets else 0.0
+        first = self.sparse_of(sparse, min(c.targets) if c.targets else None)
+        rows = [self.row(f"{unpruned:g}", self.pruned(f"prune-{prefix}{unpruned:g}", first, unpruned))]
+        for p in c.points:
+            rows.append(self.row(f"{p:g}", self.pruned(f"prune-{prefix}{p:g}", self.sparse_of(sparse, p), p)))
+        return rows
+
+    def comparisons(self, normal: Path, sparse: dict[str, Path]) -> list[dict[str, Any]]:
+        """At `compare_at`: the normal-trained model pruned instead of the sparse one, and folding off."""
+        c, p = self.cfg, self.cfg.compare_at
+        if p is None:
+            return []
+        prefix = "gflops-" if c.targets else ""
+        pruned_normal = self.row(f"{p:g} normal-trained", self.pruned(f"prune-{prefix}normal-{p:g}", normal, p))
+        folded_off = self.pruned(f"prune-{prefix}nofold-{p:g}", self.sparse_of(sparse, p), p, fold=False)
+        return [pruned_normal, self.row(f"{p:g} no fold", folded_off, finetune=False)]
+
+    def tables(self, rows: list[dict], compare: list[dict], normal: dict[str, float], sparse: dict[str, Path]) -> None:
+        """The results table, and the comparisons beside the same point's row."""
+        maps = (
+            f"{self._sparse_label(name)} mAP50 {m['map50']:.4f}, mAP50-95 {m['map50_95']:.4f}"
+            for name, m in ((name, self.metrics(name, path)) for name, path in sparse.items())
+        )
+        note = f"Before pruning: normal training mAP50 {normal['map50']:.4f}, mAP50-95 {normal['map50_95']:.4f}; {'; '.join(maps)}."
+        self.write_table(rows, normal, "results", note)
+        if compare:
+            same = next(row for row in rows if row["point"] == f"{self.cfg.compare_at:g}")
+            self.write_table([rows[0], same, *compare], normal, "comparisons", note, skip_first=True)
 
     def _sparse_label(self, stage: str) -> str:
         """How the table and the histograms name a sparse stage: its L1 strength and target."""
@@ -341,14 +270,9 @@ class Pipeline:
         c = self.cfg
         models = {row["point"]: row["onnx"].with_suffix(".pt") for row in rows}
         table = steps.deploy_table(
-            models, ["onnx", *c.deploy], c.data, c.imgsz, self.dir / "deploy", repeats=c.latency_repeats
+            models, ["onnx", *c.deploy], data=c.data, imgsz=c.imgsz, work=self.dir / "deploy", repeats=c.latency_repeats
         )
-        caption = (
-            f"Deployable artifacts of every row (imgsz {c.imgsz}, batch-1 CPU latency side by side; x = share of the "
-            "first row's FP32 ONNX latency; mAP50-95 of each artifact itself, and its change from the same model's "
-            "FP32 ONNX file)"
-        )
-        markdown = f"{caption}\n\n{markdown_table(DEPLOY_COLUMNS, deploy_rows(table))}"
+        markdown = deploy_markdown(table, c.imgsz)
         atomic_write_text(self.dir / "deploy.md", markdown)
         atomic_write_csv(self.dir / "deploy.csv", DEPLOY_FIELDS, table)
         print(f"\ndeploy:\n{markdown}")
@@ -359,73 +283,21 @@ class Pipeline:
 
     def latencies(self, rows: list[dict[str, Any]]) -> None:
         """onnxruntime CPU latency of every row's ONNX file, measured side by side now (never cached)."""
-        measured = side_by_side_latency_ms(
-            onnx_runners([row["onnx"] for row in rows]), self.cfg.imgsz, repeats=self.cfg.latency_repeats
-        )
+        measured = steps.onnx_latency_ms([row["onnx"] for row in rows], self.cfg.imgsz, self.cfg.latency_repeats)
         for row in rows:
             row["latency_ms"] = measured[row["onnx"]]
             row["onnx_mb"] = row["onnx"].stat().st_size / 2**20
 
     def write_table(
-        self, rows: list[dict[str, Any]], base: dict[str, Any], normal: dict[str, float], stem: str, note: str
+        self, rows: list[dict], normal: dict[str, float], stem: str, note: str, skip_first: bool = False
     ) -> None:
-        """Markdown and CSV tables; sizes and latency carry their ratio to `base` (the unpruned sparse model) in
-        brackets, and the last column is the change from the `normal`-trained model, the user's starting point."""
-
-        def ratio(row: dict[str, Any], key: str, fmt: str) -> str:
-            return f"{row[key]:{fmt}} ({row[key] / base[key]:.2f}x)"
-
-        def pts(row: dict[str, Any], key: str) -> str:
-            if row[key] is None:
-                return "-"
-            return f"{row[key]:.4f}" if row is base else f"{row[key]:.4f} ({100 * (row[key] - base[key]):+.1f})"
-
-        def change(row: dict[str, Any]) -> str:
-            best = row["map50_95_after"] if row["map50_95_after"] is not None else row["map50_95_before"]
-            return f"{100 * (best - normal['map50_95']):+.1f}"
-
-        head = (
-            "target GFLOPs" if self.cfg.targets else "ratio",
-            "params (M)",
-            "GFLOPs",
-            "mAP50 pruned",
-            "mAP50-95 pruned",
-            "mAP50 fine-tuned",
-            "mAP50-95 fine-tuned",
-            "ONNX MB",
-            "ORT ms/img",
-            "mAP50-95 change vs the normal-trained model (pt)",
-        )
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in rows:
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        r["point"],
-                        f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
-                        ratio(r, "gflops", ".3f"),
-                        pts(r, "map50_before"),
-                        pts(r, "map50_95_before"),
-                        pts(r, "map50_after"),
-                        pts(r, "map50_95_after"),
-                        ratio(r, "onnx_mb", ".2f"),
-                        ratio(r, "latency_ms", ".2f"),
-                        change(r),
-                    ]
-                )
-                + " |"
-            )
-        legend = (
-            "mAP: absolute, with the change from the unpruned sparse model (first row; with one sparse stage per target, "
-            "the smallest target's) in points in brackets; the last "
-            "column: fine-tuned (else pruned) mAP50-95 minus the normal-trained model's "
-            f"({normal['map50_95']:.4f}); "
-            f"latency: onnxruntime CPU, batch 1, imgsz {self.cfg.imgsz}, median of interleaved runs."
-        )
-        markdown = "\n".join(lines) + f"\n\n{legend}\n{note}\n"
+        """`stem`.md and `stem`.csv in the run folder, printed too; ratios are to `rows[0]`, which `skip_first`
+        leaves out of the table itself."""
+        point = "target GFLOPs" if self.cfg.targets else "ratio"
+        markdown = results_markdown(rows, normal, point, self.cfg.imgsz, note, skip_first=skip_first)
+        shown = rows[1:] if skip_first else rows
         atomic_write_text(self.dir / f"{stem}.md", markdown)
-        atomic_write_csv(self.dir / f"{stem}.csv", [k for k in rows[0] if k != "onnx"], rows)
+        atomic_write_csv(self.dir / f"{stem}.csv", [k for k in shown[0] if k != "onnx"], shown)
         print(f"\n{stem}:\n{markdown}")
 
 

@@ -13,7 +13,6 @@ describes.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, replace
@@ -23,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloslim.channels import DEFAULT_STREAMS, ChannelGraph, ChannelGroup, build_graph
-from yoloslim.cost import KINDS, CostModel, Unit, prunable_units
+from yoloslim.channels import ChannelGraph, ChannelGroup, build_graph
+from yoloslim.cost import CostModel, Unit, prunable_units
+from yoloslim.settings import DEFAULT_STREAMS, as_number, check_budget, check_ratio, check_round_to
 from yoloslim.surgery import LayerChange, cut, plan_masks
 
 Importance = Callable[["Pruner", Unit], torch.Tensor]
@@ -47,15 +47,6 @@ def cost_weighted(exponent: float) -> Importance:
         return gamma_importance(pruner, unit) / pruner.relative_cost[pruner.units.index(unit)] ** exponent
 
     return importance
-
-
-# The workflow's ranking (sparse stage, prune step, pipeline): |gamma| ranked below random removal on trained
-# starts, Taylor far above it (bench/removal_curve.py, docs/RESULTS.md). A bare `Pruner` has no gradients: "gamma".
-DEFAULT_IMPORTANCE = "taylor"
-# The width multiple of the scripts and the pipeline (`Pruner`, `steps` and the training arguments keep exact
-# counts unless asked): chosen on ships yolov8n at 0.4x GFLOPs, where 8 ran 1.3x faster than free widths in
-# onnxruntime on CPU and lost no accuracy, and 16 ran no faster than 8 but cost accuracy (docs/RESULTS.md).
-SCRIPT_ROUND_TO = 8
 
 
 def needs_gradients(pruner: Pruner, unit: Unit) -> torch.Tensor:
@@ -124,8 +115,7 @@ class Pruner:
         fold: bool = True,
         streams: bool = DEFAULT_STREAMS,
     ) -> None:
-        if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
-            raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = exact counts)")
+        round_to = check_round_to(round_to)
         min_keep = as_number(min_keep, "min_keep")
         if not 0 <= min_keep <= 1:
             raise ValueError(f"min_keep={min_keep} must be a share in [0, 1]")
@@ -307,28 +297,6 @@ class Pruner:
         return cut(self.model, self.graph, plan_masks(self.graph, plan.keep), self.fold)
 
 
-def as_number(value: Any, what: str) -> float:
-    """A real number given as a Python, NumPy or one-element torch scalar; a clear error for anything else."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} {value!r} is not a number: pass e.g. 0.5")
-    return float(value)
-
-
-def check_budget(kind: str, target: Any) -> float:
-    """A compute budget: a share in (0, 1] of the unpruned model's GFLOPs or parameters; returned as a float."""
-    if kind not in KINDS:
-        raise ValueError(f"budget kind '{kind}' is not one of {KINDS}")
-    share = as_number(target, f"target {kind}=")
-    if not 0 < share <= 1:
-        raise ValueError(
-            f"target {kind}={target!r} must be in (0, 1]: the share of the unpruned model's {kind} to keep, "
-            "e.g. 0.4 keeps 40%"
-        )
-    return share
-
-
 def check_amount(ratio: Any, target: tuple[str, Any] | None) -> tuple[float | None, tuple[str, float] | None]:
     """How much to prune: exactly one of a channel `ratio` and a compute `target` (kind, share), each valid;
     returned as plain floats."""
@@ -340,14 +308,6 @@ def check_amount(ratio: Any, target: tuple[str, Any] | None) -> tuple[float | No
         return check_ratio(ratio), None
     kind, share = target
     return None, (kind, check_budget(kind, share))
-
-
-def check_ratio(ratio: Any) -> float:
-    """A prune ratio must be a share of channels in [0, 1); returned as a float."""
-    value = as_number(ratio, "prune ratio")
-    if not 0 <= value < 1:
-        raise ValueError(f"prune ratio {ratio!r} must be in [0, 1): e.g. 0.5 removes half of the prunable channels")
-    return value
 
 
 def prune_model(

@@ -1,15 +1,18 @@
-"""Size tables: parameters and GFLOPs (Ultralytics' own counters) and the per-layer prune report."""
+"""Tables and plots: sizes (Ultralytics' own counters), the per-layer prune report, the pipeline's results and deploy
+tables, and its accuracy-vs-size plot."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from torch import nn
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 from yoloslim.atomic import csv_text
+from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import PrunePlan
 from yoloslim.surgery import LayerChange
 
@@ -100,3 +103,82 @@ def deploy_rows(rows: Sequence[dict]) -> list[list[str]]:
             ]
         )
     return cells
+
+
+def deploy_markdown(table: Sequence[dict], imgsz: int) -> str:
+    """The pipeline's deploy table with its caption."""
+    caption = (
+        f"Deployable artifacts of every row (imgsz {imgsz}, batch-1 CPU latency side by side; x = share of the "
+        "first row's FP32 ONNX latency; mAP50-95 of each artifact itself, and its change from the same model's "
+        "FP32 ONNX file)"
+    )
+    return f"{caption}\n\n{markdown_table(DEPLOY_COLUMNS, deploy_rows(table))}"
+
+
+RESULTS_COLUMNS = [
+    "params (M)",
+    "GFLOPs",
+    "mAP50 pruned",
+    "mAP50-95 pruned",
+    "mAP50 fine-tuned",
+    "mAP50-95 fine-tuned",
+    "ONNX MB",
+    "ORT ms/img",
+    "mAP50-95 change vs the normal-trained model (pt)",
+]
+
+
+def results_markdown(
+    rows: Sequence[dict], normal: dict[str, float], point: str, imgsz: int, note: str, skip_first: bool = False
+) -> str:
+    """The pipeline's results (or comparisons) table: sizes and latency with their ratio to the first row (the
+    unpruned sparse model; left out of the table with `skip_first`) in brackets, mAP with its change from it, and
+    the last column the change from the `normal`-trained model, the user's starting point; then the legend and
+    `note`."""
+    base = rows[0]
+
+    def ratio(row: dict, key: str, fmt: str) -> str:
+        return f"{row[key]:{fmt}} ({row[key] / base[key]:.2f}x)"
+
+    def pts(row: dict, key: str) -> str:
+        if row[key] is None:
+            return "-"
+        return f"{row[key]:.4f}" if row is base else f"{row[key]:.4f} ({100 * (row[key] - base[key]):+.1f})"
+
+    def change(row: dict) -> str:
+        final = row["map50_95_after"] if row["map50_95_after"] is not None else row["map50_95_before"]
+        return f"{100 * (final - normal['map50_95']):+.1f}"
+
+    cells = [
+        [
+            r["point"],
+            f"{r['params'] / 1e6:.3f} ({r['params'] / base['params']:.2f}x)",
+            ratio(r, "gflops", ".3f"),
+            *(pts(r, k) for k in ("map50_before", "map50_95_before", "map50_after", "map50_95_after")),
+            ratio(r, "onnx_mb", ".2f"),
+            ratio(r, "latency_ms", ".2f"),
+            change(r),
+        ]
+        for r in (rows[1:] if skip_first else rows)
+    ]
+    legend = (
+        "mAP: absolute, with the change from the unpruned sparse model (first row; with one sparse stage per target, "
+        "the smallest target's) in points in brackets; the last column: fine-tuned (else pruned) mAP50-95 minus the "
+        f"normal-trained model's ({normal['map50_95']:.4f}); latency: onnxruntime CPU, batch 1, imgsz {imgsz}, "
+        "median of interleaved runs."
+    )
+    return f"{markdown_table([point, *RESULTS_COLUMNS], cells)}\n{legend}\n{note}\n"
+
+
+def results_plot(rows: Sequence[dict], normal: dict[str, float], path: Path, title: str) -> Path:
+    """mAP50-95 change from the normal-trained model against the GFLOPs share of each row (plots.py)."""
+    points = [
+        {
+            "label": r["point"],
+            "gflops": r["gflops"] / rows[0]["gflops"],
+            "map_before": r["map50_95_before"],
+            "map_after": r["map50_95_after"],
+        }
+        for r in rows
+    ]
+    return plot_map_vs_gflops(points, normal["map50_95"], path, title=title)

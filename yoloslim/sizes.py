@@ -10,33 +10,12 @@ file was made at, follows from that; here the rounding happens once, with a warn
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 from torch import nn
 from ultralytics.utils import LOGGER
 
-
-def check_whole(name: str, value: Any) -> int:
-    """A count that must be a whole number > 0 (epochs; imgsz, in pixels)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        example = {"imgsz": "640 (pixels)", "epochs": "30"}.get(name, "1")
-        raise ValueError(f"{name}={value!r} must be a whole number > 0, e.g. {example}")
-    return int(value)
-
-
-def check_imgsz(imgsz: Any) -> int:
-    """An image size: a whole number of pixels > 0."""
-    return check_whole("imgsz", imgsz)
-
-
-def check_batch(batch: Any, autobatch: bool = True) -> int:
-    """A batch size: a whole number > 0, or -1 (Ultralytics' AutoBatch, on CUDA) where `autobatch` allows it."""
-    whole = not isinstance(batch, bool) and isinstance(batch, numbers.Integral)
-    if not whole or not (batch > 0 or (autobatch and batch == -1)):
-        also = " (or -1: Ultralytics' AutoBatch on a GPU)" if autobatch else ""
-        raise ValueError(f"batch={batch!r} must be a whole number > 0{also}, e.g. 16")
-    return int(batch)
+from yoloslim.settings import check_imgsz
 
 
 def model_stride(model: nn.Module) -> int:

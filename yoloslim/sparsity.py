@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from yoloslim.channels import DEFAULT_STREAMS, build_graph
+from yoloslim.channels import build_graph
+from yoloslim.settings import DEFAULT_STREAMS
 
 
 IMAGES_PER_SR = 16  # Ultralytics' default batch: there, sr is the seed's per-micro-batch sr * sign(gamma)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from copy import deepcopy
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,19 +18,36 @@ from ultralytics.utils import LOGGER, colorstr
 
 from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
 from yoloslim.atomic import atomic_write_text, check_output_folder, write_set
-from yoloslim.channels import DEFAULT_STREAMS
-from yoloslim.checkpoint import check_weights_file, checkpoint_bytes, load_model, mark_pruned
+from yoloslim.checkpoint import (
+    check_weights_file,
+    checkpoint_bytes,
+    finished_training,
+    load_model,
+    mark_pruned,
+    readable,
+)
 from yoloslim.data import recorded_data, resolve_data
-from yoloslim.deploy import Kind
-from yoloslim.latency import check_latency_target, measured_latency_ratio, search_gflops
+from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
+from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
-from yoloslim.prune import DEFAULT_IMPORTANCE, Pruner, check_amount, check_ratio, prune_model
+from yoloslim.prune import Pruner, check_amount, prune_model
 from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
-from yoloslim.sizes import check_batch, check_imgsz, check_whole, fit_imgsz
+from yoloslim.sizes import fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
-from yoloslim.trainer import SLIM_ARGS, TRAINERS, check_slim_args
+from yoloslim.settings import (
+    DEFAULT_IMPORTANCE,
+    DEFAULT_STREAMS,
+    PROJECT,
+    SLIM_ARGS,
+    check_batch,
+    check_imgsz,
+    check_latency_target,
+    check_ratio,
+    check_whole,
+)
+from yoloslim.trainer import TRAINERS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
 
@@ -53,6 +71,33 @@ def _project(project: str | Path) -> str:
     return str(Path(project).resolve())
 
 
+def say(message: str) -> None:
+    """One line of the workflow's progress in Ultralytics' log, prefixed `yoloslim:`."""
+    LOGGER.info(f"{PREFIX} {message}")
+
+
+def check_inputs(
+    weights: str | Path, data: str | Path | None, imgsz: int, kinds: Sequence[str] = ()
+) -> tuple[str, int]:
+    """Check what a sequence of steps will read before the first one runs: the start `weights`, the dataset and
+    the deployable `kinds` (known, their runtime installed).
+
+    Returns:
+        The dataset's yaml (the demo set made when asked for) and `imgsz` rounded up to the model's stride, the
+        size every step of the sequence then uses.
+    """
+    check_model_source(weights)
+    for kind in kinds:
+        Kind.parse(kind)
+    imgsz = fit_imgsz(imgsz, YOLO(weights).model)
+    return resolve_data(data), imgsz
+
+
+def onnx_latency_ms(files: Sequence[Path], imgsz: int, repeats: int) -> dict[Path, float]:
+    """onnxruntime CPU batch-1 latency of each ONNX file, measured side by side now (interleaved rounds)."""
+    return side_by_side_latency_ms(onnx_runners(list(files)), imgsz, repeats=repeats)
+
+
 def trained_with(weights: str | Path) -> dict[str, Any]:
     """The training arguments saved in a checkpoint (empty when it has none)."""
     _, ckpt = load_model(weights)
@@ -61,17 +106,16 @@ def trained_with(weights: str | Path) -> dict[str, Any]:
 
 def train(
     weights: str | Path,
+    *,
     data: str | Path | None,
     epochs: int,
     imgsz: int,
-    batch: int,
-    device: str | None,
-    project: str | Path,
-    name: str,
-    sr: float = 0.0,
-    finetune: bool = False,
-    sparsity: float = 0.0,
-    **overrides: Any,
+    batch: int = 16,
+    device: str | None = None,
+    project: str | Path = PROJECT,
+    name: str = "train",
+    resume: bool = False,
+    **slim_and_ultralytics_args: Any,
 ) -> Path:
     """Train with `SlimTrainer`: normal with sr=0, sparsity with sr>0 and/or a `sparsity` target, fine-tuning
     with finetune=True, learning from a teacher with `distill_model=` its .pt.
@@ -86,10 +130,11 @@ def train(
         epochs, imgsz, batch, device: as Ultralytics takes them (imgsz and batch checked here: whole numbers > 0,
             batch -1 for AutoBatch).
         project, name: the run folder `project/name`.
-        sr: L1 penalty on prunable BN gammas per 16 images (0 = none).
-        finetune: train a pruned checkpoint as it is.
-        sparsity: share of prunable channels driven to exact zero by the end (0 = none).
-        **overrides: any other Ultralytics or yoloslim training argument (`target_gflops`, `importance`, `lr_scale`...).
+        resume: pick up the run folder's own run: a finished one is returned as it is, an interrupted one is
+            resumed (Ultralytics' resume, with the zeroing's state), a truncated last.pt is set aside and the stage
+            starts again.
+        **slim_and_ultralytics_args: the slimming settings (`sr`, `sparsity` or `target_gflops`, `importance`,
+            `streams`, `round_to`, `finetune`, `lr_scale`: settings.py) and any Ultralytics training argument.
 
     Returns:
         The best checkpoint (last.pt when no best.pt was written).
@@ -99,42 +144,67 @@ def train(
         FileNotFoundError: missing weights or dataset.
 
     Example:
-        >>> best = steps.train("yolov8n.yaml", "demo", 30, 160, 16, None, "runs/yoloslim", "normal")
-        >>> sparse = steps.train(best, "demo", 30, 160, 16, None, "runs/yoloslim", "sparse", sr=1e-2, sparsity=0.5)
+        >>> best = steps.train("yolov8n.yaml", data="demo", epochs=30, imgsz=160, name="normal")
+        >>> sparse = steps.train(best, data="demo", epochs=30, imgsz=160, name="sparse", sr=1e-2, sparsity=0.5)
     """
-    check_slim_args({**overrides, "sr": sr, "finetune": finetune, "sparsity": sparsity})  # a copy
+    args = {"sr": 0.0, "finetune": False, "sparsity": 0.0, **slim_and_ultralytics_args}
+    check_slim_args(dict(args))
     epochs, imgsz, batch = check_whole("epochs", epochs), check_imgsz(imgsz), check_batch(batch)
     source = check_model_source(weights)
     run = Path(_project(project)) / name
+    if resume and (done := _resumed(run / "weights" / "last.pt")):
+        return done
+    model = _trainable(source, run)
+    where = {"data": resolve_data(data), "project": str(run.parent), "name": name, "exist_ok": True}
+    model.train(epochs=epochs, imgsz=imgsz, batch=batch, device=device, **where, **args)
+    return _best(model.trainer)
+
+
+def _trainable(source: str, run: Path) -> YOLO:
+    """The model of `source` to train in the run folder `run`: one of a task yoloslim trains, and not read from
+    inside the folder its run overwrites."""
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
-    data = resolve_data(data)
     model = YOLO(source)
     if model.task not in TRAINERS:
         raise ValueError(
             f"'{source}' is a {model.task} model: yoloslim trains the tasks {sorted(TRAINERS)} (give a detection, "
             "segmentation, pose or OBB checkpoint or yaml)"
         )
-    model.train(
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        project=str(run.parent),
-        name=name,
-        exist_ok=True,
-        sr=sr,
-        finetune=finetune,
-        sparsity=sparsity,
-        **overrides,
-    )
-    best = Path(model.trainer.best)
-    return best if best.exists() else Path(model.trainer.last)
+    return model
+
+
+def _best(trainer: Any) -> Path:
+    best = Path(trainer.best)
+    return best if best.exists() else Path(trainer.last)
+
+
+def _resumed(last: Path) -> Path | None:
+    """The run of `last` (a last.pt): its best checkpoint when finished, or after resuming it when interrupted;
+    None when there is no run to pick up (none, or a truncated last.pt, which is set aside)."""
+    if readable(last) and finished_training(last):
+        LOGGER.info(f"{PREFIX} {last.parent.parent} has finished its training: kept as it is")
+        best = last.with_name("best.pt")
+        return best if best.exists() else last
+    if readable(last):
+        model = YOLO(last)
+        model.train(resume=True)
+        return _best(model.trainer)
+    if last.exists():  # killed while Ultralytics wrote it: start the stage again
+        LOGGER.warning(f"{PREFIX} {last} is truncated or unreadable; the stage starts again")
+        last.replace(last.with_name("last.pt.unreadable"))
+    return None
+
+
+def finished_run(project: str | Path, name: str) -> bool:
+    """Whether the training run folder `project/name` holds a finished run."""
+    last = Path(_project(project)) / name / "weights" / "last.pt"
+    return readable(last) and finished_training(last)
 
 
 def gamma_report(
     weights: list[str | Path],
+    *,
     out: str | Path,
     labels: list[str] | None = None,
     side_by_side: bool = False,
@@ -156,7 +226,7 @@ def gamma_report(
         ValueError: labels that do not match the checkpoints or repeat, `out` a folder or not writable.
 
     Example:
-        >>> steps.gamma_report(["normal/weights/best.pt", "sparse/weights/best.pt"], "gamma.png", ratio=0.5)
+        >>> steps.gamma_report(["normal/weights/best.pt", "sparse/weights/best.pt"], out="gamma.png", ratio=0.5)
     """
     paths = [check_weights_file(w) for w in weights]
     labels = labels or _labels(paths)
@@ -181,6 +251,15 @@ def gamma_report(
         side_by_side=side_by_side,
         threshold=threshold,
     )
+    text = _gamma_summary(gammas, paths, threshold)
+    atomic_write_text(out.with_suffix(".txt"), text + "\n")
+    print(text)
+    LOGGER.info(f"{PREFIX} gamma histograms saved to {out}")
+    return out
+
+
+def _gamma_summary(gammas: dict[str, list], paths: list[Path], threshold: tuple[str, float] | None) -> str:
+    """The text beside the histograms: channels, median |gamma| and the share under 0.01 per checkpoint."""
     lines = [f"{'checkpoint':<24} {'channels':>8} {'median':>8} {'<1e-2':>7}  file"]
     for (label, values), path in zip(gammas.items(), paths, strict=True):
         s = gamma_stats(values)
@@ -190,11 +269,7 @@ def gamma_report(
         )
     if threshold:
         lines.append(f"gamma threshold of '{threshold[0]}': {threshold[1]:.4g} (largest |gamma| removed)")
-    text = "\n".join(lines)
-    atomic_write_text(out.with_suffix(".txt"), text + "\n")
-    print(text)
-    LOGGER.info(f"{PREFIX} gamma histograms saved to {out}")
-    return out
+    return "\n".join(lines)
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -211,7 +286,8 @@ def _labels(paths: list[Path]) -> list[str]:
 
 def prune(
     weights: str | Path,
-    ratio: float | None,
+    *,
+    ratio: float | None = None,
     save_dir: str | Path,
     round_to: int = 1,
     fold: bool = True,
@@ -223,100 +299,121 @@ def prune(
     allow_unchanged: bool = False,
     runtime: str = "onnx",
 ) -> Path:
-    """Prune a checkpoint to a channel `ratio` or to a compute `target` (("gflops", 0.4): keep 40% of the
-    GFLOPs), or to a latency target (("latency", 0.5): run at half the unpruned model's latency on `runtime`, found by
-    measuring, `latency.py`); write `save_dir/pruned.pt` and the per-layer report (text and CSV) beside it.
+    """Prune a checkpoint to a channel `ratio`, a compute `target` (("gflops", 0.4): keep 40% of the GFLOPs) or a
+    latency target (("latency", 0.5): half the unpruned latency on `runtime`, found by measuring, `latency.py`).
 
-    The input is never modified. The three files are written as one set (`atomic.write_set`): a failure
-    leaves the previous set or the new one. A prune that would remove no channel is an error unless
-    `allow_unchanged` (or ratio 0 / a target of 1, which ask for that).
+    The input is never modified; pruned.pt, prune_report.txt and prune_layers.csv go into `save_dir` as one set.
 
     Args:
         weights: the (sparse-trained) checkpoint.
-        ratio: share of prunable channels to remove, in [0, 1); None with a `target`.
-        save_dir: folder for pruned.pt, prune_report.txt and prune_layers.csv.
-        round_to: keep channel counts in multiples of this (1 = exact counts).
-        fold: fold removed channels' constant outputs into their readers (exact removal of zeroed channels).
-        min_keep: per-layer floor, as a share of the layer's channels.
-        data: validate the pruned model on it; the Taylor ranking also reads its training images (default: the
-            dataset the checkpoint was trained on).
-        target: ("gflops" | "params" | "latency", share) instead of a ratio.
-        importance: "taylor" (default), "gamma", "flops" or "sqrt-flops".
-        streams: also prune Bottleneck residual streams.
-        allow_unchanged: save even when floors and rounding leave every layer whole.
+        ratio, target: the amount: a share of prunable channels in [0, 1), or (kind, share); exactly one.
+        save_dir: the folder of the three files.
+        round_to, fold, min_keep, importance, streams: as `Pruner` takes them.
+        data: validate the pruned model on it; Taylor ranks on its training images (default: the checkpoint's).
+        allow_unchanged: save even when floors and rounding leave every layer whole (else an error, unless ratio 0
+            or a target of 1 asked for that).
         runtime: where a latency target is measured ("onnx" or "openvino").
 
     Returns:
         The path of pruned.pt.
 
     Raises:
-        ValueError: a bad amount, an unreachable target, an unwritable folder, a prune that removes nothing.
-        UnsupportedModuleError: a block no channel rule covers.
-        FileNotFoundError: missing weights.
+        ValueError, UnsupportedModuleError, FileNotFoundError: a bad amount, an unreachable target, an unwritable
+            folder, a prune that removes nothing; a block no channel rule covers; missing weights.
 
     Example:
-        >>> steps.prune("sparse/weights/best.pt", None, "pruned/", round_to=8, target=("gflops", 0.4))
+        >>> steps.prune("sparse/weights/best.pt", save_dir="pruned/", target=("gflops", 0.4), round_to=8)
     """
     latency = check_latency_target(target[1]) if target and target[0] == "latency" else None
     if latency is not None:
         Kind(runtime).check()
     ratio, target = check_amount(ratio, ("gflops", 1.0) if latency is not None else target)
-    source = check_weights_file(weights)
-    save_dir = Path(save_dir)
-    out = save_dir / "pruned.pt"
-    if out.resolve() == source.resolve():
-        raise ValueError(f"--save-dir '{save_dir}' would overwrite the input '{source}': choose another folder")
-    check_output_folder(save_dir, "--save-dir")
+    source, out = _prune_paths(weights, Path(save_dir))
     model, ckpt = load_model(source)
-    data = resolve_data(data) if data is not None else None
-    imgsz = int((ckpt.get("train_args") or {}).get("imgsz") or 640)
+    data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
-    ranking = importance
-    if importance == "taylor":
-        # an unsupported model or an unreachable target says so before the training data is looked for and read
-        probe = Pruner(model, round_to=round_to, min_keep=min_keep, streams=streams)
-        if target:
-            probe.plan_budget(*target)
-        LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
-        ranking = estimate_taylor(model, ranking_data(data, ckpt, source), imgsz, streams=streams)
+    ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
+    info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve()), **args}
     if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
         target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
-    pruned, plan, changes = prune_model(model, ratio, target, **{**args, "importance": ranking})
+        info.update(target_latency=latency, runtime=runtime)
+    pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
+    summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
+    _write_pruned(out, pruned, changes, summary, ckpt)
+    if data:
+        validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
+    return out
+
+
+def _cut(
+    model: Any,
+    ratio: float | None,
+    target: tuple[str, float] | None,
+    args: dict[str, Any],
+    allow_unchanged: bool,
+    info: dict[str, Any],
+) -> tuple[Any, Any, list]:
+    """`prune_model` at the amount, marked pruned with `info` and the plan's figures; refused when it removes nothing
+    that was not asked for, and said when it removes channels far from zero."""
+    pruned, plan, changes = prune_model(model, ratio, target, **args)
     asked_nothing = ratio == 0 or (target is not None and target[1] == 1)  # ratio 0 / the whole budget: as it is
     if plan.removed == 0 and not asked_nothing and not allow_unchanged:
         raise ValueError(
             f"pruning at {ratio if target is None else f'{target[0]}={target[1]:g}'} removes no channel "
-            f"(round_to={round_to} and min_keep={min_keep:g} keep every layer whole): lower --round-to or "
-            "--min-keep, or pass --allow-unchanged to save the model as it is; nothing written"
+            f"(round_to={args['round_to']} and min_keep={args['min_keep']:g} keep every layer whole): lower "
+            "--round-to or --min-keep, or pass --allow-unchanged to save the model as it is; nothing written"
         )
-    before, after = ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz)
     _warn_if_not_sparse(model, plan.max_removed)
-    info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve())}
-    if latency is not None:
-        info.update(target_latency=latency, runtime=runtime)
-    info.update(threshold=plan.threshold, max_removed=plan.max_removed, removed=plan.removed, **args)
-    mark_pruned(pruned, info)
+    mark_pruned(pruned, {**info, "threshold": plan.threshold, "max_removed": plan.max_removed, "removed": plan.removed})
+    return pruned, plan, changes
+
+
+def trained_imgsz(ckpt: dict[str, Any]) -> int:
+    """The image size a checkpoint was trained at (640 when it does not say)."""
+    return int((ckpt.get("train_args") or {}).get("imgsz") or 640)
+
+
+def _prune_paths(weights: str | Path, save_dir: Path) -> tuple[Path, Path]:
+    """The checkpoint to prune and the pruned.pt to write: never the same file, in a folder that can be written."""
+    source = check_weights_file(weights)
+    out = save_dir / "pruned.pt"
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--save-dir '{save_dir}' would overwrite the input '{source}': choose another folder")
+    check_output_folder(save_dir, "--save-dir")
+    return source, out
+
+
+def _ranking(model: Any, args: dict[str, Any], target: tuple[str, float] | None, data: Any, imgsz: int) -> Any:
+    """The pruner's importance: its name, or for Taylor the scores estimated from a few batches of the training
+    images of `data()` (called only then). An unsupported model or an unreachable target says so first."""
+    if args["importance"] != "taylor":
+        return args["importance"]
+    probe = Pruner(model, round_to=args["round_to"], min_keep=args["min_keep"], streams=args["streams"])
+    if target:
+        probe.plan_budget(*target)
+    LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
+    return estimate_taylor(model, data(), imgsz, streams=args["streams"])
+
+
+def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dict[str, Any]) -> None:
+    """pruned.pt (with the source's Ultralytics training arguments), the per-layer report and CSV, as one set."""
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in SLIM_ARGS}
-    summary = prune_summary(before, after, plan, target)
     files = {
         "prune_report.txt": f"{layer_table(changes)}\n\n{summary}\n".encode(),
         "prune_layers.csv": layer_csv(changes).encode(),
         out.name: checkpoint_bytes(pruned, train_args),
     }
-    write_set(save_dir, files, last=out.name)  # pruned.pt last: its presence means the step finished
+    write_set(out.parent, files, last=out.name)  # pruned.pt last: its presence means the step finished
     print(layer_table(changes), "", summary, sep="\n")
-    LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {save_dir / 'prune_report.txt'})")
-    if data:
-        validate(out, data, imgsz=imgsz, project=save_dir, name="val")
-    return out
+    LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {out.parent / 'prune_report.txt'})")
 
 
 def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> float:
     """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
     (measured: `latency.search_gflops`)."""
     with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
-        measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime)
+        measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime=runtime)
         search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
     share, reached = search.best
     LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
@@ -325,6 +422,7 @@ def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str 
 
 def latency_target_gflops(
     weights: str | Path,
+    *,
     latency: float,
     data: str | Path | None,
     imgsz: int,
@@ -376,11 +474,12 @@ def _warn_if_not_sparse(model: Any, max_removed: float) -> None:
 
 def validate(
     weights: str | Path,
+    *,
     data: str | Path | None,
     imgsz: int = 640,
     batch: int = 16,
     device: str | None = None,
-    project: str | Path = "runs/yoloslim",
+    project: str | Path = PROJECT,
     name: str = "val",
 ) -> dict[str, float]:
     """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line.
@@ -395,7 +494,7 @@ def validate(
         mAP50, mAP50-95, parameters, GFLOPs (counted at the size validated at) and that size (`imgsz`).
 
     Example:
-        >>> steps.validate("finetune/weights/best.pt", "data.yaml", imgsz=640)["map50_95"]
+        >>> steps.validate("finetune/weights/best.pt", data="data.yaml", imgsz=640)["map50_95"]
     """
     batch = check_batch(batch, autobatch=False)
     source = check_weights_file(weights)

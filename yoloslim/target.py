@@ -33,36 +33,13 @@ import torch
 from torch import nn
 
 from yoloslim.cost import Unit
-from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, check_budget, needs_gradients
+from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, needs_gradients
+from yoloslim.settings import check_budget, check_sparsity
 
 RAMP_START = 0.25  # share of the run before any channel is chosen: the ranking accumulates first
 RAMP_END = 0.7  # share of the run at which the chosen share reaches the target
 FADE = 0.1  # share of the run over which a chosen channel fades to exactly 0: all are 0 from 0.8 on; the rest recovers
 UPDATE_STEP = 0.01  # re-rank when the scheduled share (of channels or of GFLOPs) has grown by this much (20-60 ms on yolov8s, CPU)
-
-
-def check_sparsity(value: object) -> float:
-    """A sparsity target: a share of prunable channels in [0, 1) (0 = no target)."""
-    try:
-        share = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"sparsity={value!r} is not a number: pass a share of channels in [0, 1), e.g. 0.5") from None
-    if not 0 <= share < 1:
-        raise ValueError(f"sparsity={value!r} must be in [0, 1): the share of prunable channels to drive to zero")
-    return share
-
-
-def check_target_gflops(value: object) -> float:
-    """A GFLOPs target for sparsity training: the share of the unpruned model's GFLOPs to keep, 0 = none."""
-    try:
-        share = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"target_gflops={value!r} is not a number: pass a share in (0, 1], e.g. 0.4") from None
-    if not 0 <= share <= 1:
-        raise ValueError(
-            f"target_gflops={value!r} must be in (0, 1]: the share of the unpruned model's GFLOPs to keep (0 = none)"
-        )
-    return share
 
 
 def scheduled_share(target: float, progress: float) -> float:

@@ -27,7 +27,8 @@ from ultralytics.data import build_dataloader, build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.tasks import guess_model_task
 
-from yoloslim.channels import DEFAULT_STREAMS, build_graph
+from yoloslim.channels import build_graph
+from yoloslim.settings import DEFAULT_STREAMS
 from yoloslim.cost import Unit, prunable_units
 
 if TYPE_CHECKING:

@@ -47,23 +47,14 @@ from ultralytics.utils.callbacks.base import default_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloslim.atomic import atomic_write_bytes
-from yoloslim.channels import DEFAULT_STREAMS, UnsupportedModuleError
+from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
-from yoloslim.prune import DEFAULT_IMPORTANCE, IMPORTANCE, Pruner
-from yoloslim.target import ChannelZeroing, check_sparsity, check_target_gflops
+from yoloslim.prune import Pruner
+from yoloslim.settings import RANKING, SLIM_ARGS, check_value
+from yoloslim.target import ChannelZeroing
 from yoloslim.taylor import TaylorImportance
 
-SLIM_ARGS: dict[str, Any] = {
-    "sr": 0.0,
-    "sparsity": 0.0,
-    "target_gflops": 0.0,
-    "importance": DEFAULT_IMPORTANCE,
-    "streams": DEFAULT_STREAMS,
-    "round_to": 1,
-    "finetune": False,
-    "lr_scale": None,  # the stage's default: `stage_lr_scale`
-}
 # The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
 # restarts at its full rate, made for training from scratch, and AdamW at 0.002 knocked a converged YOLOv8s from
 # 0.31 to 0.12 mAP50-95 within three epochs before any channel was zeroed; at a tenth it never fell below 0.29
@@ -112,49 +103,26 @@ def _reader(args: dict[str, Any] | Any) -> Callable[[str], Any]:
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> None:
-    """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts; normalise types. A teacher
-    (`distill_model`) among the arguments is checked too."""
+    """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts, each by its check in
+    `settings.py`, then how they go together; normalise the numbers. A teacher (`distill_model`) among the
+    arguments is checked too."""
     get = _reader(args)
-    sr = get("sr")
-    try:
-        value = float(sr)
-    except (TypeError, ValueError):
-        raise ValueError(f"sr={sr!r} is not a number: pass the L1 penalty as a float >= 0, e.g. sr=0.01") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"sr={sr!r} is invalid: the L1 penalty must be a finite number >= 0 (0 = normal training)")
-    finetune = get("finetune")
-    if not isinstance(finetune, bool):
-        raise ValueError(f"finetune={finetune!r} must be True or False")
-    sparsity = check_sparsity(get("sparsity"))
-    gflops = check_target_gflops(get("target_gflops"))
+    value = {key: check_value(key, get(key)) for key in SLIM_ARGS}
+    sparsity, gflops = value["sparsity"], value["target_gflops"]
     if sparsity and gflops:
         raise ValueError(
             f"sparsity={sparsity:g} and target_gflops={gflops:g}: give one target (a share of channels, or of GFLOPs)"
         )
-    if (sparsity or gflops) and finetune:
+    if (sparsity or gflops) and value["finetune"]:
         raise ValueError(
             "a sparsity target and finetune=True do not go together: sparsity training comes before pruning, "
             "fine-tuning after"
         )
-    if (importance := get("importance")) not in IMPORTANCE:
-        raise ValueError(f"importance={importance!r} must be one of {sorted(IMPORTANCE)}")
-    if not isinstance(get("streams"), bool):
-        raise ValueError(f"streams={get('streams')!r} must be True or False")
-    if isinstance(round_to := get("round_to"), bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = no rounding)")
-    scale = lr_scale = get("lr_scale")
-    if lr_scale is not None:  # None: the default for the stage (`stage_lr_scale`)
-        try:
-            scale = float(lr_scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"lr_scale={lr_scale!r} is not a number: pass a factor > 0, e.g. 0.1") from None
-        if isinstance(lr_scale, bool) or not 0 < scale < float("inf"):
-            raise ValueError(f"lr_scale={lr_scale!r} must be a number > 0 (1 = the learning rate Ultralytics picks)")
-    for key, v in (("sr", value), ("sparsity", sparsity), ("target_gflops", gflops), ("lr_scale", scale)):
+    for key in ("sr", "sparsity", "target_gflops", "lr_scale"):
         if isinstance(args, dict):
-            args[key] = v
+            args[key] = value[key]
         else:
-            setattr(args, key, v)
+            setattr(args, key, value[key])
     _check_teacher(args)
 
 
@@ -205,7 +173,7 @@ def stage_lr_scale(args: dict[str, Any] | Any) -> float:
 def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
     """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
     get = _reader(args)
-    return {"importance": get("importance"), "streams": get("streams"), "round_to": get("round_to")}
+    return {key: get(key) for key in RANKING}
 
 
 def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
