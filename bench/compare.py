@@ -36,16 +36,15 @@ from typing import Any
 
 import yoloslim  # noqa: F401  (offline settings first)
 from scipy import stats
-from table import emit, write_csv
+from common import BATCH, emit, parser, shown, write_csv
 from ultralytics.cfg import smart_value
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import finished_training, readable
-from yoloslim.prune import SCRIPT_ROUND_TO
+from yoloslim.settings import SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
-BATCH = 16
 RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
 RANKING = ("importance", "streams", "round_to")
 NOT_TRAINING = ("importance", "streams", "target")  # arm settings that are not Ultralytics training arguments
@@ -95,7 +94,16 @@ class Comparison:
         last = folder / name / "weights" / "last.pt"
         if not (readable(last) and finished_training(last)):
             steps.train(
-                weights, self.a.data, epochs, self.a.imgsz, BATCH, None, folder, name, seed=seed, nbs=BATCH, **args
+                weights,
+                data=self.a.data,
+                epochs=epochs,
+                imgsz=self.a.imgsz,
+                batch=BATCH,
+                project=folder,
+                name=name,
+                seed=seed,
+                nbs=BATCH,
+                **args,
             )
         return last
 
@@ -104,7 +112,14 @@ class Comparison:
         if not readable(out):
             ranking = {k: settings[k] for k in RANKING if k in settings}
             target = ("gflops", settings.get("target", self.a.target))
-            steps.prune(weights, None, out.parent, target=target, data=None, **{"round_to": SCRIPT_ROUND_TO, **ranking})
+            steps.prune(
+                weights,
+                ratio=None,
+                save_dir=out.parent,
+                target=target,
+                data=None,
+                **{"round_to": SCRIPT_ROUND_TO, **ranking},
+            )
         return out
 
     def run(self, arm: Arm, seed: int) -> Path:
@@ -144,7 +159,7 @@ class Comparison:
         )
 
     def score(self, weights: Path, name: str) -> float:
-        return steps.validate(weights, self.a.data, imgsz=self.a.imgsz, project=self.a.run_dir / "val", name=name)[
+        return steps.validate(weights, data=self.a.data, imgsz=self.a.imgsz, project=self.a.run_dir / "val", name=name)[
             "map50_95"
         ]
 
@@ -181,10 +196,8 @@ def table(arms: list[Arm], seeds: list[int], scores: dict[str, list[float]], ref
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/compare")
     p.add_argument("--normal", type=Path, required=True, help="the normal-trained checkpoint every arm starts from")
-    p.add_argument("--data", required=True)
-    p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--target", type=float, default=0.4, help="GFLOPs share the pruned arms keep")
     p.add_argument("--sr", type=float, default=1e-2)
     p.add_argument("--sparse-epochs", type=int, default=15)
@@ -199,8 +212,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         default=[],
         help="KEY=VALUE Ultralytics training arguments for every arm, e.g. fraction=0.5 val=False (an arm's own win)",
     )
-    p.add_argument("--run-dir", type=Path, default=Path("runs/compare"))
-    p.add_argument("--out", type=Path, help="Markdown table; a CSV of every score is written beside it")
     a = p.parse_args(argv)
     if a.reference not in {arm.name for arm in a.arms}:
         p.error(f"--reference '{a.reference}' is not one of the arms")
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             )
     columns, rows = table(a.arms, a.seeds, scores, a.reference)
     caption = (
-        f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {a.normal}: {a.sparse_epochs} + "
+        f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {shown(a.normal)}: {a.sparse_epochs} + "
         f"{a.finetune_epochs} epochs in every arm, pruned arms at {a.target:g}x GFLOPs; seeds {a.seeds}"
     )
     emit(caption, columns, rows, a.out)

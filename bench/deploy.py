@@ -4,37 +4,37 @@ itself. Run it while nothing else uses the CPU.
 
     python bench/deploy.py --models unpruned=runs/x/normal/weights/best.pt 0.40x=runs/x/finetune/weights/best.pt \
         --data datasets/hardhat/hardhat.yaml --imgsz 320 --kinds onnx onnx-int8 openvino openvino-int8 \
-        --work runs/deploy --out docs/deploy_hardhat.md
+        --run-dir runs/deploy --out docs/deploy_hardhat.md
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
-from table import emit, write_csv
+from common import emit, parser, write_csv
 
 from yoloslim import steps
 from yoloslim.report import DEPLOY_COLUMNS, DEPLOY_FIELDS, deploy_rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, data=True, imgsz=320, run_dir="runs/deploy", repeats=50)
     p.add_argument("--models", nargs="+", required=True, help="LABEL=checkpoint.pt, the unpruned model first")
-    p.add_argument("--data", required=True)
-    p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--kinds", nargs="+", default=["onnx", "onnx-int8"], help="onnx, onnx-int8, openvino, ...")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--work", type=Path, default=Path("runs/deploy"), help="artifacts are written (and reused) here")
-    p.add_argument("--out", type=Path, help="Markdown table; a CSV is written beside it")
     a = p.parse_args()
     if "onnx" not in a.kinds:
         p.error("--kinds must include onnx: latency and mAP are given against the FP32 ONNX file")
     models = dict(item.split("=", 1) for item in a.models)
     rows = steps.deploy_table(
-        {k: Path(v) for k, v in models.items()}, a.kinds, a.data, a.imgsz, a.work, a.rounds, a.repeats
+        {k: Path(v) for k, v in models.items()},
+        a.kinds,
+        data=a.data,
+        imgsz=a.imgsz,
+        work=a.run_dir,
+        rounds=a.rounds,
+        repeats=a.repeats,
     )
     caption = (
         f"Deployable artifacts at imgsz {a.imgsz} on {a.data}: batch-1 CPU latency (median of {a.repeats} runs in "

@@ -9,45 +9,47 @@ Run it on a pretrained start (normal-trained, and sparse-trained) to choose the 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
-from table import emit
+from common import emit, parser, shown
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-guard")
     p.add_argument("--weights", type=Path, nargs="+", required=True, help="checkpoints to prune")
-    p.add_argument("--data", required=True)
-    p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--target", type=float, default=0.5, help="GFLOPs share to keep")
     p.add_argument("--min-keep", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     p.add_argument("--importance", nargs="+", default=["flops", "gamma"])
-    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-guard"))
-    p.add_argument("--out", type=Path)
     a = p.parse_args()
     rows = []
     for w in a.weights:
-        base = steps.validate(w, a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=w.parent.parent.name)
-        rows.append((w, "unpruned", "-", f"{base['gflops']:.3f}", f"{base['map50_95']:.4f}", "-", 0))
+        base = steps.validate(w, data=a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=w.parent.parent.name)
+        rows.append((shown(w), "unpruned", "-", f"{base['gflops']:.3f}", f"{base['map50_95']:.4f}", "-", 0))
         for importance in a.importance:
             for floor in a.min_keep:
                 name = f"{w.parent.parent.name}-{importance}-{floor:g}"
                 out = steps.prune(
-                    w, None, a.run_dir / name, min_keep=floor, target=("gflops", a.target), importance=importance
+                    w,
+                    ratio=None,
+                    save_dir=a.run_dir / name,
+                    min_keep=floor,
+                    target=("gflops", a.target),
+                    importance=importance,
                 )
-                m = steps.validate(out, a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=name)
+                m = steps.validate(out, data=a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=name)
                 layers = [
                     line.split(",") for line in (a.run_dir / name / "prune_layers.csv").read_text().splitlines()[1:]
                 ]
                 kept = min(int(after) / int(before) for _, before, after, prunable in layers if prunable == "True")
                 ratio = pruned_info(load_model(out)[0])["removed"]
                 gflops = f"{m['gflops'] / base['gflops']:.3f}x"
-                rows.append((w, importance, floor, gflops, f"{m['map50_95']:.4f}", f"{kept:.1%}", f"{ratio:.3f}"))
+                rows.append(
+                    (shown(w), importance, floor, gflops, f"{m['map50_95']:.4f}", f"{kept:.1%}", f"{ratio:.3f}")
+                )
     caption = (
         f"Each checkpoint pruned to {a.target:g}x GFLOPs, validated before fine-tuning ({a.data}, imgsz {a.imgsz})."
     )

@@ -10,10 +10,10 @@ compared with it. The latency ratio should stay close to the GFLOPs ratio (targe
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
+from common import emit, parser, shown
 from yoloslim import steps
 from yoloslim.checkpoint import load_model
 from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
@@ -21,15 +21,12 @@ from yoloslim.report import ModelSize
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", default="runs/yoloslim/pipeline", help="pipeline run folder (if no --baseline)")
-    p.add_argument("--baseline", type=Path, help="unpruned .pt")
+    p = parser(__doc__, imgsz=160, run_dir="runs/yoloslim/pipeline", repeats=60)
+    p.add_argument("--baseline", type=Path, help="unpruned .pt (default: the --run-dir pipeline's finetune-0)")
     p.add_argument("--pruned", type=Path, nargs="*", default=[], help="pruned .pt files")
-    p.add_argument("--imgsz", type=int, default=160)
-    p.add_argument("--repeats", type=int, default=60)
     a = p.parse_args()
     if a.baseline is None:
-        run = Path(a.run_dir)
+        run = a.run_dir
         a.baseline = run / "finetune-0" / "weights" / "best.pt"
         ratios = {f: f.parent.parent.name.removeprefix("finetune-") for f in run.glob("finetune-0.*/weights/best.pt")}
         a.pruned = sorted(
@@ -43,11 +40,12 @@ def main() -> None:
     ms = side_by_side_latency_ms(onnx_runners(list(onnx.values())), a.imgsz, rounds=5, repeats=a.repeats)
     gflops = {c: ModelSize.of(load_model(c)[0], a.imgsz).gflops for c in checkpoints}
     base = a.baseline
-    print(f"onnxruntime CPU, batch 1, imgsz {a.imgsz}, median of {a.repeats} runs in 5 interleaved rounds")
-    print(f"{'model':<48} {'GFLOPs':>8} {'ms':>8} {'GFLOPs x':>9} {'latency x':>9} {'lat/GFLOPs':>10}")
+    rows = []
     for c in checkpoints:
         g, t = gflops[c] / gflops[base], ms[onnx[c]] / ms[onnx[base]]
-        print(f"{str(c)[-48:]:<48} {gflops[c]:>8.3f} {ms[onnx[c]]:>8.2f} {g:>9.2f} {t:>9.2f} {t / g:>10.2f}")
+        rows.append((shown(c), f"{gflops[c]:.3f}", f"{ms[onnx[c]]:.2f}", f"{g:.2f}", f"{t:.2f}", f"{t / g:.2f}"))
+    caption = f"onnxruntime CPU, batch 1, imgsz {a.imgsz}, median of {a.repeats} runs in 5 interleaved rounds"
+    emit(caption, ("model", "GFLOPs", "ms", "GFLOPs x", "latency x", "latency / GFLOPs"), rows, a.out)
 
 
 if __name__ == "__main__":

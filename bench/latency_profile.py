@@ -12,7 +12,6 @@ what keeps the latency ratio above the GFLOPs ratio. Run it while nothing else u
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 import onnxruntime
 
 import yoloslim  # noqa: F401  (offline settings first)
-from table import emit
+from common import emit, parser, shown
 
 from ultralytics.nn.tasks import DetectionModel
 
@@ -78,12 +77,12 @@ def family_pair(family: str, target: float, imgsz: int, work: Path) -> tuple[Pat
         model = DetectionModel(family, nc=80, verbose=False)
         model.args = {"imgsz": imgsz}
         save_checkpoint(model, unpruned, train_args={"imgsz": imgsz})
-        steps.prune(unpruned, None, folder, round_to=8, target=("gflops", target), importance="gamma")
+        steps.prune(unpruned, ratio=None, save_dir=folder, round_to=8, target=("gflops", target), importance="gamma")
     return unpruned, pruned
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, imgsz=[320], run_dir="runs/bench-latency-profile", repeats=60)
     p.add_argument("--baseline", type=Path, help="unpruned .pt")
     p.add_argument("--pruned", type=Path, help="pruned .pt")
     p.add_argument(
@@ -92,21 +91,17 @@ def main() -> None:
         "--target of its GFLOPs, round_to 8, at the first --imgsz (the structure is what latency depends on)",
     )
     p.add_argument("--target", type=float, default=0.4, help="GFLOPs share of the --family prune")
-    p.add_argument("--imgsz", type=int, nargs="+", default=[320])
     p.add_argument("--threads", type=int, nargs="+", default=[0], help="onnxruntime intra-op threads (0 = every core)")
-    p.add_argument("--runs", type=int, default=60)
-    p.add_argument("--work", type=Path, default=Path("runs/bench-latency-profile"))
-    p.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     a = p.parse_args()
     if a.family:
-        a.baseline, a.pruned = family_pair(a.family, a.target, a.imgsz[0], a.work)
+        a.baseline, a.pruned = family_pair(a.family, a.target, a.imgsz[0], a.run_dir)
     elif not (a.baseline and a.pruned):
         p.error("give --baseline and --pruned, or --family")
     texts = []
     for imgsz in a.imgsz:
-        base, pruned = onnx_at(a.baseline, imgsz, a.work), onnx_at(a.pruned, imgsz, a.work)
+        base, pruned = onnx_at(a.baseline, imgsz, a.run_dir), onnx_at(a.pruned, imgsz, a.run_dir)
         for threads in a.threads:
-            b, q = profile_ms(base, imgsz, threads, a.runs), profile_ms(pruned, imgsz, threads, a.runs)
+            b, q = profile_ms(base, imgsz, threads, a.repeats), profile_ms(pruned, imgsz, threads, a.repeats)
             conv = {m: sum(v for k, v in t.items() if k in CONV) for m, t in (("b", b), ("q", q))}
             nodes = {m: sum(v for k, v in t.items() if k != "total") for m, t in (("b", b), ("q", q))}
             ops = sorted((k for k in b.keys() | q.keys() if k != "total"), key=lambda k: -b.get(k, 0.0))
@@ -124,8 +119,8 @@ def main() -> None:
                 / ModelSize.of(load_model(a.baseline)[0], imgsz).gflops
             )
             caption = (
-                f"imgsz {imgsz}, {threads or 'all'} thread(s), mean ms per run over {a.runs} runs "
-                f"(onnxruntime {onnxruntime.__version__} node profile): {a.baseline} vs {a.pruned}; GFLOPs "
+                f"imgsz {imgsz}, {threads or 'all'} thread(s), mean ms per run over {a.repeats} runs "
+                f"(onnxruntime {onnxruntime.__version__} node profile): {shown(a.baseline)} vs {shown(a.pruned)}; GFLOPs "
                 f"{gflops:.3f}x, latency {q['total'] / b['total']:.3f}x: latency/GFLOPs {q['total'] / b['total'] / gflops:.2f}"
             )
             texts.append(emit(caption, ("operator", "unpruned ms", "pruned ms", "ratio"), rows, None))

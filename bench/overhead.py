@@ -12,12 +12,12 @@ normal (target: at most 1.03).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 
 import yoloslim  # noqa: F401  (offline settings first)
+from common import emit, parser
 from yoloslim import YOLO
 from yoloslim.data import demo_dataset
 
@@ -51,7 +51,7 @@ def timed_steps(data: str, setting: str, project: str, batch: int) -> list[float
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", type=int, default=48)
     p.add_argument("--batch", type=int, default=8)
@@ -63,10 +63,9 @@ def main() -> None:
             for setting in steps:
                 steps[setting] += timed_steps(data, setting, project, a.batch)
     median = {setting: statistics.median(times) for setting, times in steps.items()}
-    print(f"yolov8s imgsz 320 batch {a.batch}, {len(steps['normal'])} steps each, CPU")
-    print("median step: " + ", ".join(f"{k} {v:.3f} s" for k, v in median.items()))
-    for setting in ("sparse sr", "sparse target"):
-        print(f"{setting}/normal step-time ratio: {median[setting] / median['normal']:.3f} (target <= 1.03)")
+    caption = f"yolov8s imgsz 320 batch {a.batch}, {len(steps['normal'])} steps each, CPU (target: ratio <= 1.03)"
+    rows = [(k, f"{v:.3f}", f"{v / median['normal']:.3f}") for k, v in median.items()]
+    emit(caption, ("setting", "median step s", "ratio to normal"), rows, a.out)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
 from yoloslim import steps
-from table import emit
+from common import BATCH, emit, parser, shown
 
 from yoloslim.atomic import atomic_write_text
 
-BATCH = 16
 # every stage: one optimizer step per batch, and Ultralytics' 3 warm-up epochs (the first rows were measured
 # before yoloslim turned warm-up off for trained starts; kept so that all rows compare)
 TRAIN = {"nbs": BATCH, "warmup_epochs": 3.0}
@@ -44,42 +43,47 @@ def measure(a: argparse.Namespace, name: str, ranking: dict) -> dict:
     if not sparse.exists():
         steps.train(
             a.normal,
-            a.data,
-            a.epochs,
-            a.imgsz,
-            BATCH,
-            None,
-            a.run_dir,
-            name,
+            data=a.data,
+            epochs=a.epochs,
+            imgsz=a.imgsz,
+            batch=BATCH,
+            project=a.run_dir,
+            name=name,
             sr=1e-2,
             target_gflops=a.target,
             **TRAIN,
             **ranking,
         )
-    pruned = steps.prune(sparse, None, a.run_dir / f"{name}-pruned", target=("gflops", a.target), **ranking)
-    before = steps.validate(pruned, a.data, name=f"{name}-pruned", **common)
-    tuned = steps.train(
-        pruned, a.data, a.finetune, a.imgsz, BATCH, None, a.run_dir, f"{name}-ft", finetune=True, **TRAIN
+    pruned = steps.prune(
+        sparse, ratio=None, save_dir=a.run_dir / f"{name}-pruned", target=("gflops", a.target), **ranking
     )
-    after = steps.validate(tuned, a.data, name=f"{name}-ft", **common)
+    before = steps.validate(pruned, data=a.data, name=f"{name}-pruned", **common)
+    tuned = steps.train(
+        pruned,
+        data=a.data,
+        epochs=a.finetune,
+        imgsz=a.imgsz,
+        batch=BATCH,
+        project=a.run_dir,
+        name=f"{name}-ft",
+        finetune=True,
+        **TRAIN,
+    )
+    after = steps.validate(tuned, data=a.data, name=f"{name}-ft", **common)
     row = {"before": before, "after": after}
     atomic_write_text(out, json.dumps(row))
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, data=True, imgsz=320, run_dir="runs/bench-ranking")
     p.add_argument("--normal", type=Path, required=True, help="the normal-trained checkpoint every row starts from")
-    p.add_argument("--data", required=True)
-    p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--epochs", type=int, default=15, help="sparse epochs per row")
     p.add_argument("--finetune", type=int, default=5, help="fine-tuning epochs per row")
     p.add_argument("--target", type=float, default=0.4, help="GFLOPs share to keep")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-ranking"))
     p.add_argument("--rows", type=int, nargs="+", default=list(range(len(ROWS))), help="which rows to run")
-    p.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     a = p.parse_args()
-    normal = steps.validate(a.normal, a.data, imgsz=a.imgsz, project=a.run_dir / "val", name="normal")
+    normal = steps.validate(a.normal, data=a.data, imgsz=a.imgsz, project=a.run_dir / "val", name="normal")
     rows = []
     for i in a.rows:
         label, ranking = ROWS[i]
@@ -96,7 +100,7 @@ def main() -> None:
             )
         )
     caption = (
-        f"Target {a.target:g}x GFLOPs, {a.epochs} sparse + {a.finetune} fine-tuning epochs from {a.normal} "
+        f"Target {a.target:g}x GFLOPs, {a.epochs} sparse + {a.finetune} fine-tuning epochs from {shown(a.normal)} "
         f"(mAP50-95 {normal['map50_95']:.4f}), data {a.data}, imgsz {a.imgsz}."
     )
     columns = ("ranking", "GFLOPs", "params", "mAP50-95 pruned", "mAP50-95 fine-tuned", "change vs normal-trained (pt)")

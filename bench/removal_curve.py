@@ -12,14 +12,13 @@ control: a ranking worse than random removal is worse than no ranking. The chann
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 import torch
 
 import yoloslim  # noqa: F401  (offline settings first)
-from table import emit, write_csv
+from common import emit, parser, shown, write_csv
 
 from yoloslim import Pruner, prune_model, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
@@ -47,19 +46,15 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal")
     p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
-    p.add_argument("--data", required=True)
-    p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
     p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-removal"))
-    p.add_argument("--out", type=Path, help="Markdown table (a CSV and a PNG plot are written beside it)")
     a = p.parse_args()
     model, _ = load_model(a.weights)
-    base = steps.validate(a.weights, a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
+    base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
     taylor = estimate_taylor(model, a.data, a.imgsz) if "taylor" in a.importance else None
     results: dict[tuple[str, str, float], list[float]] = {}
     for name in a.importance:
@@ -73,7 +68,9 @@ def main() -> None:
                     pruned, _, _ = prune_model(model, share, importance=importance)
                     kinds.append(("pruned", save_checkpoint(pruned, a.run_dir / tag / "pruned.pt")))
                 for kind, w in kinds:
-                    score = steps.validate(w, a.data, imgsz=a.imgsz, project=a.run_dir / tag, name=kind)["map50_95"]
+                    score = steps.validate(w, data=a.data, imgsz=a.imgsz, project=a.run_dir / tag, name=kind)[
+                        "map50_95"
+                    ]
                     results.setdefault((name, kind, share), []).append(score)
     columns = ["importance", "model", *(f"{s:.0%}" for s in a.shares)]
     rows = []
@@ -86,7 +83,7 @@ def main() -> None:
                 ]
                 rows.append([name, kind, *text])
     caption = (
-        f"mAP50-95 of {a.weights} ({a.data}, imgsz {a.imgsz}; unremoved {base:.4f}) after removing each share of the "
+        f"mAP50-95 of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unremoved {base:.4f}) after removing each share of the "
         f"prunable channels, no training; random: mean (min-max) over seeds {a.seeds}"
     )
     emit(caption, columns, rows, a.out)

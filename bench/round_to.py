@@ -7,11 +7,10 @@ on the weights' values, so the pruned models are not fine-tuned. Run it while no
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
-from table import emit
+from common import emit, parser, shown
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model
@@ -20,25 +19,21 @@ from yoloslim.report import ModelSize
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, imgsz=320, run_dir="runs/bench-round-to", repeats=60)
     p.add_argument("--weights", type=Path, required=True, help="the unpruned (sparse-trained) checkpoint")
-    p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.4])
     p.add_argument("--round-to", type=int, nargs="+", default=[1, 4, 8, 16])
-    p.add_argument("--repeats", type=int, default=60)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-round-to"))
-    p.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     a = p.parse_args()
     base = a.run_dir / "unpruned.pt"
     if not base.exists():  # the unpruned model through the pruner, saved the same way as the pruned ones
-        steps.prune(a.weights, 0.0, a.run_dir / "unpruned")
+        steps.prune(a.weights, ratio=0.0, save_dir=a.run_dir / "unpruned")
         (a.run_dir / "unpruned" / "pruned.pt").replace(base)
     models = {(1.0, 0): base}
     for target in a.targets:
         for r in a.round_to:
             out = a.run_dir / f"{target:g}-r{r}" / "pruned.pt"
             if not out.exists():
-                steps.prune(a.weights, None, out.parent, round_to=r, target=("gflops", target))
+                steps.prune(a.weights, ratio=None, save_dir=out.parent, round_to=r, target=("gflops", target))
             models[(target, r)] = out
     onnx = {}
     for ckpt in models.values():
@@ -55,7 +50,7 @@ def main() -> None:
         )
     caption = (
         f"onnxruntime CPU, batch 1, imgsz {a.imgsz}, median of {a.repeats} runs in 5 interleaved rounds; "
-        f"{a.weights} pruned to GFLOPs targets"
+        f"{shown(a.weights)} pruned to GFLOPs targets"
     )
     columns = ("target", "round_to", "GFLOPs", "latency ms", "GFLOPs ratio", "latency ratio", "latency / GFLOPs ratio")
     emit(caption, columns, rows, a.out)

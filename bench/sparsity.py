@@ -11,18 +11,17 @@ model's, and the stage's wall time.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import yoloslim  # noqa: F401  (offline settings first)
+from common import BATCH, emit, parser, shown
 from yoloslim import steps
-from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import load_model
 from yoloslim.pipeline import PipelineConfig
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 
-IMGSZ, BATCH = 160, 16
+IMGSZ = 160
 ROWS = (  # label, train arguments
     ("seed form: AdamW (auto), sr 1e-2", {"sr": 1e-2}),
     ("seed form: SGD lr0 0.01, sr 1e-2", {"sr": 1e-2, "optimizer": "SGD", "lr0": 0.01}),
@@ -40,7 +39,16 @@ def normal_checkpoint(run_dir: Path) -> Path:
     d = PipelineConfig()
     best = run_dir / "normal" / "weights" / "best.pt"
     if not best.exists():
-        steps.train(d.weights, "demo", d.epochs_normal, IMGSZ, BATCH, None, run_dir, "normal", nbs=BATCH)
+        steps.train(
+            d.weights,
+            data="demo",
+            epochs=d.epochs_normal,
+            imgsz=IMGSZ,
+            batch=BATCH,
+            project=run_dir,
+            name="normal",
+            nbs=BATCH,
+        )
     return best
 
 
@@ -48,12 +56,22 @@ def measure(normal: Path, run_dir: Path, name: str, epochs: int, target: float, 
     """One row: sparse-train from `normal`, then validate it and its pruned copy."""
     args = {**args, "sparsity": target} if "sparsity" in args else args
     start = time.perf_counter()
-    sparse = steps.train(normal, "demo", epochs, IMGSZ, BATCH, None, run_dir, name, nbs=BATCH, **args)
+    sparse = steps.train(
+        normal,
+        data="demo",
+        epochs=epochs,
+        imgsz=IMGSZ,
+        batch=BATCH,
+        project=run_dir,
+        name=name,
+        nbs=BATCH,
+        **args,
+    )
     seconds = time.perf_counter() - start
     stats = gamma_stats(prunable_gammas(load_model(sparse)[0]))
-    metrics = steps.validate(sparse, "demo", imgsz=IMGSZ, project=run_dir / "val", name=name)
-    pruned = steps.prune(sparse, target, run_dir / f"{name}-pruned")
-    pruned_metrics = steps.validate(pruned, "demo", imgsz=IMGSZ, project=run_dir / "val", name=f"{name}-pruned")
+    metrics = steps.validate(sparse, data="demo", imgsz=IMGSZ, project=run_dir / "val", name=name)
+    pruned = steps.prune(sparse, ratio=target, save_dir=run_dir / f"{name}-pruned")
+    pruned_metrics = steps.validate(pruned, data="demo", imgsz=IMGSZ, project=run_dir / "val", name=f"{name}-pruned")
     return {
         "median": stats["sparsity/median_gamma"],
         "share": stats["sparsity/share_lt_0.01"],
@@ -65,40 +83,45 @@ def measure(normal: Path, run_dir: Path, name: str, epochs: int, target: float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--epochs", type=int, default=PipelineConfig().epochs_sparse, help="sparse epochs (default: %(default)s)"
+    p = parser(__doc__, run_dir="runs/bench-sparsity")
+    d = PipelineConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs_sparse, help="sparse epochs (default: %(default)s)")
+    p.add_argument(
+        "--target", type=float, default=d.sparsity, help="sparsity target and prune ratio (default: %(default)s)"
     )
-    parser.add_argument(
-        "--target",
-        type=float,
-        default=PipelineConfig().sparsity,
-        help="sparsity target and prune ratio (default: %(default)s)",
-    )
-    parser.add_argument("--run-dir", default="runs/bench-sparsity", help="folder for the runs (default: %(default)s)")
-    parser.add_argument("--out", help="also write the table to this Markdown file (e.g. docs/SPARSITY.md)")
-    a = parser.parse_args()
-    run_dir = Path(a.run_dir).resolve()
+    a = p.parse_args()
+    run_dir = a.run_dir.resolve()
     normal = normal_checkpoint(run_dir)
     results = [
         (label, measure(normal, run_dir, f"row{i}", a.epochs, a.target, args)) for i, (label, args) in enumerate(ROWS)
     ]
     T = f"{a.target:g}"
-    lines = [
-        f"{a.epochs} sparse epochs from {normal}, demo data, imgsz {IMGSZ}, batch {BATCH}, nbs {BATCH}, "
-        f"pruned at {T} (before fine-tuning)",
-        "",
-        f"| row | median \\|gamma\\| | share < 0.01 | sparse mAP50-95 | pruned at {T} mAP50-95 | pruned GFLOPs | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, r in results:
-        lines.append(
-            f"| {label.format(target=T)} | {r['median']:.3f} | {r['share']:.1%} | {r['map']:.4f} | {r['pruned']:.4f} "
-            f"| {r['gflops']:.2f}x | {r['seconds']:.0f} |"
+    caption = (
+        f"{a.epochs} sparse epochs from {shown(normal)}, demo data, imgsz {IMGSZ}, batch {BATCH}, nbs {BATCH}, "
+        f"pruned at {T} (before fine-tuning)"
+    )
+    columns = (
+        "row",
+        "median \\|gamma\\|",
+        "share < 0.01",
+        "sparse mAP50-95",
+        f"pruned at {T} mAP50-95",
+        "pruned GFLOPs",
+        "seconds",
+    )
+    rows = [
+        (
+            label.format(target=T),
+            f"{r['median']:.3f}",
+            f"{r['share']:.1%}",
+            f"{r['map']:.4f}",
+            f"{r['pruned']:.4f}",
+            f"{r['gflops']:.2f}x",
+            f"{r['seconds']:.0f}",
         )
-    print("\n".join(lines))
-    if a.out:
-        atomic_write_text(a.out, "\n".join(lines) + "\n")
+        for label, r in results
+    ]
+    emit(caption, columns, rows, a.out)
 
 
 if __name__ == "__main__":

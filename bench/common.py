@@ -1,0 +1,66 @@
+"""What every bench script shares: one parser for the common flags, one way to emit a table, the batch size.
+
+Flags: `--data`, `--imgsz`, `--run-dir` (where runs and artifacts go, and are reused), `--repeats` (timed runs per
+model), `--out` (the table as Markdown; stdout always gets it too). Paths printed in a table are relative to the
+repository, so that a table written on one machine reads the same on another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from yoloslim.atomic import atomic_write_text
+from yoloslim.report import markdown_table
+
+BATCH = 16  # every bench training stage; nbs is set to it too (one optimizer step per batch)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parser(
+    doc: str,
+    *,
+    data: bool | str | None = None,
+    imgsz: int | list[int] | None = None,
+    run_dir: str | None = None,
+    repeats: int | None = None,
+) -> argparse.ArgumentParser:
+    """A parser with `--out` and the shared flags the script takes: `data` True (required) or a default, `imgsz` a
+    default (a list: several sizes), `run_dir` and `repeats` their defaults; a flag left None is not added."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if data is not None:
+        p.add_argument("--data", required=data is True, default=None if data is True else data, help="dataset yaml")
+    if imgsz is not None:
+        several = isinstance(imgsz, list)
+        p.add_argument("--imgsz", type=int, nargs="+" if several else None, default=imgsz, help="image size(s)")
+    if run_dir is not None:
+        p.add_argument("--run-dir", type=Path, default=Path(run_dir), help="runs and artifacts, reused when there")
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=repeats, help="timed runs per model")
+    p.add_argument("--out", type=Path, help="also write the table(s) to this Markdown file")
+    return p
+
+
+def shown(path: str | Path) -> str:
+    """`path` as a table shows it: relative to the repository when inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
+def emit(caption: str, columns: Sequence[str], rows: Iterable[Sequence[object]], out: Path | None) -> str:
+    """Print a caption and a Markdown table; also write them to `out` when given. Returns the text."""
+    text = f"{caption}\n\n{markdown_table(columns, list(rows))}"
+    print(text)
+    if out:
+        atomic_write_text(out, text)
+    return text
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Every figure behind a table, one record per row, for other tools to read."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
