@@ -1,0 +1,112 @@
+"""settings.py is the one home of every setting: the flags, the Ultralytics arguments and the pipeline's fields all
+come from it, and the package keeps the shape the architecture issue set (layers, function sizes)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from ultralytics.utils import DEFAULT_CFG_DICT
+
+from yoloslim import settings
+from yoloslim.cli import COMMANDS, parser_for
+from yoloslim.pipeline import PipelineConfig
+
+PACKAGE = Path(settings.__file__).parent
+
+
+def test_every_command_takes_exactly_its_settings_with_their_defaults() -> None:
+    for command in COMMANDS:
+        parser = parser_for(command)
+        dests = {a.dest for a in parser._actions if a.dest not in ("help",)}
+        assert dests == set(settings.flag_names(command)), command
+        defaults = vars(parser.parse_args([]))
+        for s in settings.SETTINGS:
+            if command in s.commands:
+                expected = s.default_for(command)
+                assert defaults[s.name] == (list(expected) if isinstance(expected, tuple) else expected), (command, s)
+
+
+def test_a_script_default_overrides_the_table() -> None:
+    assert parser_for("prune", prune_ratio=0.3).parse_args([]).prune_ratio == 0.3
+    assert parser_for("prune").parse_args([]).round_to == settings.SCRIPT_ROUND_TO
+
+
+def test_slim_args_are_registered_with_ultralytics_at_the_table_defaults() -> None:
+    assert set(settings.SLIM_ARGS) == {"sr", "sparsity", "target_gflops", "importance", "streams", "round_to"} | {
+        "finetune",
+        "lr_scale",
+    }
+    for key, default in settings.SLIM_ARGS.items():
+        assert DEFAULT_CFG_DICT[key] == default, key
+
+
+def test_pipeline_config_is_the_tables_pipeline_settings() -> None:
+    names = [f.name for f in fields(PipelineConfig)]
+    assert names == [s.name for s in settings.SETTINGS if "pipeline" in s.commands and s.name != "no_compare"]
+    config = PipelineConfig()
+    for s in settings.SETTINGS:
+        if s.name in names:
+            assert getattr(config, s.name) == s.default_for("pipeline"), s.name
+    assert set(settings.STAGE_SETTINGS) <= set(names)
+    assert "lr_scale" not in settings.RESERVED and {"sr", "target_gflops", "round_to", "data"} <= settings.RESERVED
+    assert PipelineConfig().train_args is not PipelineConfig().train_args  # a fresh dict each
+
+
+def test_flags_refuse_bad_values_with_the_settings_own_check(capsys) -> None:
+    parser = parser_for("sparse")
+    for argv, message in (
+        (["--sparsity", "1.5"], "sparsity=1.5 must be in [0, 1)"),
+        (["--round-to", "0"], "round_to=0 must be a whole number >= 1"),
+        (["--importance", "nope"], "importance='nope' must be one of"),
+        (["--sparsity", "0.5", "--target-gflops", "0.4"], "not allowed with argument"),
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err.splitlines()[-1], argv
+
+
+def test_check_values_normalises_and_refuses() -> None:
+    config = PipelineConfig(ratios=[0.5], sr="0.02")
+    settings.check_values("pipeline", config)
+    assert config.ratios == (0.5,) and config.sr == 0.02
+    with pytest.raises(ValueError, match="prune ratio 1.2 must be in"):
+        settings.check_values("pipeline", PipelineConfig(ratios=(0.2, 1.2)))
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            names.add(node.module if node.module.startswith("yoloslim") else node.module.split(".")[0])
+            if node.module == "yoloslim":
+                names |= {f"yoloslim.{a.name}" for a in node.names}
+    return names
+
+
+def test_the_pipeline_speaks_only_through_steps_report_settings_and_atomic() -> None:
+    allowed = {"yoloslim", "yoloslim.steps", "yoloslim.report", "yoloslim.settings", "yoloslim.atomic"}
+    imported = _imports(PACKAGE / "pipeline.py")
+    assert {m for m in imported if m.startswith("yoloslim")} <= allowed
+    assert {m for m in imported if not m.startswith("yoloslim")} <= set(sys.stdlib_module_names)
+
+
+def test_settings_import_nothing_of_the_package_at_load() -> None:
+    tree = ast.parse((PACKAGE / "settings.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert all(not (getattr(n, "module", "") or "").startswith("yoloslim") for n in top)
+
+
+def test_functions_are_short_and_public_ones_take_few_positional_arguments() -> None:
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name}"
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                assert node.name.startswith("_") or len(positional) <= 6, f"{path.name}:{node.name}"
