@@ -333,17 +333,30 @@ def prune(
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
     ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
-    info = {"ratio": ratio, "target": list(target) if target else None, "source": str(source.resolve()), **args}
     if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
         target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
-        info.update(target_latency=latency, runtime=runtime)
+    info = _prune_info(ratio, target, source, args, latency, runtime)
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
     summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
     _write_pruned(out, pruned, changes, summary, ckpt)
     if data:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
     return out
+
+
+def _prune_info(
+    ratio: float | None, target: tuple | None, source: Path, args: dict, latency: float | None, runtime: str
+) -> dict[str, Any]:
+    """What a pruned checkpoint records of how it was made (`checkpoint.pruned_info`)."""
+    asked = {"target_latency": latency, "runtime": runtime} if latency is not None else {}
+    return {
+        "ratio": ratio,
+        "target": list(target) if target else None,
+        "source": str(source.resolve()),
+        **asked,
+        **args,
+    }
 
 
 def _cut(
