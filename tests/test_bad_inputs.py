@@ -44,6 +44,7 @@ def _warnings() -> Iterator[list[str]]:
         LOGGER.removeHandler(handler)
 
 
+@pytest.mark.slow
 def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_path) -> None:
     for args in ({"round_to": 4096}, {"min_keep": 1.0}):
         out = tmp_path / f"noop-{next(iter(args))}"
@@ -96,6 +97,7 @@ def test_finetune_of_an_unpruned_model_warns(tiny_ckpt, tiny_data, runs) -> None
     assert any("has not pruned" in w for w in warned), warned
 
 
+@pytest.mark.slow
 def test_missing_recorded_dataset_is_an_error_that_names_it(tiny_ckpt, tmp_path) -> None:
     model, ckpt = load_model(tiny_ckpt)
     moved = save_checkpoint(model, tmp_path / "moved.pt", train_args={**ckpt["train_args"], "data": "/gone/data.yaml"})
@@ -181,6 +183,7 @@ def test_gamma_report_of_two_weights_with_one_file_name(tiny_ckpt, pruned, tmp_p
     assert not (tmp_path / "h2.png").exists()
 
 
+@pytest.mark.slow
 def test_output_folders_that_cannot_be_written(tiny_ckpt, tmp_path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -217,6 +220,7 @@ def test_training_a_classification_checkpoint_is_refused(tiny_data, runs, tmp_pa
     assert not (runs / "cls-run").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_cache_says_what_to_set(tiny_ckpt, monkeypatch) -> None:
     monkeypatch.setenv("YOLOSLIM_CACHE", str(UNWRITABLE))
     with pytest.raises(OSError, match="set YOLOSLIM_CACHE to a writable folder"):

@@ -110,6 +110,7 @@ def test_streams_off_by_default_leaves_them_whole() -> None:
     )
 
 
+@pytest.mark.slow
 def test_gflops_target_pruned_checkpoint_in_stock_ultralytics_and_onnx(tiny_ckpt, tmp_path) -> None:
     """A target-pruned checkpoint (streams pruned) loads in stock Ultralytics, and its ONNX matches torch."""
     pruned = steps.prune(tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("gflops", 0.4), streams=True)
@@ -134,6 +135,7 @@ print("stock ok", sum(p.numel() for p in m.model.parameters()))
     assert exported["max_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_bad_targets_write_nothing(tiny_ckpt, tmp_path) -> None:
     for target, message in (
         (0.0, "must be in \\(0, 1\\]"),
@@ -208,6 +210,7 @@ def test_round_to_shared_by_zeroing_and_pruning(tiny_data, runs) -> None:
         YOLO("yolov8n.yaml").train(data=tiny_data, target_gflops=0.5, round_to=0, **TINY)
 
 
+@pytest.mark.slow
 def test_bad_training_targets_fail_before_a_run_folder(tiny_data, tmp_path) -> None:
     args = dict(TINY, data=tiny_data, epochs=1, sr=1e-2, project=str(tmp_path), name="bad")
     for extra, message in (

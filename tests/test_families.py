@@ -139,6 +139,7 @@ def test_unsupported_module_is_named() -> None:
         build_graph(DetectionModel("yolov8n-ghost.yaml", nc=3, verbose=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo12n.yaml", "yolo26n.yaml"])
 def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> None:
     """A pruned YOLO11 / YOLO12 / YOLO26 checkpoint (YOLOv8: test_prune.py): stock Ultralytics loads and predicts with it, and its ONNX export

@@ -40,6 +40,7 @@ def test_finetune_keeps_pruned_count_also_after_resume(pruned, tiny_data, runs) 
     assert yaml.safe_load((runs / "ft" / "args.yaml").read_text())["finetune"] is True
 
 
+@pytest.mark.slow
 def test_finetune_learns_from_a_teacher_and_saves_the_pruned_student(pruned, tiny_ckpt, tiny_data, runs) -> None:
     """Ultralytics' distillation wraps the pruned model (also on resume); the hooks and best.pt see the student."""
     count = _params(pruned)

@@ -149,6 +149,7 @@ def test_prune_twice(tiny_ckpt, tmp_path) -> None:
     assert _outputs(model, torch.rand(1, 3, 64, 64)).shape[1] == 4 + 3
 
 
+@pytest.mark.slow
 def test_pruned_checkpoint_runs_in_stock_ultralytics(tiny_ckpt, tmp_path) -> None:
     pruned = steps.prune(tiny_ckpt, ratio=0.5, save_dir=tmp_path / "p")
     report = (tmp_path / "p" / "prune_report.txt").read_text()

@@ -94,6 +94,7 @@ except KeyError as e:
 """
 
 
+@pytest.mark.slow
 def test_stock_resume_of_a_pruned_run_fails_loudly(pruned, tiny_data, runs) -> None:
     """Stock Ultralytics would rebuild the full-width network and keep only the weights that fit: it stops instead,
     while stock predict still works on the same checkpoint and yoloslim resumes it."""
@@ -151,6 +152,7 @@ def test_repo_stands_on_its_own() -> None:
     assert "datasets/ships/ships.yaml" in (root / "docs" / "RESULTS.md").read_text()
 
 
+@pytest.mark.slow
 def test_every_pipeline_flag_shows_its_default() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "yoloslim", "pipeline", "--help"], capture_output=True, text=True, timeout=120

@@ -182,6 +182,7 @@ def test_bad_sparsity_fails_before_training(tiny_data, runs, args, error, messag
     assert not (runs / name).exists()
 
 
+@pytest.mark.slow
 def test_cli_sparsity_errors_are_one_line(tmp_path) -> None:
     assert_one_line_error(yoloslim_cli("sparse", "--sparsity", "1.5"), "must be in [0, 1)")
 

@@ -114,6 +114,7 @@ def test_args_saved_and_survive_resume(tiny_data, runs) -> None:
     assert yaml.safe_load((run / "args.yaml").read_text())["sr"] == 0.02
 
 
+@pytest.mark.slow
 def test_args_survive_ddp_launcher(tiny_data, runs) -> None:
     """Build Ultralytics' DDP worker payload and run its rebuild step in a fresh process."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
