@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                 comparison.score(comparison.run(arm, seed), f"{arm.name}-seed{seed}")
             )
     columns, rows = table(a.arms, a.seeds, scores, a.reference)
+    own = ", ".join(f"{arm.name} at {arm.settings['target']:g}x" for arm in a.arms if "target" in arm.settings)
     caption = (
         f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {shown(a.normal)}: {a.sparse_epochs} + "
-        f"{a.finetune_epochs} epochs in every arm, pruned arms at {a.target:g}x GFLOPs; seeds {a.seeds}"
+        f"{a.finetune_epochs} epochs in every arm, pruned arms at {a.target:g}x GFLOPs{f' ({own})' if own else ''}; "
+        f"seeds {a.seeds}"
     )
     emit(caption, columns, rows, a.out)
     if a.out:
