@@ -3,8 +3,8 @@ then check the artifact: FP32 against the torch model's outputs, INT8 by validat
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"format": "openvino"}; every other flag's default is in yoloslim/settings.py, and
-# `python export.py --help` lists them all.
+# Your own defaults go here, e.g. {"format": "openvino"};
+# every other default is in yoloslim/settings.py (`python export.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ pruned.pt and a per-layer report."""
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"prune_ratio": 0.6, "save_dir": "runs/yoloslim/prune-0.6"}; every other flag's default is in yoloslim/settings.py, and
-# `python prune.py --help` lists them all.
+# Your own defaults go here, e.g. {"prune_ratio": 0.6, "save_dir": "runs/yoloslim/prune-0.6"};
+# every other default is in yoloslim/settings.py (`python prune.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

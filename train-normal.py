@@ -2,8 +2,8 @@
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"data": "my_data.yaml", "epochs": 100}; every other flag's default is in yoloslim/settings.py, and
-# `python train-normal.py --help` lists them all.
+# Your own defaults go here, e.g. {"data": "my_data.yaml", "epochs": 100};
+# every other default is in yoloslim/settings.py (`python train-normal.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ target: `sparsity` of the prunable channels driven to exact zero by the last epo
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"sparsity": 0.6, "epochs": 100}; every other flag's default is in yoloslim/settings.py, and
-# `python train_sparsity.py --help` lists them all.
+# Your own defaults go here, e.g. {"sparsity": 0.6, "epochs": 100};
+# every other default is in yoloslim/settings.py (`python train_sparsity.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

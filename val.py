@@ -3,8 +3,8 @@ imgsz default to the checkpoint's own)."""
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"data": "my_data.yaml"}; every other flag's default is in yoloslim/settings.py, and
-# `python val.py --help` lists them all.
+# Your own defaults go here, e.g. {"data": "my_data.yaml"};
+# every other default is in yoloslim/settings.py (`python val.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

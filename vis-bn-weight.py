@@ -3,8 +3,8 @@ marks the gamma threshold of --prune-ratio (use your train_sparsity.py --sparsit
 
 from yoloslim.cli import parser_for, run
 
-# Your own defaults go here, e.g. {"prune_ratio": 0.6}; every other flag's default is in yoloslim/settings.py, and
-# `python vis-bn-weight.py --help` lists them all.
+# Your own defaults go here, e.g. {"prune_ratio": 0.6};
+# every other default is in yoloslim/settings.py (`python vis-bn-weight.py --help` lists them).
 DEFAULTS: dict = {}
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ def parser(
     imgsz: int | list[int] | None = None,
     run_dir: str | None = None,
     repeats: int | None = None,
+    beside: str = "",
 ) -> argparse.ArgumentParser:
     """A parser with `--out` and the shared flags the script takes: `data` True (required) or a default, `imgsz` a
-    default (a list: several sizes), `run_dir` and `repeats` their defaults; a flag left None is not added."""
+    default (a list: several sizes), `run_dir` and `repeats` their defaults; a flag left None is not added. `beside`
+    names what the script also writes next to `--out` (e.g. "a CSV")."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if data is not None:
         p.add_argument("--data", required=data is True, default=None if data is True else data, help="dataset yaml")
@@ -39,7 +41,8 @@ def parser(
         p.add_argument("--run-dir", type=Path, default=Path(run_dir), help="runs and artifacts, reused when there")
     if repeats is not None:
         p.add_argument("--repeats", type=int, default=repeats, help="timed runs per model")
-    p.add_argument("--out", type=Path, help="also write the table(s) to this Markdown file")
+    more = f" ({beside} is written beside it)" if beside else ""
+    p.add_argument("--out", type=Path, help=f"also write the table(s) to this Markdown file{more}")
     return p
 
 

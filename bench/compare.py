@@ -42,11 +42,10 @@ from ultralytics.cfg import smart_value
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import finished_training, readable
-from yoloslim.settings import SCRIPT_ROUND_TO
+from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
 RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
-RANKING = ("importance", "streams", "round_to")
 NOT_TRAINING = ("importance", "streams", "target")  # arm settings that are not Ultralytics training arguments
 
 
@@ -196,7 +195,7 @@ def table(arms: list[Arm], seeds: list[int], scores: dict[str, list[float]], ref
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
-    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/compare")
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/compare", beside="a CSV of every score")
     p.add_argument("--normal", type=Path, required=True, help="the normal-trained checkpoint every arm starts from")
     p.add_argument("--target", type=float, default=0.4, help="GFLOPs share the pruned arms keep")
     p.add_argument("--sr", type=float, default=1e-2)

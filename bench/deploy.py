@@ -19,7 +19,7 @@ from yoloslim.report import DEPLOY_COLUMNS, DEPLOY_FIELDS, deploy_rows
 
 
 def main() -> None:
-    p = parser(__doc__, data=True, imgsz=320, run_dir="runs/deploy", repeats=50)
+    p = parser(__doc__, data=True, imgsz=320, run_dir="runs/deploy", repeats=50, beside="a CSV")
     p.add_argument("--models", nargs="+", required=True, help="LABEL=checkpoint.pt, the unpruned model first")
     p.add_argument("--kinds", nargs="+", default=["onnx", "onnx-int8"], help="onnx, onnx-int8, openvino, ...")
     p.add_argument("--rounds", type=int, default=5)

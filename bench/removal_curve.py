@@ -46,7 +46,7 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
 
 
 def main() -> None:
-    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal")
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal", beside="a CSV and a PNG plot")
     p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
     p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
     p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])

@@ -69,6 +69,36 @@ def test_flags_refuse_bad_values_with_the_settings_own_check(capsys) -> None:
         assert message in capsys.readouterr().err.splitlines()[-1], argv
 
 
+def test_list_and_dict_flags() -> None:
+    """Tuple settings read their items by their own kind, and a mutable default is never shared between parses."""
+    pipeline = parser_for("pipeline")
+    assert pipeline.parse_args(["--deploy", "onnx-int8", "openvino"]).deploy == ["onnx-int8", "openvino"]
+    assert pipeline.parse_args(["--ratios", "0.3", "0.5"]).ratios == [0.3, 0.5]
+    first = pipeline.parse_args([])
+    config = PipelineConfig(**{f.name: getattr(first, f.name) for f in fields(PipelineConfig)})
+    assert config.train_args == {} and config.deploy == () and config.ratios == (0.2, 0.4, 0.6, 0.8)
+    config.train_args["nbs"] = 64  # the config's own dict: neither the parser's default nor the table's changes
+    assert pipeline.parse_args([]).train_args == {} and parser_for("pipeline").parse_args([]).train_args == {}
+    given = pipeline.parse_args(["--train-args", "nbs=16", "optimizer=SGD"])
+    assert PipelineConfig(train_args=given.train_args).train_args == {"nbs": 16, "optimizer": "SGD"}
+    with pytest.raises(TypeError):
+        PipelineConfig("data.yaml")  # keyword-only: a positional value would land in another field
+
+
+def test_min_keep_is_a_share_in_every_layer() -> None:
+    prune = parser_for("prune")
+    assert prune.parse_args(["--min-keep", "0"]).min_keep == 0.0
+    with pytest.raises(SystemExit):
+        prune.parse_args(["--min-keep", "2"])
+    with pytest.raises(ValueError, match="min_keep=2 must be a share in"):
+        settings.check_min_keep(2)
+
+
+def test_later_stage_settings_come_from_the_table() -> None:
+    assert settings.LATER_SETTINGS == {"distill": False}
+    assert set(settings.LATER_SETTINGS) <= set(settings.STAGE_SETTINGS)
+
+
 def test_check_values_normalises_and_refuses() -> None:
     config = PipelineConfig(ratios=[0.5], sr="0.02")
     settings.check_values("pipeline", config)

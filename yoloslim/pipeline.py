@@ -26,10 +26,7 @@ from typing import Any
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_csv, atomic_write_text
 from yoloslim.report import DEPLOY_FIELDS, deploy_markdown, results_markdown, results_plot
-from yoloslim.settings import RANKING, RESERVED, STAGE_SETTINGS, check_values, pipeline_fields
-
-# stage settings added after run folders existed, with the value a folder saved without them ran at
-LATER_SETTINGS: dict[str, Any] = {"distill": False}
+from yoloslim.settings import LATER_SETTINGS, RANKING, RESERVED, STAGE_SETTINGS, check_values, pipeline_fields
 
 
 class _PipelineRules:
@@ -39,8 +36,8 @@ class _PipelineRules:
         """Lists (as the command line gives them) become tuples, and `KEY=VALUE` items of train_args one dict."""
         for name in ("ratios", "targets", "deploy"):
             setattr(self, name, tuple(getattr(self, name)))
-        if isinstance(self.train_args, list):
-            self.train_args = {k: v for item in self.train_args for k, v in item.items()}
+        items = self.train_args if isinstance(self.train_args, list) else [self.train_args]
+        self.train_args = {k: v for item in items for k, v in item.items()}  # the config's own dict
 
     @property
     def points(self) -> tuple[float, ...]:
@@ -88,13 +85,14 @@ class _PipelineRules:
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         # every stage, table and export at one size
-        self.data, self.imgsz = steps.check_inputs(self.weights, self.data, self.imgsz, self.deploy)
+        self.data, self.imgsz = steps.check_inputs(self.weights, data=self.data, imgsz=self.imgsz, kinds=self.deploy)
 
 
 PipelineConfig = make_dataclass(
     "PipelineConfig",
     pipeline_fields(),
     bases=(_PipelineRules,),
+    kw_only=True,
     namespace={
         "__doc__": "What the pipeline trains and measures (one field per pipeline setting of `settings.py`). "
         "The defaults run on the demo data in minutes on a CPU."
@@ -231,7 +229,8 @@ class Pipeline:
             f"{self._sparse_label(name)} mAP50 {m['map50']:.4f}, mAP50-95 {m['map50_95']:.4f}"
             for name, m in ((name, self.metrics(name, path)) for name, path in sparse.items())
         )
-        note = f"Before pruning: normal training mAP50 {normal['map50']:.4f}, mAP50-95 {normal['map50_95']:.4f}; {'; '.join(maps)}."
+        normal_maps = f"normal training mAP50 {normal['map50']:.4f}, mAP50-95 {normal['map50_95']:.4f}"
+        note = f"Before pruning: {normal_maps}; {'; '.join(maps)}."
         self.write_table(rows, normal, "results", note)
         if compare:
             same = next(row for row in rows if row["point"] == f"{self.cfg.compare_at:g}")

@@ -24,7 +24,7 @@ from torch import nn
 
 from yoloslim.channels import ChannelGraph, ChannelGroup, build_graph
 from yoloslim.cost import CostModel, Unit, prunable_units
-from yoloslim.settings import DEFAULT_STREAMS, as_number, check_budget, check_ratio, check_round_to
+from yoloslim.settings import DEFAULT_STREAMS, check_budget, check_min_keep, check_ratio, check_round_to
 from yoloslim.surgery import LayerChange, cut, plan_masks
 
 Importance = Callable[["Pruner", Unit], torch.Tensor]
@@ -116,9 +116,7 @@ class Pruner:
         streams: bool = DEFAULT_STREAMS,
     ) -> None:
         round_to = check_round_to(round_to)
-        min_keep = as_number(min_keep, "min_keep")
-        if not 0 <= min_keep <= 1:
-            raise ValueError(f"min_keep={min_keep} must be a share in [0, 1]")
+        min_keep = check_min_keep(min_keep)
         if isinstance(importance, str):
             if importance not in IMPORTANCE:
                 raise ValueError(f"importance '{importance}' is not one of {sorted(IMPORTANCE)}")

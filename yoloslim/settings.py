@@ -11,8 +11,9 @@ From the table come:
 
 Adding a setting is one `Setting` entry here plus the code that reads it (docs/DESIGN.md has an example).
 
-The value checks live here too, with no import from the rest of the package, so that every layer (the CLI, the
-steps, the trainer, the pruner) refuses a bad value with the same one-line message.
+The value checks live here too, so that every layer (the CLI, the steps, the trainer, the pruner) refuses a bad value
+with the same one-line message. The module imports nothing of the package when it loads (every other module may
+import it); the choice lists and the importance check read their registries when they are called.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def check_budget(kind: str, target: Any) -> float:
     """A compute budget: a share in (0, 1] of the unpruned model's GFLOPs or parameters; returned as a float."""
     if kind not in BUDGETS:
         raise ValueError(f"budget kind '{kind}' is not one of {BUDGETS}")
-    share = as_number(target, f"target {kind}=")
+    share = as_number(target, f"target {kind}")
     if not 0 < share <= 1:
         raise ValueError(
             f"target {kind}={target!r} must be in (0, 1]: the share of the unpruned model's {kind} to keep, "
@@ -155,6 +156,14 @@ def check_round_to(round_to: Any) -> int:
     if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} must be a whole number >= 1 (1 = exact counts)")
     return int(round_to)
+
+
+def check_min_keep(min_keep: Any) -> float:
+    """The per-layer floor: a share of a layer's channels in [0, 1] that pruning keeps (at least one channel)."""
+    value = as_number(min_keep, "min_keep")
+    if not 0 <= value <= 1:
+        raise ValueError(f"min_keep={min_keep!r} must be a share in [0, 1], e.g. 0.05 keeps 5% of each layer")
+    return value
 
 
 def check_positive(name: str, value: Any) -> float:
@@ -239,6 +248,10 @@ class Setting:
         exclusive: the commands where it is one of a mutually exclusive group of targets.
         slim: a training argument yoloslim registers with Ultralytics (`SLIM_ARGS`).
         stale: a pipeline setting whose change makes finished stages stale (`STAGE_SETTINGS`).
+        later: a stale setting added after run folders existed: a folder saved without it ran at its pipeline
+            default (`LATER_SETTINGS`).
+        item: the kind of each item of a tuple setting.
+        field: a pipeline setting is a `PipelineConfig` field (False: a flag the command turns into another field).
         aliases: more flag names.
     """
 
@@ -252,6 +265,9 @@ class Setting:
     exclusive: tuple[str, ...] = ()
     slim: bool = False
     stale: bool = False
+    later: bool = False
+    item: type = float
+    field: bool = True
     aliases: tuple[str, ...] = ()
 
     def default_for(self, command: str) -> Any:
@@ -432,7 +448,14 @@ SETTINGS: tuple[Setting, ...] = (
         "ratio afterwards to remove only zeros",
         ("sparse", "pipeline"),
         check=check_sparsity,
-        per_command={"sparse": {"default": 0.5}, "pipeline": {"default": 0.6}},
+        per_command={
+            "sparse": {"default": 0.5},
+            "pipeline": {
+                "default": 0.6,
+                "help": "share of prunable channels the sparse stage drives to exact zero (0 = the plain L1 form); "
+                "ignored when GFLOPs targets are given",
+            },
+        },
         exclusive=("sparse",),
         slim=True,
         stale=True,
@@ -446,7 +469,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("sparse", "prune"),
         check=check_target_gflops,
         per_command={
-            "sparse": {"check": _share("gflops")},
+            "sparse": {"default": None, "check": _share("gflops")},
             "prune": {
                 "default": None,
                 "check": _share("gflops"),
@@ -469,10 +492,19 @@ SETTINGS: tuple[Setting, ...] = (
         "target_latency",
         float,
         None,
-        "instead: run at this share of the unpruned model's batch-1 latency on --runtime (sparse: the GFLOPs share "
-        "found on the start model is the target, logged; prune: each probe is pruned, exported and timed)",
+        "instead: run at this share of the unpruned model's batch-1 latency on --runtime",
         ("sparse", "prune"),
         check=check_latency_target,
+        per_command={
+            "sparse": {
+                "help": "instead: zero channels down to the GFLOPs share at which the start model, pruned, runs at "
+                "this share of its batch-1 latency on --runtime (found by measuring, logged)"
+            },
+            "prune": {
+                "help": "instead: prune to this share of the unpruned model's batch-1 latency on --runtime (each "
+                "probe is pruned, exported and timed)"
+            },
+        },
         exclusive=("sparse", "prune"),
     ),
     Setting(
@@ -546,6 +578,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("pipeline",),
         per_command={"pipeline": {"action": argparse.BooleanOptionalAction}},
         stale=True,
+        later=True,
     ),
     # ---- gamma histograms
     Setting(
@@ -582,7 +615,7 @@ SETTINGS: tuple[Setting, ...] = (
         0.05,
         "per-layer floor, as a share of its channels",
         ("prune",),
-        check=lambda value: check_positive("min_keep", value),
+        check=check_min_keep,
     ),
     Setting("no_fold", bool, False, "do not fold removed channels' act(beta) into consumers", ("prune",)),
     Setting("no_val", bool, False, "skip validating the pruned model on --data", ("prune",)),
@@ -642,11 +675,11 @@ SETTINGS: tuple[Setting, ...] = (
         "compare_at",
         float,
         0.6,
-        "the ratio (or target) of the normal-vs-sparse and fold on/off comparisons (None skips them)",
+        "the ratio (or target) of the normal-vs-sparse and fold on/off comparisons (--no-compare skips them)",
         ("pipeline",),
         aliases=("--compare-ratio",),
     ),
-    Setting("no_compare", bool, False, "skip the two comparisons", ("pipeline",)),
+    Setting("no_compare", bool, False, "skip the two comparisons (compare_at None)", ("pipeline",), field=False),
     Setting(
         "latency_repeats",
         int,
@@ -663,6 +696,7 @@ SETTINGS: tuple[Setting, ...] = (
         "mAP50-95; INT8 calibrated on the training images)",
         ("pipeline",),
         per_command={"pipeline": {"nargs": "+", "choices": extra_kinds}},
+        item=str,
     ),
     Setting(
         "train_args",
@@ -680,6 +714,7 @@ SETTINGS: tuple[Setting, ...] = (
 SLIM_ARGS: dict[str, Any] = {s.name: s.default for s in SETTINGS if s.slim}
 RANKING = ("importance", "streams", "round_to")  # the ranking the sparse stage's zeroing shares with prune
 STAGE_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.stale)
+LATER_SETTINGS: dict[str, Any] = {s.name: s.default_for("pipeline") for s in SETTINGS if s.later}
 # Ultralytics' own arguments that the pipeline's stages set, besides its settings that Ultralytics takes
 RESERVED = frozenset(
     {"model", "data", "epochs", "imgsz", "batch", "device", "project", "name", "exist_ok", "resume", "distill_model"}
@@ -710,7 +745,7 @@ def pipeline_fields() -> list[tuple[str, type, Any]]:
     """(name, type, dataclasses.field) of every pipeline setting, in table order, with the pipeline's defaults."""
     fields = []
     for s in SETTINGS:
-        if "pipeline" in s.commands and s.name != "no_compare":
+        if "pipeline" in s.commands and s.field:
             default = s.default_for("pipeline")
             made = (
                 field(default_factory=lambda d=default: type(d)(d))
@@ -722,13 +757,14 @@ def pipeline_fields() -> list[tuple[str, type, Any]]:
 
 
 def _flag_type(s: Setting, flag: str, check: Callable[[Any], Any] | None) -> Callable[[str], Any]:
-    """The argparse type of a flag: the text read as the setting's kind, then its check; the check's own message
-    (also for text that is not of the kind) as argparse's error."""
-    read = float if s.kind is tuple else s.kind
+    """The argparse type of a flag: the text read as the setting's kind (a tuple's: its item's), then its check; the
+    check's own message (also for text that is not of the kind) as argparse's error. A dict setting's check reads
+    the text itself (`KEY=VALUE`)."""
+    read = s.item if s.kind is tuple else s.kind
 
     def parse(text: str) -> Any:
         try:
-            if check is train_arg:
+            if s.kind is dict:
                 return check(text)
             try:
                 value = read(text)
@@ -763,8 +799,8 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
         elif "action" not in extra:
             kwargs["type"] = _flag_type(s, flags[0], check)
         kwargs.update(extra)
-        if isinstance(default, tuple):
-            kwargs["default"] = list(default)
+        if isinstance(default, (tuple, list, dict)):  # a fresh copy: argparse hands the default object out as is
+            kwargs["default"] = list(default) if isinstance(default, tuple) else type(default)(default)
         target = parser
         if command in s.exclusive:
             group = group or parser.add_mutually_exclusive_group()

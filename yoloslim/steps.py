@@ -77,7 +77,7 @@ def say(message: str) -> None:
 
 
 def check_inputs(
-    weights: str | Path, data: str | Path | None, imgsz: int, kinds: Sequence[str] = ()
+    weights: str | Path, *, data: str | Path | None, imgsz: int, kinds: Sequence[str] = ()
 ) -> tuple[str, int]:
     """Check what a sequence of steps will read before the first one runs: the start `weights`, the dataset and
     the deployable `kinds` (known, their runtime installed).
