@@ -24,7 +24,14 @@ from torch import nn
 
 from yoloslim.channels import ChannelGraph, ChannelGroup, build_graph
 from yoloslim.cost import CostModel, Unit, prunable_units
-from yoloslim.settings import DEFAULT_STREAMS, check_budget, check_min_keep, check_ratio, check_round_to
+from yoloslim.settings import (
+    DEFAULT_STREAMS,
+    check_budget,
+    check_importance,
+    check_min_keep,
+    check_ratio,
+    check_round_to,
+)
 from yoloslim.surgery import LayerChange, cut, plan_masks
 
 Importance = Callable[["Pruner", Unit], torch.Tensor]
@@ -118,9 +125,7 @@ class Pruner:
         round_to = check_round_to(round_to)
         min_keep = check_min_keep(min_keep)
         if isinstance(importance, str):
-            if importance not in IMPORTANCE:
-                raise ValueError(f"importance '{importance}' is not one of {sorted(IMPORTANCE)}")
-            importance = IMPORTANCE[importance]
+            importance = IMPORTANCE[check_importance(importance)]
         self.model = model
         self.graph: ChannelGraph = build_graph(model, streams)
         self.units = prunable_units(self.graph)

@@ -157,7 +157,7 @@ def train(
     model = _trainable(source, run)
     where = {"data": resolve_data(data), "project": str(run.parent), "name": name, "exist_ok": True}
     model.train(epochs=epochs, imgsz=imgsz, batch=batch, device=device, **where, **args)
-    return _best(model.trainer)
+    return _best(Path(model.trainer.last))
 
 
 def _trainable(source: str, run: Path) -> YOLO:
@@ -174,9 +174,10 @@ def _trainable(source: str, run: Path) -> YOLO:
     return model
 
 
-def _best(trainer: Any) -> Path:
-    best = Path(trainer.best)
-    return best if best.exists() else Path(trainer.last)
+def _best(last: Path) -> Path:
+    """The best checkpoint beside a run's last.pt (last.pt itself when no best.pt was written)."""
+    best = last.with_name("best.pt")
+    return best if best.exists() else last
 
 
 def _resumed(last: Path) -> Path | None:
@@ -184,12 +185,11 @@ def _resumed(last: Path) -> Path | None:
     None when there is no run to pick up (none, or a truncated last.pt, which is set aside)."""
     if readable(last) and finished_training(last):
         LOGGER.info(f"{PREFIX} {last.parent.parent} has finished its training: kept as it is")
-        best = last.with_name("best.pt")
-        return best if best.exists() else last
+        return _best(last)
     if readable(last):
         model = YOLO(last)
         model.train(resume=True)
-        return _best(model.trainer)
+        return _best(Path(model.trainer.last))
     if last.exists():  # killed while Ultralytics wrote it: start the stage again
         LOGGER.warning(f"{PREFIX} {last} is truncated or unreadable; the stage starts again")
         last.replace(last.with_name("last.pt.unreadable"))
