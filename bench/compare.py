@@ -22,7 +22,8 @@ every score, mean +- sd, and each arm's paired difference from `--reference` wit
         --imgsz 256 --target 0.4 --sparse-epochs 15 --finetune-epochs 5 --seeds 0 1 2 \
         --arms continue prune-finetune slim --run-dir runs/compare-hardhat --out docs/compare_hardhat.md
 
-Finished runs are reused when the command is run again; a run folder made with other settings is refused.
+Finished runs are reused when the command is run again, and an interrupted stage resumes from its last epoch; a run
+folder made with other settings is refused.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ultralytics.cfg import smart_value
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
-from yoloslim.checkpoint import finished_training, readable
+from yoloslim.checkpoint import readable
 from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
@@ -89,9 +90,10 @@ class Comparison:
         self.a = a
 
     def train(self, weights: Path, folder: Path, name: str, epochs: int, seed: int, **args: Any) -> Path:
-        """One training stage; its last.pt, reused when a finished run is there."""
+        """One training stage; its last.pt. A finished run is reused as it is, an interrupted one resumed from its
+        last epoch (steps.train's resume), so a session that ends mid-stage loses at most an epoch."""
         last = folder / name / "weights" / "last.pt"
-        if not (readable(last) and finished_training(last)):
+        if not steps.finished_run(folder, name):
             steps.train(
                 weights,
                 data=self.a.data,
@@ -102,6 +104,7 @@ class Comparison:
                 name=name,
                 seed=seed,
                 nbs=BATCH,
+                resume=True,
                 **args,
             )
         return last

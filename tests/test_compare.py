@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ultralytics.utils.callbacks import base
+
+from yoloslim.checkpoint import finished_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
@@ -76,3 +79,28 @@ def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monke
     assert compare.main(argv) == scores
     with pytest.raises(SystemExit, match="other settings"):
         compare.main([*argv[:-4], "--target", "0.5", *argv[-4:]])
+
+
+def test_an_interrupted_stage_resumes_from_its_last_epoch(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
+    """A comparison killed after a stage's first epoch picks that stage up at its second epoch when run again."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer) -> None:
+        raise Stop
+
+    args = ["--normal", str(tiny_ckpt), "--data", tiny_data, "--imgsz", "64", "--sparse-epochs", "2"]
+    args += ["--finetune-epochs", "0", "--arms", "continue", "--seeds", "0", "--run-dir", str(tmp_path / "runs")]
+    args += ["--out", str(tmp_path / "table.md")]
+    saves = base.default_callbacks["on_model_save"]
+    monkeypatch.setitem(base.default_callbacks, "on_model_save", [*saves, stop])
+    with pytest.raises(Stop):
+        compare.main(args)
+    starts = []
+    monkeypatch.setitem(base.default_callbacks, "on_model_save", saves)
+    starts_at = [*base.default_callbacks["on_train_start"], lambda trainer: starts.append(trainer.start_epoch)]
+    monkeypatch.setitem(base.default_callbacks, "on_train_start", starts_at)
+    compare.main(args)
+    assert starts == [1]  # resumed at its second epoch (0-based 1), not restarted
+    assert finished_training(tmp_path / "runs" / "continue" / "seed0" / "continue" / "weights" / "last.pt")
