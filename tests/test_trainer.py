@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import ultralytics
 import yaml
+from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
 from yoloslim.settings import SLIM_ARGS
@@ -203,6 +205,25 @@ def test_stages_that_continue_a_trained_model_start_at_a_tenth(tiny_ckpt, tiny_d
     model = YOLO(tiny_ckpt)
     model.train(data=tiny_data, project=str(runs), name="continue-given", sr=0.01, warmup_bias_lr=0.05, **args)
     assert model.trainer.args.warmup_bias_lr == 0.05  # what the caller gives wins
+
+
+def test_normal_training_from_a_pt_is_stock_ultralytics(tiny_ckpt, tiny_data, runs) -> None:
+    """yoloslim's normal stage from a trained .pt ends with the very weights, and at the very learning rates, that
+    stock Ultralytics gives with the same arguments and seed (its warm-up, rate, nbs and optimizer): the user's
+    baseline through yoloslim is the one they would get without it, so the two compare over seeds by one run each."""
+    trainers = []
+    for name, model in (("normal-ours", YOLO(tiny_ckpt)), ("normal-stock", ultralytics.YOLO(tiny_ckpt))):
+        model.train(data=tiny_data, project=str(runs), name=name, epochs=2, val=False, **TINY)
+        trainers.append(model.trainer)
+    assert [type(t) for t in trainers] == [SlimTrainer, DetectionTrainer]
+    rates = [[(g["initial_lr"], g["lr"], g.get("weight_decay")) for g in t.optimizer.param_groups] for t in trainers]
+    assert rates[0] == rates[1] and len(rates[0]) == 3
+    start, ours, stock = (
+        torch.load(w, weights_only=False)["model"].float().state_dict()  # stripped: the EMA
+        for w in (tiny_ckpt, trainers[0].last, trainers[1].last)
+    )
+    assert ours.keys() == stock.keys() and all(torch.equal(ours[k], stock[k]) for k in ours)
+    assert not torch.equal(ours["model.0.bn.running_mean"], start["model.0.bn.running_mean"])  # it saw the images
 
 
 def test_sr_refused_outside_detection_tasks(tiny_data, runs) -> None:
