@@ -1,4 +1,4 @@
-"""Arms x seeds, one table: does the slimming path beat simply pruning the trained model, at equal compute?
+r"""Arms x seeds, one table: does the slimming path beat simply pruning the trained model, at equal compute?
 
 Every arm starts from the same normal-trained checkpoint (`--normal`) and trains `--sparse-epochs` +
 `--finetune-epochs` epochs in all (docs/RESULTS.md, "The protocol"):

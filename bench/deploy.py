@@ -1,4 +1,4 @@
-"""The deploy table: for an unpruned model and pruned ones, each deployable kind (format and precision) with its file
+r"""The deploy table: for an unpruned model and pruned ones, each deployable kind (format and precision) with its file
 size, batch-1 CPU latency (every artifact timed side by side in interleaved rounds) and the mAP50-95 of the artifact
 itself. Run it while nothing else uses the CPU.
 

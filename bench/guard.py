@@ -1,4 +1,4 @@
-"""The per-layer guard: how much of each layer a global ranking may remove. Prunes one checkpoint to one GFLOPs
+r"""The per-layer guard: how much of each layer a global ranking may remove. Prunes one checkpoint to one GFLOPs
 target with several per-layer floors (`min_keep`: each layer keeps at least that share of its channels, so
 at most 1 - min_keep is removed) and both importances, and validates each pruned model before fine-tuning.
 Run it on a pretrained start (normal-trained, and sparse-trained) to choose the defaults.

@@ -1,4 +1,4 @@
-"""Where the latency of a pruned model goes: onnxruntime's own per-node profile of an unpruned and a pruned
+r"""Where the latency of a pruned model goes: onnxruntime's own per-node profile of an unpruned and a pruned
 checkpoint, summed by operator type, at each image size and thread count asked for.
 
 GFLOPs count only convolutions (and the few matmuls); this shows how much of each model's time is spent in

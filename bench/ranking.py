@@ -1,4 +1,4 @@
-"""Which ranking reaches a GFLOPs budget with the best accuracy: plain |gamma| or |gamma| per GFLOP, with the
+r"""Which ranking reaches a GFLOPs budget with the best accuracy: plain |gamma| or |gamma| per GFLOP, with the
 residual streams pruned or not. Every row starts from the same normal-trained checkpoint, sparse-trains to the
 same `target_gflops` with its own ranking (so the zeros fall where that ranking puts them), prunes to the
 target (removing only those zeros), then fine-tunes. Columns: GFLOPs reached (Ultralytics' count), params,

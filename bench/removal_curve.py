@@ -1,4 +1,4 @@
-"""Ranking quality with no training: mAP after removing the lowest-ranked share of prunable channels.
+r"""Ranking quality with no training: mAP after removing the lowest-ranked share of prunable channels.
 
 For each importance and share, a copy of the checkpoint gets gamma and beta of the chosen channels set to 0 (what
 sparsity training's zeroing converges to), and, with `--pruned`, is also pruned at that share by `prune_model` (the
