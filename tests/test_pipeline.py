@@ -9,6 +9,8 @@ from pathlib import Path
 
 import onnxruntime
 import pytest
+import yaml
+from ultralytics.cfg import DEFAULT_CFG
 
 from yoloslim import YOLO
 from yoloslim.checkpoint import finished_training
@@ -23,6 +25,21 @@ def _tiny(data: str, run, **settings) -> PipelineConfig:
     """A pipeline on the tiny dataset at 64 px, one epoch per stage unless `settings` say otherwise."""
     base = dict(imgsz=64, batch=8, device="cpu", epochs_normal=1, epochs_sparse=1, epochs_finetune=1, latency_repeats=3)
     return PipelineConfig(data=data, run_dir=str(run), **{**base, **settings})
+
+
+def test_normal_stage_from_a_pt_keeps_stock_nbs(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """Normal training from a trained .pt is stock Ultralytics (its nbs); from a yaml, and in every slimming stage,
+    one optimizer step per batch (nbs = batch); a user's nbs wins in every stage."""
+
+    def nbs(pipeline: Pipeline, name: str, weights: str | Path, **kwargs) -> int:
+        pipeline.train(name, weights, 1, **kwargs)
+        return yaml.safe_load((pipeline.dir / name / "args.yaml").read_text())["nbs"]
+
+    plain = Pipeline(_tiny(tiny_data, tmp_path / "plain"))
+    assert nbs(plain, "normal", tiny_ckpt) == DEFAULT_CFG.nbs == 64
+    assert nbs(plain, "finetune-0.5", tiny_ckpt, finetune=True) == 8
+    assert nbs(Pipeline(_tiny(tiny_data, tmp_path / "scratch")), "normal", "yolov8n.yaml") == 8
+    assert nbs(Pipeline(_tiny(tiny_data, tmp_path / "given", train_args={"nbs": 16})), "normal", tiny_ckpt) == 16
 
 
 def test_pipeline_end_to_end_and_resume(tiny_data, tmp_path) -> None:

@@ -371,7 +371,8 @@ SETTINGS: tuple[Setting, ...] = (
             "val": {"check": _batch_no_autobatch, "help": "batch size"},
             "pipeline": {
                 "check": _batch_no_autobatch,
-                "help": "batch size of every training stage (nbs defaults to it: one optimizer step per batch)",
+                "help": "batch size of every training stage (nbs defaults to it, one optimizer step per batch, except in "
+                "normal training from a .pt: stock Ultralytics)",
             },
         },
         stale=True,
@@ -703,7 +704,8 @@ SETTINGS: tuple[Setting, ...] = (
         dict,
         {},
         "extra Ultralytics train arguments for every training stage, e.g. nbs=16 optimizer=SGD (nbs defaults to "
-        "--batch: no gradient accumulation, so a small dataset gets more optimizer steps, and L1 steps, per epoch)",
+        "--batch: no gradient accumulation, so a small dataset gets more optimizer steps, and L1 steps, per epoch; "
+        "normal training from a .pt keeps Ultralytics' own)",
         ("pipeline",),
         check=train_arg,
         per_command={"pipeline": {"nargs": "*", "metavar": "KEY=VALUE"}},
