@@ -8,8 +8,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import yaml
+from onnx import numpy_helper
 
 from yoloslim import deploy, steps
 from yoloslim.deploy import Kind, runner
@@ -38,9 +40,10 @@ def _val_images(data: str) -> list[np.ndarray]:
 def test_int8_onnx_of_a_pruned_model_runs_and_is_validated(pruned, tiny_data) -> None:
     """A model small enough for CI scores near 0 mAP, where no mAP margin can tell a sound quantization from a
     broken one, so the INT8 outputs are held to the FP32 file's on the validation images: boxes within 1.5 px
-    (measured 0.25-0.35 px median at 64 px: 8 bits leave a step of 1/256 of each tensor's range) and class scores
-    correlated above 0.98 (measured 0.9995). The INT8 file's own mAP is validated, next to the FP32 model's; the
-    mAP cost on real data is measured by bench/deploy.py (docs/RESULTS.md)."""
+    (measured 0.08-0.35 px median at 64 px) and class scores correlated above 0.98 (measured 0.9995). Its weights
+    are 7-bit: with 8-bit ones (Ultralytics' own INT8 ONNX) the boxes were 15.5 px off on a CPU without VNNI, and
+    this check holds on any CPU. The INT8 file's own mAP is validated, next to the FP32 model's; the mAP cost on
+    real data is measured by bench/deploy.py (docs/RESULTS.md)."""
     fp32 = steps.export(pruned, imgsz=64)
     int8 = steps.export(pruned, imgsz=64, kind="onnx-int8", data=tiny_data)
     assert int8["artifact"] == pruned.with_name("pruned_int8.onnx") and int8["artifact"].is_file()
@@ -53,6 +56,10 @@ def test_int8_onnx_of_a_pruned_model_runs_and_is_validated(pruned, tiny_data) ->
         a, b = run32(x)[0][0], run8(x)[0][0]
         assert np.median(np.abs(a[:4] - b[:4])) < 1.5
         assert np.corrcoef(a[4:].ravel(), b[4:].ravel())[0, 1] > 0.98
+    graph = onnx.load(str(int8["artifact"])).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("weight_quantized")]
+    assert len(weights) == sum(n.op_type == "Conv" for n in graph.node)  # every conv quantized
+    assert all(np.abs(w).max() <= 64 for w in weights)
 
 
 def test_torchscript_matches_torch(pruned) -> None:

@@ -25,6 +25,7 @@ from yoloslim.checkpoint import check_weights_file, load_model
 from yoloslim.data import resolve_data
 from yoloslim.deploy import Kind, output_difference, runner, side_by_side_latency_ms
 from yoloslim.model import YOLO
+from yoloslim.quantize import quantize_onnx
 from yoloslim.report import ModelSize
 from yoloslim.sizes import fit_imgsz
 
@@ -71,12 +72,14 @@ def export(
     args: dict[str, Any] = {"format": kind.format, "imgsz": imgsz}
     if kind.format == "onnx":
         args.update(opset=opset, simplify=True, dynamic=False)
-    if kind.bits == 8:
+    if kind == Kind("openvino", 8):
         args.update(quantize=8, data=data, split="train")  # calibrated on training images, validated on val
     with tempfile.TemporaryDirectory(prefix=".yoloslim-export-", dir=source.parent) as tmp:
         copy = Path(tmp) / source.name
         shutil.copyfile(source, copy)
         exported = Path(YOLO(copy).export(**args))
+        if kind == Kind("onnx", 8):  # quantized here, not by Ultralytics: yoloslim/quantize.py says why
+            exported = quantize_onnx(exported, kind.artifact(copy), data, imgsz)
         check, said = check_artifact(exported, kind, copy, reference, imgsz, data)
         replace_artifact(exported, final)
     size_mb = artifact_bytes(final) / 2**20
