@@ -79,7 +79,7 @@ def export(
         shutil.copyfile(source, copy)
         exported = Path(YOLO(copy).export(**args))
         if kind == Kind("onnx", 8):  # quantized here, not by Ultralytics: yoloslim/quantize.py says why
-            exported = quantize_onnx(exported, kind.artifact(copy), data, imgsz)
+            exported = quantize_onnx(exported, kind.artifact(copy), data, imgsz, guess_model_task(reference))
         check, said = check_artifact(exported, kind, copy, reference, imgsz, data)
         replace_artifact(exported, final)
     size_mb = artifact_bytes(final) / 2**20

@@ -21,6 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from ultralytics.data import YOLODataset, build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.utils import IterableSimpleNamespace
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -245,3 +248,11 @@ def resolve_data(data: str | Path | None) -> str:
             " or --data demo for the built-in synthetic set"
         )
     return str(data)
+
+
+def train_split_as_validated(args: IterableSimpleNamespace, batch: int = 1, stride: int = 32) -> YOLODataset:
+    """The training images of `args.data` in file order as validation sees them (letterboxed to `args.imgsz`, no
+    augmentation), with `args.task`'s labels: what Taylor scoring and INT8 calibration read, so both see the inputs
+    the deployed network gets."""
+    spec = check_det_dataset(args.data)
+    return build_yolo_dataset(args, spec["train"], batch, spec, mode="val", stride=stride)

@@ -2,8 +2,8 @@
 
 Formats: ONNX (onnxruntime), OpenVINO (its runtime; `pip install -e ".[openvino]"`) and TorchScript, in FP32, or
 INT8 for ONNX (onnxruntime static quantization with 7-bit weights, yoloslim/quantize.py) and OpenVINO (NNCF, by
-Ultralytics), calibrated on the dataset's training images. Every artifact is run the same way: a `Runner` takes one batch-1 float image and returns the
-model's outputs as arrays. An FP artifact is checked against the torch model's outputs; an INT8 one is validated
+Ultralytics), calibrated on the dataset's training images. Every artifact is run the same way: a `Runner` takes one
+batch-1 float image and returns the model's outputs as arrays. An FP artifact is checked against the torch model's outputs; an INT8 one is validated
 on the dataset instead, since its outputs differ by design.
 """
 

@@ -20,18 +20,17 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
 from ultralytics.cfg import get_cfg
-from ultralytics.data import build_yolo_dataset
-from ultralytics.data.utils import check_det_dataset
+
+from yoloslim.data import train_split_as_validated
 
 CALIBRATION_IMAGES = 300  # Ultralytics warns below 300 calibration images; more only cost time on large sets
 QUANTIZED_OPS = {"Conv", "Gemm", "MatMul"}
 
 
-def calibration_images(data: str, imgsz: int, limit: int = CALIBRATION_IMAGES) -> Iterator[np.ndarray]:
-    """Up to `limit` training images of `data`, evenly spaced in file order, letterboxed to `imgsz` square, as
-    batch-1 float inputs in [0, 1]."""
-    spec = check_det_dataset(data)
-    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": imgsz, "data": data}), spec["train"], 1, spec, "val")
+def calibration_images(data: str, imgsz: int, task: str, limit: int = CALIBRATION_IMAGES) -> Iterator[np.ndarray]:
+    """Up to `limit` training images of `data` (labels read as `task` reads them), evenly spaced in file order,
+    letterboxed to `imgsz` square, as batch-1 float inputs in [0, 1]."""
+    dataset = train_split_as_validated(get_cfg(overrides={"task": task, "imgsz": imgsz, "data": data}))
     for i in np.unique(np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).round().astype(int)):
         yield dataset[int(i)]["img"][None].numpy().astype(np.float32) / 255
 
@@ -47,14 +46,15 @@ class _Reader(CalibrationDataReader):
         return None if image is None else {self.name: image}
 
 
-def quantize_onnx(fp32: Path, int8: Path, data: str, imgsz: int) -> Path:
-    """Write `int8`, the INT8 version of the ONNX file `fp32`, calibrated on `data`'s training images."""
+def quantize_onnx(fp32: Path, int8: Path, data: str, imgsz: int, task: str) -> Path:
+    """Write `int8`, the INT8 version of the ONNX file `fp32` of a `task` model, calibrated on `data`'s training
+    images."""
     graph = onnx.load(str(fp32)).graph
     exclude = [node.name for node in graph.node if node.op_type not in QUANTIZED_OPS]
     quantize_static(
         str(fp32),
         str(int8),
-        _Reader(calibration_images(data, imgsz), graph.input[0].name),
+        _Reader(calibration_images(data, imgsz, task), graph.input[0].name),
         nodes_to_exclude=exclude,
         reduce_range=True,
     )

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from ultralytics.cfg import get_cfg
-from ultralytics.data import build_dataloader, build_yolo_dataset
-from ultralytics.data.utils import check_det_dataset
+from ultralytics.data import build_dataloader
 from ultralytics.nn.tasks import guess_model_task
 
 from yoloslim.channels import build_graph
+from yoloslim.data import train_split_as_validated
 from yoloslim.settings import DEFAULT_STREAMS
 from yoloslim.cost import Unit, prunable_units
 
@@ -113,8 +113,7 @@ def estimate_taylor(
         p.requires_grad_(True)
     task = guess_model_task(scored)
     scored.args = get_cfg(overrides={"task": task, "imgsz": imgsz, "data": data})
-    spec = check_det_dataset(data)
-    dataset = build_yolo_dataset(scored.args, spec["train"], batch, spec, mode="val", stride=int(scored.stride.max()))
+    dataset = train_split_as_validated(scored.args, batch, stride=int(scored.stride.max()))
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False, device="cpu")
     modules = dict(scored.named_modules())
     units = prunable_units(build_graph(scored, streams))
