@@ -13,7 +13,9 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
 `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
 `importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, or any Ultralytics
-training argument); `--train-args` gives
+training argument). `sparse_target` lets a slim arm's sparse stage zero to another share than it prunes to:
+`one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the pipeline's `--one-sparse-stage`
+does for its larger targets. `--train-args` gives
 every arm the same ones (`fraction=0.5 val=False`: half the training images, validation at the last epoch only).
 Each arm is scored by its last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives
 every score, mean +- sd, and each arm's paired difference from `--reference` with a 95% t interval over seeds.
@@ -47,7 +49,8 @@ from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
 RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
-NOT_TRAINING = ("importance", "streams", "target")  # arm settings that are not Ultralytics training arguments
+# arm settings that are not Ultralytics training arguments
+NOT_TRAINING = ("importance", "streams", "target", "sparse_target")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class Comparison:
             a.sparse_epochs,
             seed,
             sr=a.sr,
-            target_gflops=s.get("target", a.target),
+            target_gflops=s.get("sparse_target", s.get("target", a.target)),
             **{**train_args, **ranking},
         )
         teacher = {"distill_model": str(a.normal)} if arm.recipe == "slim-teacher" else {}

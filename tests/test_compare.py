@@ -36,6 +36,32 @@ def test_arm_parsing() -> None:
         compare.Arm.parse("x=bogus")
 
 
+def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatch) -> None:
+    """`sparse_target` drives the sparse stage only: the pruning still goes to the arm's target (--target here)."""
+    calls = []
+    monkeypatch.setattr(compare.steps, "train", lambda weights, **kw: calls.append(("train", kw)))
+    monkeypatch.setattr(compare.steps, "prune", lambda weights, **kw: calls.append(("prune", kw)))
+    a = compare.argparse.Namespace(
+        normal=tmp_path / "normal.pt",
+        data="d.yaml",
+        imgsz=64,
+        target=0.4,
+        sr=1e-2,
+        sparse_epochs=2,
+        finetune_epochs=1,
+        train_args={},
+        run_dir=tmp_path / "runs",
+    )
+    compare.Comparison(a).run(compare.Arm.parse("one=slim:sparse_target=0.3"), seed=0)
+    (_, sparse), (_, prune), (_, finetune) = calls
+    assert sparse["target_gflops"] == 0.3 and "sparse_target" not in sparse
+    assert prune["target"] == ("gflops", 0.4)
+    assert finetune["finetune"] and "target_gflops" not in finetune and "sparse_target" not in finetune
+    calls.clear()
+    compare.Comparison(a).run(compare.Arm.parse("slim"), seed=1)
+    assert calls[0][1]["target_gflops"] == 0.4  # without it, one number drives both stages
+
+
 def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
     """Two arms that are the same run, 2 seeds of 1 epoch: a table of the right shape, an interval holding 0 (the
     differences are exactly 0), a CSV of every score; a rerun trains nothing; other settings are refused."""
