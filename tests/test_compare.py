@@ -14,8 +14,6 @@ from yoloslim.checkpoint import finished_training
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
 
-pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: `-m "not slow"` leaves them out
-
 
 def test_paired_interval_matches_the_t_formula() -> None:
     mean, lo, hi = compare.paired_interval([0.01, 0.03, 0.02])
@@ -62,6 +60,7 @@ def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatc
     assert calls[0][1]["target_gflops"] == 0.4  # without it, one number drives both stages
 
 
+@pytest.mark.slow  # trains: `-m "not slow"` leaves it out
 def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
     """Two arms that are the same run, 2 seeds of 1 epoch: a table of the right shape, an interval holding 0 (the
     differences are exactly 0), a CSV of every score; a rerun trains nothing; other settings are refused."""
@@ -107,6 +106,7 @@ def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monke
         compare.main([*argv[:-4], "--target", "0.5", *argv[-4:]])
 
 
+@pytest.mark.slow  # trains: `-m "not slow"` leaves it out
 def test_an_interrupted_stage_resumes_from_its_last_epoch(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
     """A comparison killed after a stage's first epoch picks that stage up at its second epoch when run again."""
 
