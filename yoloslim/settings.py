@@ -575,7 +575,7 @@ SETTINGS: tuple[Setting, ...] = (
         bool,
         False,
         "fine-tune every pruned model with the normal-trained model as its teacher (Ultralytics' knowledge "
-        "distillation, about 1.5x the fine-tuning time)",
+        "distillation, about 1.5x the fine-tuning time; at weight 1 no gain on hardhat, docs/RESULTS.md)",
         ("pipeline",),
         per_command={"pipeline": {"action": argparse.BooleanOptionalAction}},
         stale=True,
@@ -668,7 +668,8 @@ SETTINGS: tuple[Setting, ...] = (
         "one_sparse_stage",
         bool,
         False,
-        "with --targets: one sparse stage, zeroing to the smallest target, serves every row (cheaper)",
+        "with --targets: one sparse stage, zeroing to the smallest target, serves every row (cheaper, less "
+        "accurate: 3 pt lower at 0.40x on hardhat, docs/RESULTS.md)",
         ("pipeline",),
         stale=True,
     ),
