@@ -13,7 +13,7 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
 `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
 `importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, or any Ultralytics
-training argument). `sparse_target` lets a slim arm's sparse stage zero to another share than it prunes to:
+training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage zero to another share than it prunes to:
 `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the pipeline's `--one-sparse-stage`
 does for its larger targets. `--train-args` gives
 every arm the same ones (`fraction=0.5 val=False`: half the training images, validation at the last epoch only).
@@ -147,9 +147,12 @@ class Comparison:
             "sparse",
             a.sparse_epochs,
             seed,
-            sr=a.sr,
-            target_gflops=s.get("sparse_target", s.get("target", a.target)),
-            **{**train_args, **ranking},
+            **{
+                "sr": a.sr,
+                "target_gflops": s.get("sparse_target", s.get("target", a.target)),
+                **train_args,
+                **ranking,
+            },
         )
         teacher = {"distill_model": str(a.normal)} if arm.recipe == "slim-teacher" else {}
         return self.train(

@@ -35,7 +35,8 @@ def test_arm_parsing() -> None:
 
 
 def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatch) -> None:
-    """`sparse_target` drives the sparse stage only: the pruning still goes to the arm's target (--target here)."""
+    """`sparse_target` drives the sparse stage only: the pruning still goes to the arm's target (--target here);
+    an arm's own `sr` replaces --sr."""
     calls = []
     monkeypatch.setattr(compare.steps, "train", lambda weights, **kw: calls.append(("train", kw)))
     monkeypatch.setattr(compare.steps, "prune", lambda weights, **kw: calls.append(("prune", kw)))
@@ -58,6 +59,10 @@ def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatc
     calls.clear()
     compare.Comparison(a).run(compare.Arm.parse("slim"), seed=1)
     assert calls[0][1]["target_gflops"] == 0.4  # without it, one number drives both stages
+    assert calls[0][1]["sr"] == 1e-2  # --sr, unless the arm sets its own
+    calls.clear()
+    compare.Comparison(a).run(compare.Arm.parse("l1off=slim:sr=0"), seed=1)
+    assert calls[0][1]["sr"] == 0
 
 
 @pytest.mark.slow  # trains: `-m "not slow"` leaves it out
