@@ -4,7 +4,8 @@ from yoloslim import runtime  # noqa: F401  (must run before ultralytics is impo
 from yoloslim.channels import ChannelGraph, UnsupportedModuleError, build_graph, prunable_bn_names
 from yoloslim.model import YOLO
 from yoloslim.cost import CostModel, Unit, prunable_units
-from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, cost_weighted, gamma_importance, prune_model
+from yoloslim.importance import REGISTRY, Source, cost_weighted, gamma_importance, make_importance
+from yoloslim.prune import Pruner, PrunePlan, prune_model
 from yoloslim.taylor import TaylorImportance, estimate_taylor
 from yoloslim.trainer import TRAINERS, SlimMixin, SlimTrainer
 from yoloslim import steps  # noqa: E402  (the workflow steps, after the classes they use)
@@ -13,7 +14,8 @@ __all__ = [
     "YOLO",
     "ChannelGraph",
     "CostModel",
-    "IMPORTANCE",
+    "REGISTRY",
+    "Source",
     "Pruner",
     "PrunePlan",
     "SlimMixin",
@@ -26,6 +28,7 @@ __all__ = [
     "cost_weighted",
     "estimate_taylor",
     "gamma_importance",
+    "make_importance",
     "prunable_bn_names",
     "prunable_units",
     "prune_model",

@@ -73,5 +73,6 @@ class YOLO(_UltralyticsYOLO):
         target = zeroing_target(checked)
         refuse_sparsity_on_pruned(self.model, target)
         if checked["sr"] > 0 or target:
-            check_target(self.model, *(target or ("channels", 0.0)), **ranking_args(checked))
+            floors = {k: v for k, v in ranking_args(checked).items() if k != "importance"}  # the ranking is not read
+            check_target(self.model, *(target or ("channels", 0.0)), **floors)
         return super().train(trainer=trainer, **kwargs)

@@ -27,50 +27,12 @@ from yoloslim.cost import CostModel, Unit, prunable_units
 from yoloslim.settings import (
     DEFAULT_STREAMS,
     check_budget,
-    check_importance,
     check_min_keep,
     check_ratio,
     check_round_to,
 )
+from yoloslim.importance import Importance, gamma_importance, make_importance
 from yoloslim.surgery import LayerChange, cut, plan_masks
-
-Importance = Callable[["Pruner", Unit], torch.Tensor]
-
-
-def gamma_importance(pruner: Pruner, unit: Unit) -> torch.Tensor:
-    """Network slimming's channel score: |gamma| of the BN after the conv, the mean over a stream's BNs
-    (each is L1-penalised in sparse training, so the mean is what the penalty drives down)."""
-    return torch.stack([pruner.gamma(bn)[o : o + unit.size] for bn, o in unit.members]).mean(0)
-
-
-def cost_weighted(exponent: float) -> Importance:
-    """Cost-aware score: |gamma| divided by (GFLOPs of one channel / the mean channel's) ** `exponent` (in the
-    spirit of the resource-weighted penalties of MorphNet, Gordon et al. 2018, arXiv:1711.06798). A channel of a
-    high-resolution layer costs many times one of the P5 layers, so plain |gamma| keeps the expensive layers
-    whole; with exponent 1 the cost dominates wherever the gammas have not separated (measured in
-    docs/RESULTS.md: it thins the stem to one channel), the square root weighs it less."""
-
-    def importance(pruner: Pruner, unit: Unit) -> torch.Tensor:
-        return gamma_importance(pruner, unit) / pruner.relative_cost[pruner.units.index(unit)] ** exponent
-
-    return importance
-
-
-def needs_gradients(pruner: Pruner, unit: Unit) -> torch.Tensor:
-    """The name "taylor" alone: Taylor importance ranks by gradients, which the model's weights do not hold."""
-    raise ValueError(
-        "importance 'taylor' ranks channels by gradients of the loss: pass a TaylorImportance (yoloslim.taylor: "
-        "estimate_taylor(model, data, imgsz)) as the importance, or give the prune step its dataset"
-    )
-
-
-IMPORTANCE: dict[str, Importance] = {
-    "gamma": gamma_importance,
-    "flops": cost_weighted(1.0),
-    "sqrt-flops": cost_weighted(0.5),
-    "taylor": needs_gradients,  # yoloslim.taylor.TaylorImportance: the trainer feeds it, estimate_taylor computes it
-}
-
 
 @dataclass(frozen=True)
 class PrunePlan:
@@ -96,7 +58,8 @@ class Pruner:
 
     Args:
         model: the model to prune (modified by `apply`; pass a copy to keep the original).
-        importance: channel score of a unit (higher is more important), or a name in `IMPORTANCE`.
+        importance: channel score of a unit (higher is more important), or a name in `settings.IMPORTANCE_NAMES`
+            that needs no data (`importance.make_importance`).
         round_to: keep counts in multiples of this (GPU-friendly shapes), capped at the layer width.
         min_keep: the per-layer floor, as a share of the layer's channels (at least one channel is kept),
             so that every ratio in [0, 1) works and no layer is ever emptied.
@@ -124,8 +87,7 @@ class Pruner:
     ) -> None:
         round_to = check_round_to(round_to)
         min_keep = check_min_keep(min_keep)
-        if isinstance(importance, str):
-            importance = IMPORTANCE[check_importance(importance)]
+        importance = make_importance(importance)
         self.model = model
         self.graph: ChannelGraph = build_graph(model, streams)
         self.units = prunable_units(self.graph)

@@ -27,6 +27,7 @@ from typing import Any
 
 PROJECT = "runs/yoloslim"
 BUDGETS = ("gflops", "params")  # what a compute target can count
+IMPORTANCE_NAMES = ("taylor", "gamma", "flops", "sqrt-flops")  # importance.REGISTRY's criteria, checked there
 DEFAULT_IMPORTANCE = "taylor"
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 # The width multiple of the commands, scripts and pipeline (`Pruner`, `steps` and the training arguments keep exact
@@ -186,18 +187,15 @@ def check_flag(name: str) -> Callable[[Any], bool]:
 
 
 def check_importance(name: Any) -> str:
-    """A ranking registered in `prune.IMPORTANCE`."""
-    from yoloslim.prune import IMPORTANCE  # the registry holds the functions: read here, not imported by it
-
-    if name not in IMPORTANCE:
-        raise ValueError(f"importance={name!r} must be one of {sorted(IMPORTANCE)}")
+    """A ranking named in `IMPORTANCE_NAMES` (the criteria of `importance.REGISTRY`)."""
+    if name not in IMPORTANCE_NAMES:
+        raise ValueError(f"importance={name!r} must be one of {sorted(IMPORTANCE_NAMES)}")
     return name
 
 
 def importance_names() -> list[str]:
-    from yoloslim.prune import IMPORTANCE
-
-    return list(IMPORTANCE)
+    """The ranking names a command offers."""
+    return list(IMPORTANCE_NAMES)
 
 
 def runtime_names() -> list[str]:

@@ -28,6 +28,7 @@ from yoloslim.checkpoint import (
 )
 from yoloslim.data import recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
+from yoloslim.importance import Source, make_importance
 from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
@@ -35,7 +36,6 @@ from yoloslim.prune import Pruner, check_amount, prune_model
 from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
 from yoloslim.sizes import fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
-from yoloslim.taylor import ESTIMATE_BATCHES, estimate_taylor
 from yoloslim.settings import (
     DEFAULT_IMPORTANCE,
     DEFAULT_STREAMS,
@@ -398,15 +398,12 @@ def _prune_paths(weights: str | Path, save_dir: Path) -> tuple[Path, Path]:
 
 
 def _ranking(model: Any, args: dict[str, Any], target: tuple[str, float] | None, data: Any, imgsz: int) -> Any:
-    """The pruner's importance: its name, or for Taylor the scores estimated from a few batches of the training
-    images of `data()` (called only then). An unsupported model or an unreachable target says so first."""
-    if args["importance"] != "taylor":
-        return args["importance"]
+    """The pruner's importance (`importance.make_importance`; a gradient criterion reads the training images of
+    `data()`, called only then). An unsupported model or an unreachable target says so before any image is read."""
     probe = Pruner(model, round_to=args["round_to"], min_keep=args["min_keep"], streams=args["streams"])
     if target:
         probe.plan_budget(*target)
-    LOGGER.info(f"{PREFIX} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")
-    return estimate_taylor(model, data(), imgsz, streams=args["streams"])
+    return make_importance(args["importance"], Source(model, data, imgsz, args["streams"]))
 
 
 def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dict[str, Any]) -> None:
@@ -451,9 +448,7 @@ def latency_target_gflops(
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
     imgsz = fit_imgsz(imgsz, model)
-    ranking: Any = importance
-    if importance == "taylor":
-        ranking = estimate_taylor(model, resolve_data(data), imgsz, streams=streams)
+    ranking = make_importance(importance, Source(model, lambda: resolve_data(data), imgsz, streams))
     pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, streams=streams)
     return gflops_for_latency(pruner, latency, imgsz, runtime)
 
@@ -465,7 +460,7 @@ def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path) -> str:
     try:
         return recorded_data((ckpt.get("train_args") or {}).get("data"), weights)
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"importance 'taylor' needs the training images, and {e} (or --importance gamma)") from None
+        raise ValueError(f"importance by gradients needs the training images, and {e} (or --importance gamma)") from None
 
 
 NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1

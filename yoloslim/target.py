@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from yoloslim.cost import Unit
-from yoloslim.prune import IMPORTANCE, Pruner, PrunePlan, needs_gradients
+from yoloslim.importance import learns_from_gradients, make_importance
+from yoloslim.prune import Pruner, PrunePlan
 from yoloslim.settings import check_budget, check_sparsity
 
 RAMP_START = 0.25  # share of the run before any channel is chosen: the ranking accumulates first
@@ -90,11 +91,7 @@ class ChannelZeroing:
     """
 
     def __init__(self, model: nn.Module, kind: str, value: float, **pruner_args) -> None:
-        self.importance = pruner_args.pop("importance", "gamma")
-        if self.importance == "taylor":
-            needs_gradients(None, None)  # says what to pass, now rather than at the first plan
-        if isinstance(self.importance, str):
-            self.importance = IMPORTANCE[self.importance]
+        self.importance = make_importance(pruner_args.pop("importance", "gamma"))  # taylor by name: says what to pass
         self.pruner = check_target(model, kind, value, importance=self._rank, **pruner_args)
         self.kind, self.value = kind, float(value)
         self.final = self.value if kind == "channels" else 1 - self.value  # what the schedule removes in the end
@@ -118,7 +115,7 @@ class ChannelZeroing:
         schedule's position and the accumulated importance (a `TaylorImportance`'s averages)."""
         state = {k: getattr(self, k) for k in ("kind", "value", "amount", "progress")}
         state.update({k: dict(getattr(self, k)) for k in ("zeroed", "until", "start")})  # a copy: they grow
-        if hasattr(self.importance, "state_dict"):
+        if learns_from_gradients(self.importance):
             state["importance"] = self.importance.state_dict()
         return state
 
@@ -130,7 +127,7 @@ class ChannelZeroing:
             )
         for key in ("amount", "progress", "zeroed", "until", "start"):
             setattr(self, key, state[key])
-        if "importance" in state and hasattr(self.importance, "load_state_dict"):
+        if "importance" in state and learns_from_gradients(self.importance):
             self.importance.load_state_dict(state["importance"])
 
     def _rank(self, pruner: Pruner, unit: Unit) -> torch.Tensor:

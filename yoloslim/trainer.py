@@ -49,11 +49,11 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yoloslim.atomic import atomic_write_bytes
 from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
+from yoloslim.importance import Source, learns_from_gradients, make_importance
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import Pruner
 from yoloslim.settings import RANKING, SLIM_ARGS, check_value
 from yoloslim.target import ChannelZeroing
-from yoloslim.taylor import TaylorImportance
 
 # The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
 # restarts at its full rate, made for training from scratch, and AdamW at 0.002 knocked a converged YOLOv8s from
@@ -242,9 +242,8 @@ class SlimMixin:
         target = zeroing_target(self.args)
         if target is None:
             return None
-        ranking = ranking_args(self.args)
-        if ranking["importance"] == "taylor":  # fed with each step's gradients in optimizer_step
-            ranking["importance"] = TaylorImportance()
+        ranking = ranking_args(self.args)  # a gradient criterion is fed with each step's gradients in optimizer_step
+        ranking["importance"] = make_importance(ranking["importance"], Source(model, training=True))
         return ChannelZeroing(model, *target, **ranking)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
@@ -329,8 +328,8 @@ class SlimMixin:
         if self.zeroing is None:  # DDP workers get the model object, not get_model
             self.zeroing = self.channel_zeroing(unwrap_model(self.model))
         z = self.zeroing
-        if z is not None and z.amount < z.final and isinstance(taylor := z.importance, TaylorImportance):
-            taylor.accumulate(z.pruner.modules, z.pruner.units, scale)  # the loss's gradients only
+        if z is not None and z.amount < z.final and learns_from_gradients(z.importance):
+            z.importance.accumulate(z.pruner.modules, z.pruner.units, scale)  # the loss's gradients only
         if sr > 0:
             if not add_l1_subgradient(self.prunable_gammas(), sr * scale):
                 raise RuntimeError(
