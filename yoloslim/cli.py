@@ -91,6 +91,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
     from ultralytics.utils import LOGGER
 
     from yoloslim import steps
+    from yoloslim.reconstruct import Repair
 
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
@@ -106,12 +107,14 @@ def _run_prune(a: argparse.Namespace) -> Any:
         round_to=a.round_to,
         fold=not a.no_fold,
         min_keep=a.min_keep,
-        data=None if a.no_val else a.data,
+        data=a.data,
+        validate_pruned=not a.no_val,
         target=target,
         importance=a.importance,
         streams=a.streams,
         allow_unchanged=a.allow_unchanged,
         runtime=a.runtime,
+        how=Repair(reconstruct=not a.no_reconstruct, bn=a.recalibrate_bn, images=a.calib_images),
     )
 
 

@@ -14,6 +14,7 @@ from ultralytics.utils.torch_utils import get_flops, get_num_params
 from yoloslim.atomic import csv_text
 from yoloslim.plots import plot_map_vs_gflops
 from yoloslim.prune import PrunePlan
+from yoloslim.reconstruct import ConvFit
 from yoloslim.surgery import LayerChange
 
 
@@ -65,6 +66,20 @@ def prune_summary(before: ModelSize, after: ModelSize, plan: PrunePlan, target: 
             else "GFLOPs  unavailable (thop failed)",
         ]
     )
+
+
+def fit_table(fits: Sequence[ConvFit]) -> str:
+    """The reconstruction's per-conv table: input channels kept, and the output error on the calibration images
+    before and after the least-squares fit (squared error over the output's variance)."""
+    width = max(len(f.name) for f in fits)
+    lines = [
+        "reconstruction (least squares on the calibration images; error = squared error / variance of the output)",
+        f"{'conv':<{width}}  {'inputs':>9}  {'error before':>12}  {'after':>8}",
+    ]
+    for f in fits:
+        inputs = f"{f.inputs[1]}/{f.inputs[0]}"
+        lines.append(f"{f.name:<{width}}  {inputs:>9}  {f.before:>12.4f}  {f.after:>8.4f}")
+    return "\n".join(lines)
 
 
 def layer_csv(changes: Sequence[LayerChange]) -> str:

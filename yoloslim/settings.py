@@ -29,6 +29,10 @@ PROJECT = "runs/yoloslim"
 BUDGETS = ("gflops", "params")  # what a compute target can count
 IMPORTANCE_NAMES = ("taylor", "gamma", "flops", "sqrt-flops")  # importance.REGISTRY's criteria, checked there
 DEFAULT_IMPORTANCE = "taylor"
+# One-shot repair after pruning (reconstruct.py), chosen by bench/removal_curve.py: docs/DESIGN.md, "Train-free pruning"
+DEFAULT_RECONSTRUCT = True
+DEFAULT_RECALIBRATE_BN = False
+DEFAULT_CALIB_IMAGES = 256
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 # The width multiple of the commands, scripts and pipeline (`Pruner`, `steps` and the training arguments keep exact
 # counts unless asked): chosen on ships yolov8n at 0.4x GFLOPs, where 8 ran 1.3x faster than free widths in
@@ -618,6 +622,28 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("no_fold", bool, False, "do not fold removed channels' act(beta) into consumers", ("prune",)),
     Setting("no_val", bool, False, "skip validating the pruned model on --data", ("prune",)),
+    Setting(
+        "no_reconstruct",
+        bool,
+        not DEFAULT_RECONSTRUCT,
+        "do not re-fit the convs after the cut by least squares on --data's training images (no labels read)",
+        ("prune",),
+    ),
+    Setting(
+        "recalibrate_bn",
+        bool,
+        DEFAULT_RECALIBRATE_BN,
+        "re-estimate every BN's statistics through the pruned model on the calibration images (after reconstruction)",
+        ("prune",),
+    ),
+    Setting(
+        "calib_images",
+        int,
+        DEFAULT_CALIB_IMAGES,
+        "training images of --data that calibrate the repair (the first ones, in file order)",
+        ("prune",),
+        check=lambda n: check_whole("calib_images", n),
+    ),
     Setting(
         "allow_unchanged",
         bool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from copy import deepcopy
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,8 @@ from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import Pruner, check_amount, prune_model
-from yoloslim.report import ModelSize, layer_csv, layer_table, prune_summary
+from yoloslim.reconstruct import Repair, repair
+from yoloslim.report import ModelSize, fit_table, layer_csv, layer_table, prune_summary
 from yoloslim.sizes import fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.settings import (
@@ -298,6 +300,8 @@ def prune(
     streams: bool = DEFAULT_STREAMS,
     allow_unchanged: bool = False,
     runtime: str = "onnx",
+    validate_pruned: bool = True,
+    how: Repair = Repair(),
 ) -> Path:
     """Prune a checkpoint to a channel `ratio`, a compute `target` (("gflops", 0.4): keep 40% of the GFLOPs) or a
     latency target (("latency", 0.5): half the unpruned latency on `runtime`, found by measuring, `latency.py`).
@@ -309,10 +313,13 @@ def prune(
         ratio, target: the amount: a share of prunable channels in [0, 1), or (kind, share); exactly one.
         save_dir: the folder of the three files.
         round_to, fold, min_keep, importance, streams: as `Pruner` takes them.
-        data: validate the pruned model on it; Taylor ranks on its training images (default: the checkpoint's).
+        data: repair and validate the pruned model with it; Taylor ranks on its training images (default: the
+            checkpoint's). Without it the model is neither repaired nor validated.
         allow_unchanged: save even when floors and rounding leave every layer whole (else an error, unless ratio 0
             or a target of 1 asked for that).
         runtime: where a latency target is measured ("onnx" or "openvino").
+        validate_pruned: validate the pruned model on `data`.
+        how: the repair from `data`'s training images (`reconstruct.Repair`: least squares, BN statistics).
 
     Returns:
         The path of pruned.pt.
@@ -337,10 +344,14 @@ def prune(
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
         target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
     info = _prune_info(ratio, target, source, args, latency, runtime)
+    info["repair"] = asdict(how) if data and how.active else None
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
+    fits = repair(model, pruned, plan.keep, data, imgsz, how) if data and how.active else []
+    if how.active and not data:
+        LOGGER.info(f"{PREFIX} no --data: the pruned model is not repaired (the repair reads the training images)")
     summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
-    _write_pruned(out, pruned, changes, summary, ckpt)
-    if data:
+    _write_pruned(out, pruned, changes, f"{summary}\n\n{fit_table(fits)}" if fits else summary, ckpt)
+    if data and validate_pruned:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
     return out
 

@@ -1,0 +1,139 @@
+"""Train-free repair of a pruned model: least-squares reconstruction and BN re-estimation (reconstruct.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from ultralytics.nn.modules.block import DFL
+
+from .conftest import build_model, stock_predict
+from yoloslim import steps
+from yoloslim.checkpoint import load_model, pruned_info
+from yoloslim.prune import prune_model
+from yoloslim.reconstruct import Reconstruction, Repair, _Gram, calibration_images, recalibrate_bn
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return (torch.rand(n, 3, 64, 64) * 255).to(torch.uint8)
+
+
+def _outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images.float() / 255)[0]
+
+
+def test_gram_recovers_a_linear_map() -> None:
+    """The accumulated normal equations solve an exact linear problem exactly, intercept included."""
+    torch.manual_seed(0)
+    w, b = torch.randn(7, 3), torch.randn(3)
+    gram = _Gram()
+    for _ in range(4):
+        x = torch.randn(50, 7)
+        gram.add(x, x @ w + b)
+    solution = gram.solve(0.0)
+    assert torch.allclose(solution[:-1].float(), w, atol=1e-4) and torch.allclose(solution[-1].float(), b, atol=1e-4)
+    assert gram.error(solution) < 1e-8
+    assert gram.error(torch.zeros_like(solution)) > 0.5  # predicting 0 leaves the whole signal (its mean included)
+
+
+def test_reconstruction_brings_the_pruned_model_back_to_the_original() -> None:
+    """On held-out images the repaired model's outputs are much closer to the unpruned model's than the cut alone;
+    every fit lowers its conv's error, shapes are unchanged and the fixed DFL decode is never touched."""
+    model = build_model()
+    pruned, plan, _ = prune_model(model, 0.3)
+    held_out = _images(8, seed=1)
+    reference, cut = _outputs(model, held_out), _outputs(pruned, held_out)
+    shapes = {k: v.shape for k, v in pruned.state_dict().items()}
+    dfl = [m.conv.weight.clone() for m in pruned.modules() if isinstance(m, DFL)]
+    fits = Reconstruction(model, pruned, plan.keep).run(_images(48))
+    repaired = _outputs(pruned, held_out)
+    assert (repaired - reference).abs().mean() < 0.25 * (cut - reference).abs().mean()
+    assert fits and all(f.after <= f.before for f in fits)
+    assert any(f.inputs[1] < f.inputs[0] for f in fits)  # convs that lost inputs were re-fitted
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == shapes
+    assert all(torch.equal(m.conv.weight, w) for m, w in zip([m for m in pruned.modules() if isinstance(m, DFL)], dfl))
+
+
+def test_nothing_removed_nothing_refitted() -> None:
+    """A conv that reads exactly what the original reads is left as it is: at ratio 0 no conv is fitted."""
+    model = build_model()
+    pruned, plan, _ = prune_model(model, 0.0)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    assert Reconstruction(model, pruned, plan.keep).run(_images(16)) == []
+    assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())
+
+
+def test_reconstruction_is_deterministic() -> None:
+    """The same images give the same repaired weights, bit for bit."""
+    model = build_model()
+    states = []
+    for _ in range(2):
+        pruned, plan, _ = prune_model(model, 0.4)
+        Reconstruction(model, pruned, plan.keep).run(_images(24))
+        states.append(pruned.state_dict())
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+
+
+def test_recalibrated_bn_holds_the_statistics_of_its_input() -> None:
+    """After re-estimation the first BN's running mean and variance are those of its conv's output on the images."""
+    model = build_model()
+    images = _images(32)
+    conv, bn = model.model[0].conv, model.model[0].bn
+    momentum = bn.momentum
+    recalibrate_bn(model, images)
+    with torch.no_grad():
+        y = conv(images.float() / 255)
+    assert torch.allclose(bn.running_mean, y.mean((0, 2, 3)), atol=1e-4)
+    batch_vars = torch.stack([b.var((0, 2, 3)) for b in y.split(16)])  # unbiased per batch, as BN keeps it
+    assert torch.allclose(bn.running_var, batch_vars.mean(0), rtol=1e-3)
+    assert not bn.training and bn.momentum == momentum
+
+
+def test_calibration_images_are_the_first_training_images(tiny_ckpt, tiny_data) -> None:
+    """Calibration reads the training images in file order, letterboxed to imgsz, as many as asked (or all)."""
+    model, _ = load_model(tiny_ckpt)
+    five = calibration_images(model, tiny_data, 64, 5)
+    assert five.shape == (5, 3, 64, 64) and five.dtype == torch.uint8
+    assert torch.equal(calibration_images(model, tiny_data, 64, 3), five[:3])
+    assert len(calibration_images(model, tiny_data, 64, 10_000)) < 10_000
+
+
+@pytest.fixture(scope="module")
+def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
+    """The tiny checkpoint pruned at 0.4 by |gamma|, repaired from its training images, and not repaired."""
+    out = {}
+    for name, how in (("repaired", Repair()), ("cut", Repair(reconstruct=False))):
+        out[name] = steps.prune(
+            tiny_ckpt,
+            ratio=0.4,
+            save_dir=tmp_path_factory.mktemp(name),
+            importance="gamma",
+            data=tiny_data,
+            validate_pruned=False,
+            how=how,
+        )
+    return out
+
+
+def test_prune_repairs_by_default_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
+    """`steps.prune` with data re-fits by default: the report lists each conv's error before and after, the
+    checkpoint records the repair, stock Ultralytics loads it, and it is closer to the original than the cut."""
+    report = (repaired["repaired"].parent / "prune_report.txt").read_text()
+    assert "reconstruction" in report and "error before" in report
+    assert "reconstruction" not in (repaired["cut"].parent / "prune_report.txt").read_text()
+    model, ckpt = load_model(repaired["repaired"])
+    assert pruned_info(model)["repair"] == {"reconstruct": True, "bn": False, "images": 256}
+    assert "RESULTS 1" in stock_predict(repaired["repaired"])
+    original, _ = load_model(tiny_ckpt)
+    images = calibration_images(original, tiny_data, 64, 8)
+    reference = _outputs(original.float(), images)
+    errors = {k: (_outputs(load_model(p)[0].float(), images) - reference).abs().mean() for k, p in repaired.items()}
+    assert errors["repaired"] < errors["cut"]
+
+
+def test_repaired_onnx_matches_torch(repaired) -> None:
+    """The repaired checkpoint exports to ONNX that gives torch's outputs."""
+    result = steps.export(repaired["repaired"], imgsz=64)
+    assert result["max_diff"] < 1e-3
