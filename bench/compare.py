@@ -6,6 +6,9 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 - `continue`: the normal model trained on, unpruned, at the rate the other arms continue it (a tenth of
   Ultralytics' rate, warm-up from 0): the accuracy ceiling, arm (a);
 - `prune-finetune`: the normal model pruned to the budget, then fine-tuned for all the epochs (arm (b));
+- `oneshot`: as `prune-finetune`, but the prune repairs the model from the training images first (least-squares
+  reconstruction, `yoloslim prune`'s default with data); its `epochs` setting fine-tunes fewer epochs
+  (`os2=oneshot:epochs=2`), to measure how many a repaired model needs;
 - `slim`: sparsity training to the budget, pruning to it (only zeros go), fine-tuning (arm (c));
 - `slim-teacher`: `slim` whose fine-tuning also learns from the normal model (Ultralytics' distillation; its
   weight is the arm's `dis` setting, e.g. `t1=slim-teacher:dis=1`, else Ultralytics' default).
@@ -48,9 +51,9 @@ from yoloslim.checkpoint import readable
 from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
-RECIPES = ("continue", "prune-finetune", "slim", "slim-teacher")
+RECIPES = ("continue", "prune-finetune", "oneshot", "slim", "slim-teacher")
 # arm settings that are not Ultralytics training arguments
-NOT_TRAINING = ("importance", "streams", "target", "sparse_target")
+NOT_TRAINING = ("importance", "streams", "target", "sparse_target", "epochs")
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ class Comparison:
             )
         return last
 
-    def prune(self, weights: Path, folder: Path, settings: dict[str, Any]) -> Path:
+    def prune(self, weights: Path, folder: Path, settings: dict[str, Any], repair: bool = False) -> Path:
+        """The pruned model of an arm (made once): cut to the budget, repaired from the training images if `repair`."""
         out = folder / "prune" / "pruned.pt"
         if not readable(out):
             ranking = {k: settings[k] for k in RANKING if k in settings}
@@ -122,7 +126,8 @@ class Comparison:
                 ratio=None,
                 save_dir=out.parent,
                 target=target,
-                data=None,
+                data=self.a.data if repair else None,
+                validate_pruned=False,
                 **{"round_to": SCRIPT_ROUND_TO, **ranking},
             )
         return out
@@ -136,10 +141,10 @@ class Comparison:
         if arm.recipe == "continue":  # continued as the other arms continue it: a tenth of the rate, warm-up from 0
             continued = {"lr_scale": CONTINUE_LR_SCALE, "warmup_bias_lr": 0.0, **train_args}
             return self.train(a.normal, folder, "continue", total, seed, **continued)
-        if arm.recipe == "prune-finetune":
-            return self.train(
-                self.prune(a.normal, folder, s), folder, "finetune", total, seed, finetune=True, **train_args
-            )
+        if arm.recipe in ("prune-finetune", "oneshot"):
+            pruned = self.prune(a.normal, folder, s, repair=arm.recipe == "oneshot")
+            epochs = s.get("epochs", total)
+            return self.train(pruned, folder, "finetune", epochs, seed, finetune=True, **train_args)
         ranking = {"round_to": SCRIPT_ROUND_TO, **{k: s[k] for k in RANKING if k in s}}
         sparse = self.train(
             a.normal,

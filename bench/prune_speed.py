@@ -4,12 +4,25 @@ Each model is pruned in a fresh subprocess so its peak resident memory is its ow
 3 s, yolov8x under 20 s, yolo11x and yolo26x at most 2 s each. Run it while nothing else uses the CPU.
 
     python bench/prune_speed.py [--ratio 0.5] [--models yolov8s yolov8x yolo11x yolo26x]
+
+With `--weights W --data D`, the user's one command instead: `yoloslim prune` of a trained checkpoint to
+`--target` GFLOPs with its default Taylor ranking and repair (calibration, least squares), validation skipped, timed
+whole in a fresh process, with its peak resident memory. Target: a yolov8s at imgsz 320 in at most 3 minutes and 4 GB.
+
+    python bench/prune_speed.py --weights runs/starts/v8s/weights/last.pt --data datasets/hardhat/hardhat.yaml \
+        --imgsz 320 --target 0.7
 """
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
 
 from common import emit, parser
 
@@ -29,11 +42,39 @@ print(f"{seconds:.2f},{peak / 1024:.0f},{(peak - before) / 1024:.0f},{params[0] 
 """
 
 
+def at_imgsz(weights: Path, imgsz: int, folder: Path) -> Path:
+    """A copy of the checkpoint that says it was trained at `imgsz` (prune calibrates at the trained size)."""
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)  # an Ultralytics checkpoint: pickled modules
+    ckpt["train_args"] = {**(ckpt.get("train_args") or {}), "imgsz": imgsz}
+    torch.save(ckpt, folder / "start.pt")
+    return folder / "start.pt"
+
+
+def one_command(a) -> None:
+    """Time `yoloslim prune` with its default repair on a trained checkpoint, in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="yoloslim-prune-speed-") as out:
+        weights = at_imgsz(a.weights, a.imgsz, Path(out))
+        argv = ["prune", "--weights", str(weights), "--data", a.data, "--target-gflops", str(a.target), "--no-val"]
+        start = time.perf_counter()
+        subprocess.run(["yoloslim", *argv, "--save-dir", out], check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        report = (Path(out) / "prune_report.txt").read_text()
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    reached = next(line for line in report.splitlines() if line.startswith("GFLOPs"))
+    rows = [(str(a.weights), a.imgsz, f"{seconds:.0f}", "<= 180", f"{peak:.0f}", "<= 4096", reached)]
+    columns = ("checkpoint", "imgsz", "seconds", "target s", "peak RSS MiB", "target MiB", "GFLOPs")
+    emit(f"yoloslim prune --target-gflops {a.target:g} with the default repair, one fresh process", columns, rows, a.out)
+
+
 def main() -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, data="", imgsz=320)
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--models", nargs="+", default=["yolov8s", "yolov8x", "yolo11x", "yolo26x"])
+    p.add_argument("--weights", type=Path, help="a trained checkpoint: time the one command instead (see above)")
+    p.add_argument("--target", type=float, default=0.7, help="GFLOPs share, with --weights")
     a = p.parse_args()
+    if a.weights:
+        return one_command(a)
     targets = {"yolov8s": 3.0, "yolov8x": 20.0, "yolo11x": 2.0, "yolo26x": 2.0}
     rows = []
     for name in a.models:

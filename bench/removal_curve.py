@@ -8,11 +8,21 @@ control: a ranking worse than random removal is worse than no ranking. The chann
 
     python bench/removal_curve.py --weights runs/v8s-ships/normal/weights/best.pt --data datasets/ships/ships.yaml \
         --imgsz 256 --out docs/removal_ships_v8s.md
+
+With `--budgets`, the train-free repair instead: the checkpoint pruned by Taylor to each GFLOPs share (round_to 8, as
+the commands prune) and validated as cut (`taylor`: the fold alone), reconstructed by least squares (`taylor+recon`),
+reconstructed then BN statistics re-estimated (`taylor+recon+bn`), and BN statistics alone (`taylor+bn`), all from
+the first `--calib-images` training images (reconstruct.py). Several `--calib-images` give one row each per arm.
+
+    python bench/removal_curve.py --weights runs/starts/v8s/weights/last.pt --data datasets/hardhat/hardhat.yaml \
+        --imgsz 256 --budgets 0.8 0.7 0.6 0.5 0.4 --out runs/repair-v8s.md
 """
 
 from __future__ import annotations
 
 import statistics
+import time
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -23,7 +33,11 @@ from common import emit, parser, shown, write_csv
 from yoloslim import Pruner, prune_model, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.plots import plot_removal_curve
+from yoloslim.reconstruct import Reconstruction, calibration_images, recalibrate_bn
+from yoloslim.settings import DEFAULT_CALIB_IMAGES, SCRIPT_ROUND_TO
 from yoloslim.taylor import estimate_taylor
+
+REPAIRS = ("taylor", "taylor+bn", "taylor+recon", "taylor+recon+bn")
 
 
 def random_importance(seed: int):
@@ -45,6 +59,57 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
     return model
 
 
+def repaired_models(model, taylor, budget: float, images: torch.Tensor):
+    """The model pruned to `budget` GFLOPs by `taylor`, then each repair of `REPAIRS` (name, model), made in turn."""
+    cut, plan, _ = prune_model(model, target=("gflops", budget), importance=taylor, round_to=SCRIPT_ROUND_TO)
+    yield "taylor", cut
+    bn = deepcopy(cut)
+    recalibrate_bn(bn, images)
+    yield "taylor+bn", bn
+    recon = deepcopy(cut)
+    Reconstruction(model, recon, plan.keep).run(images)
+    yield "taylor+recon", recon
+    recalibrate_bn(recon, images)
+    yield "taylor+recon+bn", recon
+
+
+def repair_curve(a, model, base: float) -> None:
+    """mAP50-95 of each repair at each GFLOPs budget (and calibration size), no training; the table, CSV and plot."""
+    taylor = estimate_taylor(model, a.data, a.imgsz)
+    results: dict[tuple[str, int, float], float] = {}
+    seconds: dict[tuple[int, float], float] = {}
+    for n in a.calib_images:
+        images = calibration_images(model, a.data, a.imgsz, n)
+        for budget in a.budgets:
+            start = time.perf_counter()
+            for name, repaired in repaired_models(model, taylor, budget, images):
+                if name == "taylor+recon":
+                    seconds[(n, budget)] = time.perf_counter() - start
+                w = save_checkpoint(repaired, a.run_dir / f"n{n}-{budget:g}" / f"{name}.pt")
+                score = steps.validate(w, data=a.data, imgsz=a.imgsz, project=a.run_dir / f"n{n}-{budget:g}", name=name)
+                results[(name, n, budget)] = score["map50_95"]
+                start = time.perf_counter()
+    columns = ["repair", "images", *(f"{b:g}x" for b in a.budgets)]
+    rows = [
+        [name, n, *(f"{results[(name, n, b)]:.4f} ({100 * (results[(name, n, b)] - base):+.1f})" for b in a.budgets)]
+        for n in a.calib_images
+        for name in REPAIRS
+    ]
+    rows += [["reconstruction s", n, *(f"{seconds[(n, b)]:.0f}" for b in a.budgets)] for n in a.calib_images]
+    caption = (
+        f"mAP50-95 (pt vs unpruned) of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unpruned {base:.4f}) pruned by "
+        f"Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, no training; repairs from the first N training images"
+    )
+    emit(caption, columns, rows, a.out)
+    if a.out:
+        records = [[name, n, b, f"{v:.4f}"] for (name, n, b), v in results.items()]
+        write_csv(a.out.with_suffix(".csv"), ["repair", "images", "gflops", "map50_95"], records)
+        curves = {
+            f"{name} (N={n})": [(b, results[(name, n, b)]) for b in a.budgets] for n in a.calib_images for name in REPAIRS
+        }
+        plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel="GFLOPs kept (% of the unpruned model)")
+
+
 def main() -> None:
     p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal", beside="a CSV and a PNG plot")
     p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
@@ -52,9 +117,13 @@ def main() -> None:
     p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
     p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
+    p.add_argument("--budgets", type=float, nargs="+", help="GFLOPs shares: compare the repairs instead (see above)")
+    p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
     a = p.parse_args()
     model, _ = load_model(a.weights)
     base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
+    if a.budgets:
+        return repair_curve(a, model.float(), base)
     taylor = estimate_taylor(model, a.data, a.imgsz) if "taylor" in a.importance else None
     results: dict[tuple[str, str, float], list[float]] = {}
     for name in a.importance:

@@ -65,6 +65,24 @@ def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatc
     assert calls[0][1]["sr"] == 0
 
 
+def test_oneshot_repairs_from_the_data_and_may_train_fewer_epochs(tmp_path, monkeypatch) -> None:
+    """`oneshot` prunes the normal model with the repair (the data given to the prune), `prune-finetune` without;
+    both fine-tune all the epochs unless the arm's `epochs` says fewer."""
+    calls = []
+    monkeypatch.setattr(compare.steps, "train", lambda weights, **kw: calls.append(("train", kw)))
+    monkeypatch.setattr(compare.steps, "prune", lambda weights, **kw: calls.append(("prune", kw)))
+    a = compare.argparse.Namespace(
+        normal=tmp_path / "normal.pt", data="d.yaml", imgsz=64, target=0.7, sr=1e-2, sparse_epochs=2,
+        finetune_epochs=1, train_args={}, run_dir=tmp_path / "runs",
+    )
+    compare.Comparison(a).run(compare.Arm.parse("oneshot"), seed=0)
+    compare.Comparison(a).run(compare.Arm.parse("prune-finetune"), seed=0)
+    compare.Comparison(a).run(compare.Arm.parse("os1=oneshot:epochs=1"), seed=0)
+    (_, oneshot), (_, tuned), (_, cut), _, _, (_, fewer) = calls
+    assert oneshot["data"] == "d.yaml" and cut["data"] is None and oneshot["target"] == ("gflops", 0.7)
+    assert tuned["epochs"] == calls[3][1]["epochs"] == 3 and tuned["finetune"] and fewer["epochs"] == 1
+
+
 @pytest.mark.slow  # trains: `-m "not slow"` leaves it out
 def test_two_identical_arms_over_two_seeds(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
     """Two arms that are the same run, 2 seeds of 1 epoch: a table of the right shape, an interval holding 0 (the

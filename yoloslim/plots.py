@@ -98,15 +98,20 @@ def plot_map_vs_gflops(rows: Sequence[Mapping[str, float]], normal_map: float, p
     return _save(fig, ax, path)
 
 
-def plot_removal_curve(curves: Mapping[str, Sequence[tuple[float, float]]], base: float, path: Path) -> Path:
-    """mAP50-95 against the share of channels removed with no training, one line per ranking (bench/removal_curve.py),
-    the unremoved model's score as a horizontal line."""
+def plot_removal_curve(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    base: float,
+    path: Path,
+    xlabel: str = "prunable channels removed (%)",
+) -> Path:
+    """mAP50-95 against the share of channels removed (or of GFLOPs kept) with no training, one line per ranking or
+    repair (bench/removal_curve.py), the unremoved model's score as a horizontal line."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.axhline(base, color="grey", linewidth=0.8, label=f"unremoved ({base:.4f})")
     for label, points in curves.items():
         points = sorted(points)
         ax.plot([100 * s for s, _ in points], [m for _, m in points], marker="o", label=label)
-    ax.set_xlabel("prunable channels removed (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50-95, no training")
     return _save(fig, ax, path)
 
