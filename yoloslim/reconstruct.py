@@ -14,13 +14,15 @@ original, so errors do not compound down the network (docs/DESIGN.md, "Train-fre
   or into a head conv's bias: it replaces the fold of the removed channels' constants for that conv.
 - Depthwise and grouped convs are left as they are (they keep the channels they read, channel for channel).
 - The network is run one Ultralytics layer at a time over all calibration images: the outputs later layers read are
-  held in float16 for both networks (the frontier of the forward pass), so each conv's fit runs only its own layer.
+  held in float16 for both networks (the frontier of the forward pass), so each fit runs only its own layer. The
+  original's layer runs once, keeping each conv's output at sampled positions; the pruned layer runs once per
+  level of convs that do not read each other (the head's branches are fitted side by side).
 - `recalibrate_bn` re-estimates every BN's running statistics through the pruned network (a separate step).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +39,7 @@ from yoloslim.settings import DEFAULT_CALIB_IMAGES, DEFAULT_RECALIBRATE_BN, DEFA
 
 BATCH = 16  # images per forward pass of a layer
 HELD_OUT = 4  # every 4th calibration image checks each fit instead of making it
-RIDGES = (1e-3, 1e-2, 1e-1)  # ridge penalties tried, as shares of the mean diagonal of X^T X
+RIDGE = 1e-2  # the ridge penalty, as a share of the mean diagonal of X^T X (docs/DESIGN.md, "Train-free pruning")
 
 
 @dataclass(frozen=True)
@@ -98,18 +100,24 @@ class _Frontier:
     def _get_image(self, j: int, k: int) -> torch.Tensor:
         return self.outputs[-1][k].float() / 255
 
-    def advance(self, i: int, run: Any) -> None:
-        """Run layer `i` on every batch with `run(layer, inputs)`, keep its output if a later layer reads it, and
-        drop what no later layer reads."""
-        if i in self.last_use:
-            self.outputs[i] = [run(self.layers[i], self.inputs(i, k)).half() for k in range(self.n_batches)]
+    def advance(self, i: int, on_batch: Any = None, needed: bool = False) -> None:
+        """Run layer `i` on every batch (calling `on_batch(k)` first) if a later layer reads its output or `needed`;
+        keep the output if read later, and drop what no later layer reads."""
+        if i in self.last_use or needed:
+            outputs = []
+            for k in range(self.n_batches):
+                if on_batch:
+                    on_batch(k)
+                outputs.append(self.layers[i](self.inputs(i, k)))
+            if i in self.last_use:
+                self.outputs[i] = [o.half() for o in outputs]
         for j in [j for j in self.outputs if j != -1 and self.last_use.get(j, -1) <= i]:
             del self.outputs[j]
 
 
 class _Gram:
-    """`X^T X`, `X^T Y` and the sums of `Y` and `Y^2` of one conv's least-squares problem, with a column of ones in
-    `X` for the intercept, accumulated in float64."""
+    """`X^T X`, `X^T Y` and the sum of `Y^2` of one conv's least-squares problem, with a column of ones in `X` for
+    the intercept (accumulated in float32 over a layer's batches, solved in float64)."""
 
     def __init__(self) -> None:
         self.xx: torch.Tensor | None = None
@@ -126,60 +134,40 @@ class _Gram:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x = torch.cat([x, torch.ones(len(x), 1)], 1)
-        xx, xy, yy = (x.T @ x).double(), (x.T @ y).double(), y.square().sum(0).double()
         if self.xx is None:
-            self.xx, self.xy, self.yy = xx, xy, yy
+            self.xx, self.xy, self.yy = x.T @ x, x.T @ y, y.square().sum(0)
         else:
-            self.xx += xx
-            self.xy += xy
-            self.yy += yy
+            self.xx.addmm_(x.T, x)
+            self.xy.addmm_(x.T, y)
+            self.yy += y.square().sum(0)
 
     def solve(self, ridge: float) -> torch.Tensor:
         """The ridge solution `[W; b]` (inputs x outputs, the intercept last and not regularised)."""
-        d = len(self.xx) - 1
+        xx = self.xx.double()
+        d = len(xx) - 1
         penalty = torch.zeros(d + 1, dtype=torch.float64)
-        penalty[:d] = ridge * self.xx.diagonal()[:d].mean().clamp_min(1e-12)
-        system = self.xx + torch.diag(penalty)
+        penalty[:d] = ridge * xx.diagonal()[:d].mean().clamp_min(1e-12)
+        system = xx + torch.diag(penalty)
         factor, info = torch.linalg.cholesky_ex(system)
-        return torch.cholesky_solve(self.xy, factor) if info == 0 else torch.linalg.lstsq(system, self.xy).solution
+        xy = self.xy.double()
+        return torch.cholesky_solve(xy, factor) if info == 0 else torch.linalg.lstsq(system, xy).solution
 
     def error(self, w: torch.Tensor) -> float:
         """Squared error of the prediction `X w` over the target's variance around its per-channel mean."""
-        sse = self.yy.sum() - 2 * (w * self.xy).sum() + (w * (self.xx @ w)).sum()
-        n = self.xx[-1, -1]
-        variance = (self.yy - self.xy[-1].square() / n).sum()
+        xx, xy, yy = self.xx.double(), self.xy.double(), self.yy.double()
+        sse = yy.sum() - 2 * (w * xy).sum() + (w * (xx @ w)).sum()
+        variance = (yy - xy[-1].square() / xx[-1, -1]).sum()
         return float(sse.clamp_min(0) / variance.clamp_min(1e-12))
 
 
-def _columns(conv: nn.Conv2d, x: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
-    """The im2col rows of `x` for `conv` at output positions `picks`: (images * positions, in * kh * kw)."""
-    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, D, L)
-    return cols[:, :, picks].permute(0, 2, 1).reshape(-1, cols.shape[1])
-
-
-def _capture(module: nn.Module, store: dict[str, torch.Tensor], output: bool) -> Any:
-    """A forward hook that keeps the module's input (and output) and stops the forward pass."""
-
-    def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        store["x"] = args[0]
-        if output:
-            store["y"] = out
-        raise _Stop
-
-    return module.register_forward_hook(hook)
-
-
-def _run_to(layer: nn.Module, conv: nn.Module, inputs: Any, output: bool) -> dict[str, torch.Tensor]:
-    """The input (and output) of `conv` when `layer` runs on `inputs`; empty if the layer never calls it."""
-    store: dict[str, torch.Tensor] = {}
-    handle = _capture(conv, store, output)
-    try:
-        layer(inputs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return store
+def _columns(conv: nn.Conv2d, x: torch.Tensor, picks: torch.Tensor, width: int) -> torch.Tensor:
+    """The im2col rows of `x` for `conv` at the flat output positions `picks` of an output `width` wide:
+    (images, positions, in * kh * kw), in `F.unfold`'s column order, without unfolding the other positions."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    padded = F.pad(x, (pw, pw, ph, ph))
+    rows, cols = (picks // width) * sh, (picks % width) * sw
+    taps = [padded[:, :, rows + a * dh, cols + b * dw] for a in range(kh) for b in range(kw)]  # each (B, C, P)
+    return torch.stack(taps, 2).flatten(1, 2).transpose(1, 2)
 
 
 def _dense_convs(layer: nn.Module, prefix: str) -> list[tuple[str, nn.Conv2d]]:
@@ -193,9 +181,56 @@ def _dense_convs(layer: nn.Module, prefix: str) -> list[tuple[str, nn.Conv2d]]:
     ]
 
 
+def _levels(layer: nn.Module, convs: list[nn.Conv2d], inputs: Any) -> tuple[list[int], list[int]]:
+    """Per conv of `layer`: how many convs of the layer lie before it on its longest input path (0: it reads only
+    the layer's inputs), and when it runs (-1: never, at inference). Found exactly by autograd on one image: a conv
+    depends on another when its input's graph reaches a scale that multiplies the other's output. Convs of one
+    level are re-fitted in one pass."""
+    scales = [torch.ones((), requires_grad=True) for _ in convs]
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def scaled(_m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            seen[index] = args[0]
+            return out * scales[index]
+
+        return scaled
+
+    handles = [c.register_forward_hook(hook(n)) for n, c in enumerate(convs)]
+    try:
+        with torch.enable_grad():
+            layer([x[:1] for x in inputs] if isinstance(inputs, list) else inputs[:1])
+            levels = [0] * len(convs)
+            for n in seen:  # in execution order: a conv's inputs ran before it
+                if seen[n].requires_grad:
+                    grads = torch.autograd.grad(seen[n].sum(), scales, allow_unused=True, retain_graph=True)
+                    levels[n] = 1 + max((levels[m] for m, g in enumerate(grads) if g is not None), default=-1)
+    finally:
+        for h in handles:
+            h.remove()
+    order = list(seen)
+    return levels, [order.index(n) if n in seen else -1 for n in range(len(convs))]
+
+
 def _kept_outputs(keep: dict[str, list[int]], name: str, size: int) -> list[int]:
     """The original output channels the pruned conv `name` (a `Conv` block's `.conv`) keeps."""
     return keep.get(name.removesuffix(".conv") + ".bn", list(range(size))) if name.endswith(".conv") else list(range(size))
+
+
+@dataclass
+class _Problem:
+    """One conv's least-squares problem: the original's sampled outputs per batch (the targets), its first batch's
+    input (to tell whether the pruned conv reads the same), and the Gram matrices of the images that fit and check."""
+
+    name: str
+    conv: nn.Conv2d
+    rows: list[int]
+    targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # batch -> (positions,
+    # the outputs there: images x positions x kept channels)
+    first_input: torch.Tensor | None = None
+    unchanged: bool = False
+    fit: _Gram = field(default_factory=_Gram)
+    held: _Gram = field(default_factory=_Gram)
 
 
 class Reconstruction:
@@ -208,13 +243,7 @@ class Reconstruction:
         positions: output positions sampled per image for each conv's least squares (all where it has fewer).
     """
 
-    def __init__(
-        self,
-        original: nn.Module,
-        pruned: nn.Module,
-        keep: dict[str, list[int]],
-        positions: int = 64,
-    ) -> None:
+    def __init__(self, original: nn.Module, pruned: nn.Module, keep: dict[str, list[int]], positions: int = 64) -> None:
         self.original, self.pruned, self.keep = original.float().eval(), pruned.float().eval(), keep
         self.positions = positions
         self.modules = {"original": dict(original.named_modules()), "pruned": dict(pruned.named_modules())}
@@ -225,46 +254,91 @@ class Reconstruction:
         before, after = _Frontier(self.original, images), _Frontier(self.pruned, images)
         fits: list[ConvFit] = []
         for i in TQDM(range(len(after.layers)), desc="reconstruct", total=len(after.layers)):
-            for name, conv in _dense_convs(after.layers[i], f"model.{i}"):
-                fit = self._fit(name, conv, i, before, after)
-                if fit is not None:
-                    fits.append(fit)
-            before.advance(i, lambda layer, x: layer(x))
-            after.advance(i, lambda layer, x: layer(x))
+            convs = _dense_convs(after.layers[i], f"model.{i}")
+            sizes = {name: self.modules["original"][name].out_channels for name, _ in convs}
+            problems = [_Problem(name, conv, _kept_outputs(self.keep, name, sizes[name])) for name, conv in convs]
+            self._targets(i, before, problems)  # also moves the original's frontier past layer i
+            if problems:
+                levels, ranks = _levels(after.layers[i], [p.conv for p in problems], after.inputs(i, 0))
+                for level in sorted(set(levels)):
+                    chosen = [(p, r) for p, v, r in zip(problems, levels, ranks) if v == level]
+                    fits += self._fit_level(i, after, [p for p, _ in chosen], max(chosen, key=lambda c: c[1])[0])
+            after.advance(i)
         return fits
 
-    def _fit(self, name: str, conv: nn.Conv2d, i: int, before: _Frontier, after: _Frontier) -> ConvFit | None:
-        """Re-fit one conv of layer `i` over all batches; None where its input is the original's or it is not run.
+    def _targets(self, i: int, before: _Frontier, problems: list[_Problem]) -> None:
+        """Run the original's layer `i` once over every batch, keeping each conv's output at its sampled positions."""
+        batch = [0]
+        sources = {id(p): self.modules["original"][p.name] for p in problems}
 
-        Every `HELD_OUT`-th image checks the fit instead of making it: the ridge penalty is the one of `RIDGES` with
-        the lowest error on those images, the fit is kept only if it lowers that error, and that error is reported,
-        so a conv with more unknowns than calibration rows is not over-fitted unseen."""
-        source = self.modules["original"][name]
-        rows = _kept_outputs(self.keep, name, source.out_channels)
-        fit, held, generator = _Gram(), _Gram(), torch.Generator().manual_seed(i)
-        for k in range(after.n_batches):
-            got = _run_to(after.layers[i], conv, after.inputs(i, k), output=False)
-            want = _run_to(before.layers[i], source, before.inputs(i, k), output=True)
-            if not got:
-                return None  # not called at inference (a training-only branch)
-            x, x0, y = got["x"], want["x"], want["y"][:, rows]
-            if k == 0 and x.shape == x0.shape and torch.equal(x, x0):
-                return None  # reads exactly what the original reads: its kept outputs are the original's
-            picks = torch.randperm(y.shape[2] * y.shape[3], generator=generator)[: self.positions].sort().values
-            cols = _columns(conv, x, picks).unflatten(0, (len(y), -1))
-            targets = y.flatten(2)[:, :, picks].permute(0, 2, 1).reshape(len(y), -1, len(rows))
-            checking = (torch.arange(len(y)) + k * BATCH) % HELD_OUT == HELD_OUT - 1
-            for gram, part in ((fit, ~checking), (held, checking)):
-                if part.any():
-                    gram.add(cols[part].flatten(0, 1), targets[part].flatten(0, 1))
-        check = held if held.xx is not None else fit
-        start = self._current(name, conv, rows)
-        checked = {ridge: check.error(fit.solve(ridge)) for ridge in RIDGES}
-        error, ridge = check.error(start), min(checked, key=checked.get)
-        fitted = checked[ridge]
-        if fitted < error:  # else the cut is closer than any fit on the images that check it: kept as it is
-            self._set(name, conv, rows, (fit + held).solve(ridge))
-        return ConvFit(name, (source.in_channels, conv.in_channels), error, min(error, fitted))
+        def hook(problem: _Problem):
+            def keep(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+                k = batch[0]
+                generator = torch.Generator().manual_seed(i * 100_003 + k)
+                picks = torch.randperm(out.shape[2] * out.shape[3], generator=generator)[: self.positions]
+                problem.targets[k] = (picks, out.flatten(2)[:, problem.rows][:, :, picks].transpose(1, 2))
+                if k == 0:
+                    problem.first_input = args[0]
+
+            return keep
+
+        handles = [sources[id(p)].register_forward_hook(hook(p)) for p in problems]
+        try:
+            before.advance(i, on_batch=lambda k: batch.__setitem__(0, k), needed=bool(problems))
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _fit_level(self, i: int, after: _Frontier, problems: list[_Problem], last: _Problem) -> list[ConvFit]:
+        """Accumulate the problems of one level in one pass of the pruned layer over every batch (stopped after `last`,
+        the one that runs last), then solve each.
+
+        Every `HELD_OUT`-th image checks a fit instead of making it: the fit is kept only if it lowers the error on
+        those images, and that error is reported, so a conv with more unknowns than calibration rows is not
+        over-fitted unseen."""
+        batch = [0]
+
+        def hook(problem: _Problem):
+            def gather(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+                k, x = batch[0], args[0]
+                if k == 0:
+                    first = problem.first_input
+                    problem.unchanged = first is not None and x.shape == first.shape and torch.equal(x, first)
+                if not problem.unchanged and k in problem.targets:
+                    picks, y = problem.targets.pop(k)
+                    cols = _columns(problem.conv, x, picks, out.shape[3])
+                    checking = (torch.arange(len(x)) + k * BATCH) % HELD_OUT == HELD_OUT - 1
+                    for gram, part in ((problem.fit, ~checking), (problem.held, checking)):
+                        if part.any():
+                            gram.add(cols[part].flatten(0, 1), y[part].flatten(0, 1))
+                if problem is last:
+                    raise _Stop
+
+            return gather
+
+        handles = [p.conv.register_forward_hook(hook(p)) for p in problems]
+        try:
+            for k in range(after.n_batches):
+                batch[0] = k
+                try:
+                    after.layers[i](after.inputs(i, k))
+                except _Stop:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        return [fit for p in problems if not p.unchanged and (fit := self._solve(p))]
+
+    def _solve(self, p: _Problem) -> ConvFit | None:
+        """Solve one problem; write the fit if it lowers the error on the checking images."""
+        if p.fit.xx is None:
+            return None
+        check = p.held if p.held.xx is not None else p.fit
+        start = self._current(p.name, p.conv, p.rows)
+        error, fitted = check.error(start), check.error(p.fit.solve(RIDGE))
+        if fitted < error:  # else the cut is closer than the fit on the images that check it: kept as it is
+            self._set(p.name, p.conv, p.rows, (p.fit + p.held).solve(RIDGE))
+        return ConvFit(p.name, (self.modules["original"][p.name].in_channels, p.conv.in_channels), error, min(error, fitted))
 
     def _bn(self, model: str, name: str) -> nn.BatchNorm2d | None:
         return self.modules[model].get(name.removesuffix(".conv") + ".bn") if name.endswith(".conv") else None
