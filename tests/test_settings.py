@@ -140,3 +140,60 @@ def test_functions_are_short_and_public_ones_take_few_positional_arguments() -> 
                 assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}:{node.name}"
                 positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
                 assert node.name.startswith("_") or len(positional) <= 6, f"{path.name}:{node.name}"
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The yoloslim modules `path` imports at any depth (function-level too), not counting type-only imports."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for b in node.body
+        for n in ast.walk(b)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("yoloslim."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "yoloslim":
+            found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("yoloslim.")}
+    return found - {path.stem}
+
+
+def _design_layers() -> dict[str, int]:
+    """Module -> its row in DESIGN's "Layers" table (0 is the foundation)."""
+    text = (PACKAGE.parent / "docs" / "DESIGN.md").read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[2] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    return {m.strip().replace("\\_", "_"): i for i, row in enumerate(rows) for m in row.split(",")}
+
+
+def test_imports_run_one_way_through_the_layers_of_design() -> None:
+    """Every module is in DESIGN's layer table, and every import (function-level too) goes to its own layer or one
+    above it: no cycles (the layered graph has none within a layer either) and no arrow back up the house."""
+    layers = _design_layers()
+    graph = {p.stem: _package_imports(p) for p in PACKAGE.glob("*.py")}
+    assert set(graph) == set(layers), "every module has one row in DESIGN's Layers table"
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if layers[d] > layers[m]]
+    assert not upward, f"imports from a lower layer to a higher one: {upward}"
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            assert state.get(d) != 1, f"import cycle: {' -> '.join(path + [m, d])}"
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_settings_import_nothing_of_the_package_at_any_depth() -> None:
+    assert _package_imports(PACKAGE / "settings.py") == set()

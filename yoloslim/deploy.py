@@ -22,14 +22,12 @@ import torch
 from torch import nn
 
 from yoloslim.channels import input_channels
+from yoloslim.settings import FORMATS, INT8_FORMATS
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 Timer = Callable[[], float]
 
-FORMATS = ("onnx", "openvino", "torchscript")
-INT8_FORMATS = ("onnx", "openvino")
 EXTRA = {"openvino": "openvino", "nncf": "openvino"}  # the runtime's module -> the pip extra that installs it
-KINDS = [f if b == 32 else f"{f}-int8" for f in FORMATS for b in (32, 8) if b == 32 or f in INT8_FORMATS]
 
 
 @dataclass(frozen=True)

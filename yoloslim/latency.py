@@ -30,7 +30,6 @@ from yoloslim.prune import Pruner
 from yoloslim.settings import check_latency_target
 from yoloslim.sizes import fit_imgsz
 
-RUNTIMES = ("onnx", "openvino")
 TOLERANCE = 0.05  # a probe within 5% of the asked ratio ends the search
 PROBES = 8
 

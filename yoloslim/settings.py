@@ -27,6 +27,10 @@ from typing import Any
 
 PROJECT = "runs/yoloslim"
 BUDGETS = ("gflops", "params")  # what a compute target can count
+RUNTIMES = ("onnx", "openvino")  # where --target-latency is measured (latency.py)
+FORMATS = ("onnx", "openvino", "torchscript")  # what export writes (deploy.py)
+INT8_FORMATS = ("onnx", "openvino")  # the formats with an INT8 kind
+KINDS = tuple(f if b == 32 else f"{f}-int8" for f in FORMATS for b in (32, 8) if b == 32 or f in INT8_FORMATS)
 IMPORTANCE_NAMES = ("taylor", "gamma", "flops", "sqrt-flops")  # importance.REGISTRY's criteria, checked there
 DEFAULT_IMPORTANCE = "taylor"
 # One-shot repair after pruning (reconstruct.py), chosen by bench/removal_curve.py: docs/DESIGN.md, "Train-free pruning"
@@ -203,20 +207,17 @@ def importance_names() -> list[str]:
 
 
 def runtime_names() -> list[str]:
-    from yoloslim.latency import RUNTIMES
-
+    """Where a latency target can be measured."""
     return list(RUNTIMES)
 
 
 def format_names() -> list[str]:
-    from yoloslim.deploy import FORMATS
-
+    """What `export` writes."""
     return list(FORMATS)
 
 
 def extra_kinds() -> list[str]:
-    from yoloslim.deploy import KINDS
-
+    """The deploy table's kinds besides FP32 ONNX."""
     return [k for k in KINDS if k != "onnx"]
 
 

@@ -305,7 +305,6 @@ def prune(
 ) -> Path:
     """Prune a checkpoint to a channel `ratio`, a compute `target` (("gflops", 0.4): keep 40% of the GFLOPs) or a
     latency target (("latency", 0.5): half the unpruned latency on `runtime`, found by measuring, `latency.py`).
-
     The input is never modified; pruned.pt, prune_report.txt and prune_layers.csv go into `save_dir` as one set.
 
     Args:
@@ -313,13 +312,11 @@ def prune(
         ratio, target: the amount: a share of prunable channels in [0, 1), or (kind, share); exactly one.
         save_dir: the folder of the three files.
         round_to, fold, min_keep, importance, streams: as `Pruner` takes them.
-        data: repair and validate the pruned model with it; Taylor ranks on its training images (default: the
-            checkpoint's). Without it the model is neither repaired nor validated.
+        data: repair the pruned model from its training images as `how` says (`reconstruct.Repair`) and validate it
+            on it if `validate_pruned`; Taylor ranks on its training images (default: the checkpoint's).
         allow_unchanged: save even when floors and rounding leave every layer whole (else an error, unless ratio 0
             or a target of 1 asked for that).
         runtime: where a latency target is measured ("onnx" or "openvino").
-        validate_pruned: validate the pruned model on `data`.
-        how: the repair from `data`'s training images (`reconstruct.Repair`: least squares, BN statistics).
 
     Returns:
         The path of pruned.pt.
@@ -331,9 +328,7 @@ def prune(
     Example:
         >>> steps.prune("sparse/weights/best.pt", save_dir="pruned/", target=("gflops", 0.4), round_to=8)
     """
-    latency = check_latency_target(target[1]) if target and target[0] == "latency" else None
-    if latency is not None:
-        Kind(runtime).check()
+    latency = _latency_asked(target, runtime)
     ratio, target = check_amount(ratio, ("gflops", 1.0) if latency is not None else target)
     source, out = _prune_paths(weights, Path(save_dir))
     model, ckpt = load_model(source)
@@ -343,17 +338,31 @@ def prune(
     if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
         target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
-    info = _prune_info(ratio, target, source, args, latency, runtime)
-    info["repair"] = asdict(how) if data and how.active else None
+    info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
-    fits = repair(model, pruned, plan.keep, data, imgsz, how) if data and how.active else []
-    if how.active and not data:
-        LOGGER.info(f"{PREFIX} no --data: the pruned model is not repaired (the repair reads the training images)")
+    fits = _repair(model, pruned, plan.keep, data, imgsz, how)
     summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
     _write_pruned(out, pruned, changes, f"{summary}\n\n{fit_table(fits)}" if fits else summary, ckpt)
     if data and validate_pruned:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
     return out
+
+
+def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None:
+    """The latency share a ("latency", share) target asks for (checked, with its runtime), else None."""
+    if not (target and target[0] == "latency"):
+        return None
+    latency = check_latency_target(target[1])
+    Kind(runtime).check()
+    return latency
+
+
+def _repair(model: Any, pruned: Any, keep: dict, data: str | None, imgsz: int, how: Repair) -> list:
+    """Repair `pruned` from `data`'s training images as `how` says (`reconstruct.repair`); say so when there is no
+    data to repair from. The fits made."""
+    if how.active and not data:
+        LOGGER.info(f"{PREFIX} no --data: the pruned model is not repaired (the repair reads the training images)")
+    return repair(model, pruned, keep, data, imgsz, how) if data and how.active else []
 
 
 def _prune_info(
