@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.block import DFL
 
-from .conftest import build_model, stock_predict
+from .conftest import assert_one_line_error, build_model, stock_predict, yoloslim_cli
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
 from yoloslim.prune import prune_model
@@ -170,3 +170,11 @@ def test_levels_follow_the_data_flow() -> None:
     assert sorted(set(levels)) == [0, 1, 2] and levels.count(0) == 6 and all(r >= 0 for r in ranks)
     chain, _ = _levels(c2f, [m for _, m in _dense_convs(c2f, "")], torch.randn(1, 32, 16, 16))
     assert chain == [0, 3, 1, 2]  # cv1, cv2 (reads all), m.0.cv1, m.0.cv2
+
+
+@pytest.mark.slow  # a subprocess
+def test_calib_images_must_be_a_whole_number(tiny_ckpt) -> None:
+    """`--calib-images 0` is a one-line error before anything is read or written."""
+    assert_one_line_error(
+        yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--calib-images", "0"), "calib_images=0 must be a whole"
+    )

@@ -13,6 +13,7 @@ from yoloslim import YOLO, Pruner, UnsupportedModuleError, steps
 from yoloslim.checkpoint import load_model
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, prunable_gammas, sr_at
 from yoloslim.target import FADE, RAMP_END, ChannelZeroing, scheduled_share
+from yoloslim.trainer import read_zeroing_state
 
 from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
 
@@ -138,7 +139,7 @@ def test_interrupted_run_resumes_its_schedule(tiny_data, runs) -> None:
     run = runs / "target-resume"
     first = _share(run / "weights" / "last.pt")
     assert first < 0.5  # part of the way after one epoch of three (its chosen channels still fading)
-    saved = torch.load(run / "weights" / "zeroing.pt", weights_only=False)
+    saved = torch.load(run / "weights" / "zeroing.pt", weights_only=True)  # the state is data
     assert saved["epoch"] == 0 and saved["state"]["zeroed"] and saved["state"]["importance"]["scores"]
     resumed = YOLO(run / "weights" / "last.pt")
     at_start = {}
@@ -193,3 +194,46 @@ def test_plain_sr_is_the_seed_form_without_zeroing(tiny_data, runs) -> None:
     assert model.trainer.zeroing is None
     assert "sparsity/target_now" not in _rows(runs / "seed-form")[0]
     assert math.isclose(_share(runs / "seed-form" / "weights" / "last.pt"), 0.0)
+
+
+class _RunsCode:
+    """A pickle that would run code when loaded without weights_only (it writes a marker file)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("content", ["empty", "truncated", "code", "list"])
+def test_a_damaged_or_hostile_zeroing_state_is_ignored_with_a_warning(tmp_path, content) -> None:
+    """`zeroing.pt` is read as data: a damaged file or one that is not the state is None (the trainer then chooses
+    the channels again), and a pickle that would run code is refused without running it."""
+    path, marker = tmp_path / "zeroing.pt", tmp_path / "ran"
+    good = {"epoch": 0, "state": {"kind": "channels", "value": 0.5}}
+    if content == "code":
+        torch.save({"epoch": 0, "state": _RunsCode(str(marker))}, path)
+    elif content == "list":
+        torch.save([1, 2], path)
+    else:
+        torch.save(good, path)
+        path.write_bytes(b"" if content == "empty" else path.read_bytes()[:40])
+    assert read_zeroing_state(path) is None
+    assert not marker.exists()
+    torch.save(good, path)
+    assert read_zeroing_state(path) == good
+
+
+def test_a_zeroing_state_of_another_model_is_refused() -> None:
+    """A saved state that chooses channels the model does not have is an error before anything is set."""
+    model = build_model()
+    zeroing = ChannelZeroing(model, "channels", 0.5)
+    state = zeroing.state_dict()
+    state["zeroed"] = {"model.0.bn": torch.tensor([0, 99])}
+    with pytest.raises(ValueError, match="does not have"):
+        zeroing.load_state_dict(state)
+    state["zeroed"] = {"model.99.bn": torch.tensor([0])}
+    with pytest.raises(ValueError, match="does not have"):
+        zeroing.load_state_dict(state)
+    assert zeroing.zeroed == {}

@@ -125,6 +125,10 @@ class ChannelZeroing:
             raise ValueError(
                 f"the saved zeroing targets {state['kind']}={state['value']:g}, this run {self.kind}={self.value:g}"
             )
+        for name, chosen in state["zeroed"].items():
+            bn = self.pruner.modules.get(name)
+            if not isinstance(bn, nn.BatchNorm2d) or (len(chosen) and int(chosen.max()) >= bn.num_features):
+                raise ValueError(f"the saved zeroing chooses channels of '{name}', which this model does not have")
         for key in ("amount", "progress", "zeroed", "until", "start"):
             setattr(self, key, state[key])
         if "importance" in state and learns_from_gradients(self.importance):

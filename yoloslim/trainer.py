@@ -185,6 +185,19 @@ def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None
         )
 
 
+def read_zeroing_state(path: Path) -> dict[str, Any] | None:
+    """A run's saved zeroing state, read as data (`weights_only=True`: tensors, dicts and numbers; a pickle that
+    would run code is refused); None, with a one-line warning, for a file that is damaged or not that data."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file raises EOFError, RuntimeError, UnpicklingError, ...
+        LOGGER.warning(f"{colorstr('yoloslim:')} {path} cannot be read as data ({type(e).__name__}): ignored")
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 class SlimMixin:
     """The network-slimming hooks for any Ultralytics detection-family trainer: the L1 penalty (`sr`), a
     sparsity target (`sparsity` / `target_gflops`) and pruned-model fine-tuning (`finetune`). Mixed in before
@@ -358,10 +371,15 @@ class SlimMixin:
         if ckpt is None or not self.resume or self.zeroing is None:
             return
         path = self.wdir / ZEROING_STATE
-        saved = torch.load(path, weights_only=False) if path.is_file() else None
-        if saved is not None and saved["epoch"] == ckpt.get("epoch"):
-            self.zeroing.load_state_dict(saved["state"])
-            LOGGER.info(f"{colorstr('yoloslim:')} resumed the zeroing at {self.zeroing.amount:.1%} ({path.name})")
+        saved = read_zeroing_state(path)
+        if saved is not None and saved.get("epoch") == ckpt.get("epoch"):
+            try:
+                self.zeroing.load_state_dict(saved["state"])
+                LOGGER.info(f"{colorstr('yoloslim:')} resumed the zeroing at {self.zeroing.amount:.1%} ({path.name})")
+                return
+            except (KeyError, TypeError, ValueError) as e:
+                LOGGER.warning(f"{colorstr('yoloslim:')} {path} is not this run's zeroing ({e})")
+                self.zeroing = self.channel_zeroing(unwrap_model(self.model))
         else:
             LOGGER.warning(
                 f"{colorstr('yoloslim:')} no zeroing state of epoch {ckpt.get('epoch', -1) + 1} beside {self.last}: "
