@@ -178,9 +178,29 @@ def test_gamma_report_of_two_weights_with_one_file_name(tiny_ckpt, pruned, tmp_p
     assert out.is_file() and "a/best" in summary and "b/best" in summary
     with pytest.raises(ValueError, match="repeat a name"):
         steps.gamma_report([a, b], out=tmp_path / "h2.png", labels=["x", "x"])
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ValueError, match="is not a .png file"):
         steps.gamma_report([a], out=tmp_path)
     assert not (tmp_path / "h2.png").exists()
+
+
+def test_gamma_report_never_writes_over_its_input(tiny_ckpt, tmp_path) -> None:
+    """An output that is an input by any path (the same name, `..`, a symlink, a .txt summary that would be the
+    weights) is refused before anything is written; an output that is not a PNG is refused too."""
+    weights = tmp_path / "m" / "best.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(tiny_ckpt.read_bytes())
+    before = weights.read_bytes()
+    (tmp_path / "link.png").symlink_to(weights)
+    (tmp_path / "m" / "summary.txt").symlink_to(weights)
+    for out, message in (
+        (weights, "is not a .png file"),
+        (tmp_path / "m" / "x.txt", "is not a .png file"),
+        (tmp_path / "link.png", "--out .* is the input"),
+        (tmp_path / "m" / ".." / "m" / "summary.png", "its text summary .* is the input"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            steps.gamma_report([weights], out=out)
+    assert weights.read_bytes() == before
 
 
 @pytest.mark.slow

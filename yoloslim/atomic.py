@@ -139,6 +139,21 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def check_outputs_apart(outputs: dict[str, Path], inputs: list[Path]) -> None:
+    """A one-line error before any work if an output would land on an input or on another output, by any path to it
+    (`..`, symlinks, a second name for the same file)."""
+    def same(a: Path, b: Path) -> bool:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+    for name, out in outputs.items():
+        if clash := next((i for i in inputs if same(out, i)), None):
+            raise ValueError(f"{name} '{out}' is the input '{clash}': choose another output file")
+    named = list(outputs.items())
+    for k, (name, out) in enumerate(named):
+        if clash := next((n for n, o in named[k + 1 :] if same(out, o)), None):
+            raise ValueError(f"{name} '{out}' and {clash} are the same file: choose another output file")
+
+
 def check_output_folder(folder: str | Path, flag: str) -> None:
     """A folder that outputs can be written into (or created in): a one-line error before any work if not.
 

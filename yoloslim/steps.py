@@ -18,7 +18,7 @@ from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
 from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
-from yoloslim.atomic import atomic_write_text, check_output_folder, write_set
+from yoloslim.atomic import atomic_write_text, check_output_folder, check_outputs_apart, write_set
 from yoloslim.checkpoint import (
     check_weights_file,
     checkpoint_bytes,
@@ -237,9 +237,10 @@ def gamma_report(
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels {labels} repeat a name: give each checkpoint its own label (--labels)")
     out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out '{out}' is a folder: give the PNG file to write, e.g. {out / 'gamma_hist.png'}")
+    if out.is_dir() or out.suffix.lower() != ".png":
+        raise ValueError(f"--out '{out}' is not a .png file: give the PNG file to write, e.g. gamma_hist.png")
     check_output_folder(out.parent, "--out")
+    check_outputs_apart({"--out": out, "its text summary": out.with_suffix(".txt")}, paths)
     models = [load_model(path)[0] for path in paths]
     gammas = {label: prunable_gammas(model) for label, model in zip(labels, models, strict=True)}
     threshold = None
