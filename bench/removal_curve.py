@@ -59,18 +59,23 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
     return model
 
 
-def repaired_models(model, taylor, budget: float, images: torch.Tensor):
-    """The model pruned to `budget` GFLOPs by `taylor`, then each repair of `REPAIRS` (name, model), made in turn."""
+def repaired_models(model, taylor, budget: float, images: torch.Tensor, repairs: list[str]):
+    """The model pruned to `budget` GFLOPs by `taylor`, then each of `repairs` (name, model), made in turn."""
     cut, plan, _ = prune_model(model, target=("gflops", budget), importance=taylor, round_to=SCRIPT_ROUND_TO)
-    yield "taylor", cut
-    bn = deepcopy(cut)
-    recalibrate_bn(bn, images)
-    yield "taylor+bn", bn
-    recon = deepcopy(cut)
-    Reconstruction(model, recon, plan.keep).run(images)
-    yield "taylor+recon", recon
-    recalibrate_bn(recon, images)
-    yield "taylor+recon+bn", recon
+    if "taylor" in repairs:
+        yield "taylor", cut
+    if "taylor+bn" in repairs:
+        bn = deepcopy(cut)
+        recalibrate_bn(bn, images)
+        yield "taylor+bn", bn
+    if "taylor+recon" in repairs or "taylor+recon+bn" in repairs:
+        recon = deepcopy(cut)
+        Reconstruction(model, recon, plan.keep).run(images)
+        if "taylor+recon" in repairs:
+            yield "taylor+recon", recon
+        if "taylor+recon+bn" in repairs:
+            recalibrate_bn(recon, images)
+            yield "taylor+recon+bn", recon
 
 
 def repair_curve(a, model, base: float) -> None:
@@ -82,8 +87,8 @@ def repair_curve(a, model, base: float) -> None:
         images = calibration_images(model, a.data, a.imgsz, n)
         for budget in a.budgets:
             start = time.perf_counter()
-            for name, repaired in repaired_models(model, taylor, budget, images):
-                if name == "taylor+recon":
+            for name, repaired in repaired_models(model, taylor, budget, images, a.repairs):
+                if name.startswith("taylor+recon") and (n, budget) not in seconds:
                     seconds[(n, budget)] = time.perf_counter() - start
                 w = save_checkpoint(repaired, a.run_dir / f"n{n}-{budget:g}" / f"{name}.pt")
                 score = steps.validate(w, data=a.data, imgsz=a.imgsz, project=a.run_dir / f"n{n}-{budget:g}", name=name)
@@ -93,9 +98,10 @@ def repair_curve(a, model, base: float) -> None:
     rows = [
         [name, n, *(f"{results[(name, n, b)]:.4f} ({100 * (results[(name, n, b)] - base):+.1f})" for b in a.budgets)]
         for n in a.calib_images
-        for name in REPAIRS
+        for name in a.repairs
     ]
-    rows += [["reconstruction s", n, *(f"{seconds[(n, b)]:.0f}" for b in a.budgets)] for n in a.calib_images]
+    if seconds:
+        rows += [["reconstruction s", n, *(f"{seconds[(n, b)]:.0f}" for b in a.budgets)] for n in a.calib_images]
     caption = (
         f"mAP50-95 (pt vs unpruned) of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unpruned {base:.4f}) pruned by "
         f"Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, no training; repairs from the first N training images"
@@ -105,7 +111,7 @@ def repair_curve(a, model, base: float) -> None:
         records = [[name, n, b, f"{v:.4f}"] for (name, n, b), v in results.items()]
         write_csv(a.out.with_suffix(".csv"), ["repair", "images", "gflops", "map50_95"], records)
         curves = {
-            f"{name} (N={n})": [(b, results[(name, n, b)]) for b in a.budgets] for n in a.calib_images for name in REPAIRS
+            f"{name} (N={n})": [(b, results[(name, n, b)]) for b in a.budgets] for n in a.calib_images for name in a.repairs
         }
         plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel="GFLOPs kept (% of the unpruned model)")
 
@@ -119,6 +125,7 @@ def main() -> None:
     p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
     p.add_argument("--budgets", type=float, nargs="+", help="GFLOPs shares: compare the repairs instead (see above)")
     p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
+    p.add_argument("--repairs", nargs="+", choices=REPAIRS, default=list(REPAIRS), help="with --budgets")
     a = p.parse_args()
     model, _ = load_model(a.weights)
     base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]

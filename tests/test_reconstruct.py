@@ -45,6 +45,9 @@ def test_gram_recovers_a_linear_map() -> None:
     assert torch.allclose(solution[:-1].float(), w, atol=1e-4) and torch.allclose(solution[-1].float(), b, atol=1e-4)
     assert gram.error(solution) < 1e-6  # float32 accumulation: the residual of the expanded square
     assert gram.error(torch.zeros_like(solution)) > 0.5  # predicting 0 leaves the whole signal (its mean included)
+    exact = torch.cat([w, b[None]]).double()
+    assert torch.allclose(gram.solve(1e3, prior=exact), exact, atol=1e-6)  # a ridge towards the answer keeps it
+    assert gram.solve(1e3)[:-1].abs().max() < 0.1 * w.abs().max()  # a ridge towards 0 shrinks it
 
 
 def test_reconstruction_brings_the_pruned_model_back_to_the_original() -> None:

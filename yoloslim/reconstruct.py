@@ -10,8 +10,9 @@ original, so errors do not compound down the network (docs/DESIGN.md, "Train-fre
 - Every dense conv (`groups == 1`) whose input differs from the original's is re-fitted by ridge least squares over
   the input channels it keeps: `W = (X^T X + lambda I)^-1 X^T Y`, with `X` the im2col of its input at sampled
   positions and `Y` the original conv's output there (before its BN). The Gram matrices are accumulated in float64
-  over the images; the activations are never all held. An unregularised intercept goes into the BN's running mean,
-  or into a head conv's bias: it replaces the fold of the removed channels' constants for that conv.
+  over the images; the activations are never all held. The ridge pulls the fit towards the cut conv's own weights,
+  not towards 0. An unregularised intercept goes into the BN's running mean, or into a head conv's bias: it replaces
+  the fold of the removed channels' constants for that conv.
 - Depthwise and grouped convs are left as they are (they keep the channels they read, channel for channel).
 - The network is run one Ultralytics layer at a time over all calibration images: the outputs later layers read are
   held in float16 for both networks (the frontier of the forward pass), so each fit runs only its own layer. The
@@ -141,15 +142,16 @@ class _Gram:
             self.xy.addmm_(x.T, y)
             self.yy += y.square().sum(0)
 
-    def solve(self, ridge: float) -> torch.Tensor:
-        """The ridge solution `[W; b]` (inputs x outputs, the intercept last and not regularised)."""
+    def solve(self, ridge: float, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """The ridge solution `[W; b]` (inputs x outputs, the intercept last and not regularised), shrunk towards
+        `prior` (a solution of the same shape) instead of towards 0 where given."""
         xx = self.xx.double()
         d = len(xx) - 1
         penalty = torch.zeros(d + 1, dtype=torch.float64)
         penalty[:d] = ridge * xx.diagonal()[:d].mean().clamp_min(1e-12)
         system = xx + torch.diag(penalty)
         factor, info = torch.linalg.cholesky_ex(system)
-        xy = self.xy.double()
+        xy = self.xy.double() + (penalty[:, None] * prior if prior is not None else 0)
         return torch.cholesky_solve(xy, factor) if info == 0 else torch.linalg.lstsq(system, xy).solution
 
     def error(self, w: torch.Tensor) -> float:
@@ -334,11 +336,12 @@ class Reconstruction:
         if p.fit.xx is None:
             return None
         check = p.held if p.held.xx is not None else p.fit
-        start = self._current(p.name, p.conv, p.rows)
-        error, fitted = check.error(start), check.error(p.fit.solve(RIDGE))
-        if fitted < error:  # else the cut is closer than the fit on the images that check it: kept as it is
-            self._set(p.name, p.conv, p.rows, (p.fit + p.held).solve(RIDGE))
-        return ConvFit(p.name, (self.modules["original"][p.name].in_channels, p.conv.in_channels), error, min(error, fitted))
+        start = self._current(p.name, p.conv, p.rows)  # the ridge pulls the fit towards it, not towards 0
+        error, fitted = check.error(start), check.error(p.fit.solve(RIDGE, start))
+        if fitted < error:  # else the cut is closer on the images that check it: kept as it is
+            self._set(p.name, p.conv, p.rows, (p.fit + p.held).solve(RIDGE, start))
+        inputs = (self.modules["original"][p.name].in_channels, p.conv.in_channels)
+        return ConvFit(p.name, inputs, error, min(error, fitted))
 
     def _bn(self, model: str, name: str) -> nn.BatchNorm2d | None:
         return self.modules[model].get(name.removesuffix(".conv") + ".bn") if name.endswith(".conv") else None
