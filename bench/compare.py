@@ -7,7 +7,7 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
   Ultralytics' rate, warm-up from 0): the accuracy ceiling, arm (a);
 - `prune-finetune`: the normal model pruned to the budget, then fine-tuned for all the epochs (arm (b));
 - `oneshot`: as `prune-finetune`, but the prune repairs the model from the training images first (least-squares
-  reconstruction, `yoloslim prune`'s default with data); its `epochs` setting fine-tunes fewer epochs
+  reconstruction, `yoloslim prune --reconstruct`); its `epochs` setting fine-tunes fewer epochs
   (`os2=oneshot:epochs=2`), to measure how many a repaired model needs;
 - `slim`: sparsity training to the budget, pruning to it (only zeros go), fine-tuning (arm (c));
 - `slim-teacher`: `slim` whose fine-tuning also learns from the normal model (Ultralytics' distillation; its
@@ -48,6 +48,7 @@ from ultralytics.cfg import smart_value
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import readable
+from yoloslim.reconstruct import Repair
 from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
@@ -128,6 +129,7 @@ class Comparison:
                 target=target,
                 data=self.a.data if repair else None,
                 validate_pruned=False,
+                how=Repair(reconstruct=True, bn=False),
                 **{"round_to": SCRIPT_ROUND_TO, **ranking},
             )
         return out

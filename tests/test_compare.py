@@ -80,6 +80,7 @@ def test_oneshot_repairs_from_the_data_and_may_train_fewer_epochs(tmp_path, monk
     compare.Comparison(a).run(compare.Arm.parse("os1=oneshot:epochs=1"), seed=0)
     (_, oneshot), (_, tuned), (_, cut), _, _, (_, fewer) = calls
     assert oneshot["data"] == "d.yaml" and cut["data"] is None and oneshot["target"] == ("gflops", 0.7)
+    assert oneshot["how"].reconstruct and not oneshot["how"].bn
     assert tuned["epochs"] == calls[3][1]["epochs"] == 3 and tuned["finetune"] and fewer["epochs"] == 1
 
 

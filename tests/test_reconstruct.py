@@ -114,9 +114,9 @@ def test_calibration_images_are_the_first_training_images(tiny_ckpt, tiny_data) 
 
 @pytest.fixture(scope="module")
 def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
-    """The tiny checkpoint pruned at 0.4 by |gamma|, repaired from its training images, and not repaired."""
+    """The tiny checkpoint pruned at 0.4 by |gamma|, repaired from its training images, and as the default leaves it."""
     out = {}
-    for name, how in (("repaired", Repair()), ("cut", Repair(reconstruct=False))):
+    for name, how in (("repaired", Repair(reconstruct=True)), ("cut", Repair())):
         out[name] = steps.prune(
             tiny_ckpt,
             ratio=0.4,
@@ -129,14 +129,15 @@ def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
     return out
 
 
-def test_prune_repairs_by_default_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
-    """`steps.prune` with data re-fits by default: the report lists each conv's error before and after, the
-    checkpoint records the repair, stock Ultralytics loads it, and it is closer to the original than the cut."""
+def test_prune_repairs_when_asked_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
+    """`steps.prune` with data re-fits when asked (not by default): the report lists each conv's error before and
+    after, the checkpoint records the repair, stock Ultralytics loads it, and it is closer to the original."""
     report = (repaired["repaired"].parent / "prune_report.txt").read_text()
     assert "reconstruction" in report and "error before" in report
     assert "reconstruction" not in (repaired["cut"].parent / "prune_report.txt").read_text()
     model, ckpt = load_model(repaired["repaired"])
     assert pruned_info(model)["repair"] == {"reconstruct": True, "bn": False, "images": 256}
+    assert pruned_info(load_model(repaired["cut"])[0])["repair"] == {"reconstruct": False, "bn": False, "images": 256}
     assert "RESULTS 1" in stock_predict(repaired["repaired"])
     original, _ = load_model(tiny_ckpt)
     images = calibration_images(original, tiny_data, 64, 8)

@@ -114,7 +114,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
         streams=a.streams,
         allow_unchanged=a.allow_unchanged,
         runtime=a.runtime,
-        how=Repair(reconstruct=not a.no_reconstruct, bn=a.recalibrate_bn, images=a.calib_images),
+        how=Repair(reconstruct=a.reconstruct, bn=a.recalibrate_bn, images=a.calib_images),
     )
 
 

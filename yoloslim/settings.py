@@ -34,7 +34,7 @@ KINDS = tuple(f if b == 32 else f"{f}-int8" for f in FORMATS for b in (32, 8) if
 IMPORTANCE_NAMES = ("taylor", "gamma", "flops", "sqrt-flops")  # importance.REGISTRY's criteria, checked there
 DEFAULT_IMPORTANCE = "taylor"
 # One-shot repair after pruning (reconstruct.py), chosen by bench/removal_curve.py: docs/DESIGN.md, "Train-free pruning"
-DEFAULT_RECONSTRUCT = True
+DEFAULT_RECONSTRUCT = False
 DEFAULT_RECALIBRATE_BN = False
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
@@ -624,10 +624,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no_fold", bool, False, "do not fold removed channels' act(beta) into consumers", ("prune",)),
     Setting("no_val", bool, False, "skip validating the pruned model on --data", ("prune",)),
     Setting(
-        "no_reconstruct",
+        "reconstruct",
         bool,
-        not DEFAULT_RECONSTRUCT,
-        "do not re-fit the convs after the cut by least squares on --data's training images (no labels read)",
+        DEFAULT_RECONSTRUCT,
+        "re-fit the convs after the cut by least squares on --data's training images (no labels read)",
         ("prune",),
     ),
     Setting(
