@@ -394,7 +394,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor) -> None:
 class Repair:
     """How a one-shot prune is repaired from calibration images: least-squares reconstruction of the convs, BN
     statistics re-estimated after it, and how many training images calibrate both. Both are off by default: neither
-    beat the cut alone on both hardhat starts (docs/DESIGN.md, "Train-free pruning", gives the table)."""
+    beat the cut alone on every hardhat start (docs/DESIGN.md, "Train-free pruning", gives the table)."""
 
     reconstruct: bool = DEFAULT_RECONSTRUCT
     bn: bool = DEFAULT_RECALIBRATE_BN
