@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from yoloslim.channels import ChannelGraph, ChannelGroup, build_graph
-from yoloslim.cost import CostModel, Unit, prunable_units
+from yoloslim.cost import CostModel, prunable_units
 from yoloslim.settings import (
     DEFAULT_STREAMS,
     check_budget,
