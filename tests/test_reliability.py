@@ -3,6 +3,7 @@ modifies the user's weights."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,8 @@ def test_checkpoint_write_is_durable_and_leaves_the_umask_alone(monkeypatch, tmp
 
 
 def test_repo_stands_on_its_own() -> None:
-    """The design notes the code cites and the ships set RESULTS.md uses are in the repo."""
+    """The design notes the code cites, every lab file RESULTS.md links to, and the ships set the lab notes use are in
+    the repo."""
     root = Path(__file__).resolve().parent.parent
     for doc in ("DESIGN.md", "RESULTS.md", "RELIABILITY.md", "SPARSITY.md"):
         assert (root / "docs" / doc).is_file(), doc
@@ -149,7 +151,11 @@ def test_repo_stands_on_its_own() -> None:
         labels = {p.stem for p in (root / "datasets" / "ships" / split / "labels").glob("*.txt")}
         assert len(images) == count and {p.stem for p in images} == labels
     assert "CC BY 4.0" in (root / "datasets" / "ships" / "README.md").read_text()
-    assert "datasets/ships/ships.yaml" in (root / "docs" / "RESULTS.md").read_text()
+    results = (root / "docs" / "RESULTS.md").read_text()
+    linked = re.findall(r"\]\((lab/[^)]+\.md)\)", results)
+    assert linked and all((root / "docs" / link).is_file() for link in linked), linked
+    assert "datasets/ships/ships.yaml" in (root / "docs" / "lab" / "ships-yolov8n.md").read_text()
+    assert "datasets/hardhat" in results
 
 
 @pytest.mark.slow
