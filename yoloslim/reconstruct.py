@@ -9,10 +9,10 @@ original, so errors do not compound down the network (docs/DESIGN.md, "Train-fre
 
 - Every dense conv (`groups == 1`) whose input differs from the original's is re-fitted by ridge least squares over
   the input channels it keeps: `W = (X^T X + lambda I)^-1 X^T Y`, with `X` the im2col of its input at sampled
-  positions and `Y` the original conv's output there (before its BN). The Gram matrices are accumulated in float64
-  over the images; the activations are never all held. The ridge pulls the fit towards the cut conv's own weights,
-  not towards 0. An unregularised intercept goes into the BN's running mean, or into a head conv's bias: it replaces
-  the fold of the removed channels' constants for that conv.
+  positions and `Y` the original conv's output there (before its BN). The Gram matrices are accumulated over the
+  images (float32 within a layer, solved in float64); the activations are never all held. The ridge pulls the fit
+  towards the cut conv's own weights, not towards 0. An unregularised intercept goes into the BN's running mean, or
+  into a head conv's bias: it replaces the fold of the removed channels' constants for that conv.
 - Depthwise and grouped convs are left as they are (they keep the channels they read, channel for channel).
 - The network is run one Ultralytics layer at a time over all calibration images: the outputs later layers read are
   held in float16 for both networks (the frontier of the forward pass), so each fit runs only its own layer. The
@@ -214,9 +214,15 @@ def _levels(layer: nn.Module, convs: list[nn.Conv2d], inputs: Any) -> tuple[list
     return levels, [order.index(n) if n in seen else -1 for n in range(len(convs))]
 
 
+def _bn_name(conv: str) -> str | None:
+    """The BN after the conv `conv` when it is a `Conv` block's `.conv` (its channel group's name), else None."""
+    return conv.removesuffix(".conv") + ".bn" if conv.endswith(".conv") else None
+
+
 def _kept_outputs(keep: dict[str, list[int]], name: str, size: int) -> list[int]:
-    """The original output channels the pruned conv `name` (a `Conv` block's `.conv`) keeps."""
-    return keep.get(name.removesuffix(".conv") + ".bn", list(range(size))) if name.endswith(".conv") else list(range(size))
+    """The original output channels the pruned conv `name` keeps (all of a conv without BN: the head's outputs)."""
+    bn = _bn_name(name)
+    return keep.get(bn, list(range(size))) if bn else list(range(size))
 
 
 @dataclass
@@ -344,7 +350,9 @@ class Reconstruction:
         return ConvFit(p.name, inputs, error, min(error, fitted))
 
     def _bn(self, model: str, name: str) -> nn.BatchNorm2d | None:
-        return self.modules[model].get(name.removesuffix(".conv") + ".bn") if name.endswith(".conv") else None
+        """The BN after the conv `name` in the "original" or "pruned" model, if it has one."""
+        bn = _bn_name(name)
+        return self.modules[model].get(bn) if bn else None
 
     def _current(self, name: str, conv: nn.Conv2d, rows: list[int]) -> torch.Tensor:
         """The pruned conv as a solution `[W; b]`, its intercept in the original's pre-BN frame (the fold's shift)."""
@@ -387,7 +395,6 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor) -> None:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
             m.eval()
-
 
 
 @dataclass(frozen=True)
