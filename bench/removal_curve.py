@@ -13,6 +13,8 @@ With `--budgets`, the train-free repair instead: the checkpoint pruned by Taylor
 the commands prune) and validated as cut (`taylor`: the fold alone), reconstructed by least squares (`taylor+recon`),
 reconstructed then BN statistics re-estimated (`taylor+recon+bn`), and BN statistics alone (`taylor+bn`), all from
 the first `--calib-images` training images (reconstruct.py). Several `--calib-images` give one row each per arm.
+`--at-conf 0.25` also scores every model on the boxes `predict` keeps by default (validation's own threshold, 0.001,
+ranks every box, so a cut whose scores all fell below 0.25 still scores there but detects nothing when deployed).
 
     python bench/removal_curve.py --weights runs/starts/v8s/weights/last.pt --data datasets/hardhat/hardhat.yaml \
         --imgsz 256 --budgets 0.8 0.7 0.6 0.5 0.4 --out runs/repair-v8s.md
@@ -78,11 +80,13 @@ def repaired_models(model, taylor, budget: float, images: torch.Tensor, repairs:
             yield "taylor+recon+bn", recon
 
 
-def repair_curve(a, model, base: float) -> None:
-    """mAP50-95 of each repair at each GFLOPs budget (and calibration size), no training; the table, CSV and plot."""
+def repair_curve(a, model, base: float, base_at: float | None) -> None:
+    """mAP50-95 of each repair at each GFLOPs budget (and calibration size), no training, and at `--at-conf` (the
+    unpruned model's: `base_at`) if asked; the table, CSV and plot."""
     taylor = estimate_taylor(model, a.data, a.imgsz)
     results: dict[tuple[str, int, float], float] = {}
     seconds: dict[tuple[int, float], float] = {}
+    arms = [*a.repairs, *(f"{name} @{a.at_conf:g}" for name in a.repairs if a.at_conf)]
     for n in a.calib_images:
         images = calibration_images(model, a.data, a.imgsz, n)
         for budget in a.budgets:
@@ -90,21 +94,29 @@ def repair_curve(a, model, base: float) -> None:
             for name, repaired in repaired_models(model, taylor, budget, images, a.repairs):
                 if name.startswith("taylor+recon") and (n, budget) not in seconds:
                     seconds[(n, budget)] = time.perf_counter() - start
-                w = save_checkpoint(repaired, a.run_dir / f"n{n}-{budget:g}" / f"{name}.pt")
-                score = steps.validate(w, data=a.data, imgsz=a.imgsz, project=a.run_dir / f"n{n}-{budget:g}", name=name)
-                results[(name, n, budget)] = score["map50_95"]
+                folder = a.run_dir / f"n{n}-{budget:g}"
+                w = save_checkpoint(repaired, folder / f"{name}.pt")
+                results[(name, n, budget)] = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name)[
+                    "map50_95"
+                ]
+                if a.at_conf:
+                    at = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name, conf=a.at_conf)
+                    results[(f"{name} @{a.at_conf:g}", n, budget)] = at["map50_95"]
                 start = time.perf_counter()
     columns = ["repair", "images", *(f"{b:g}x" for b in a.budgets)]
     rows = [
-        [name, n, *(f"{results[(name, n, b)]:.4f} ({100 * (results[(name, n, b)] - base):+.1f})" for b in a.budgets)]
+        [name, n, *(f"{(v := results[(name, n, b)]):.4f} ({100 * (v - reference):+.1f})" for b in a.budgets)]
         for n in a.calib_images
-        for name in a.repairs
+        for name in arms
+        for reference in [base_at if "@" in name else base]
     ]
     if seconds:
         rows += [["reconstruction s", n, *(f"{seconds[(n, b)]:.0f}" for b in a.budgets)] for n in a.calib_images]
     caption = (
-        f"mAP50-95 (pt vs unpruned) of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unpruned {base:.4f}) pruned by "
-        f"Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, no training; repairs from the first N training images"
+        f"mAP50-95 (pt vs unpruned) of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unpruned {base:.4f}"
+        + (f", {base_at:.4f} at conf {a.at_conf:g}" if a.at_conf else "")
+        + f") pruned by Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, no training; repairs from the first N "
+        "training images; '@c': scored on the boxes of score c and above"
     )
     emit(caption, columns, rows, a.out)
     if a.out:
@@ -113,7 +125,8 @@ def repair_curve(a, model, base: float) -> None:
         curves = {
             f"{name} (N={n})": [(b, results[(name, n, b)]) for b in a.budgets] for n in a.calib_images for name in a.repairs
         }
-        plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel="GFLOPs kept (% of the unpruned model)")
+        xlabel = "GFLOPs kept (% of the unpruned model)"
+        plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel=xlabel)
 
 
 def main() -> None:
@@ -126,11 +139,15 @@ def main() -> None:
     p.add_argument("--budgets", type=float, nargs="+", help="GFLOPs shares: compare the repairs instead (see above)")
     p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
     p.add_argument("--repairs", nargs="+", choices=REPAIRS, default=list(REPAIRS), help="with --budgets")
+    p.add_argument("--at-conf", type=float, help="with --budgets: also score each model at this threshold (0.25)")
     a = p.parse_args()
     model, _ = load_model(a.weights)
     base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
     if a.budgets:
-        return repair_curve(a, model.float(), base)
+        at = a.at_conf and steps.validate(
+            a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base", conf=a.at_conf
+        )
+        return repair_curve(a, model.float(), base, at["map50_95"] if at else None)
     taylor = estimate_taylor(model, a.data, a.imgsz) if "taylor" in a.importance else None
     results: dict[tuple[str, str, float], list[float]] = {}
     for name in a.importance:

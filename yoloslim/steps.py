@@ -510,6 +510,7 @@ def validate(
     device: str | None = None,
     project: str | Path = PROJECT,
     name: str = "val",
+    conf: float | None = None,
 ) -> dict[str, float]:
     """Validate a checkpoint; print Ultralytics' metrics table and the parameters / GFLOPs line.
 
@@ -518,6 +519,8 @@ def validate(
         data: dataset yaml; None or "demo" for the built-in synthetic set.
         imgsz: rounded up to the model's stride as Ultralytics does (`sizes.fit_imgsz`, with a warning).
         batch, device, project, name: as Ultralytics' `val` takes them.
+        conf: the score threshold of the detections scored (None: validation's own, 0.001, which ranks every box;
+            0.25 is what `predict` keeps, the operating point a deployed model runs at).
 
     Returns:
         mAP50, mAP50-95, parameters, GFLOPs (counted at the size validated at) and that size (`imgsz`).
@@ -540,6 +543,7 @@ def validate(
         name=name,
         exist_ok=True,
         plots=False,
+        **({"conf": conf} if conf is not None else {}),
     )
     print(f"{source}: {size}")
     return {
