@@ -114,9 +114,10 @@ def test_calibration_images_are_the_first_training_images(tiny_ckpt, tiny_data) 
 
 @pytest.fixture(scope="module")
 def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
-    """The tiny checkpoint pruned at 0.4 by |gamma|, repaired from its training images, and as the default leaves it."""
+    """The tiny checkpoint pruned at 0.4 by |gamma|, repaired from its training images as the default does, and cut
+    alone (`--no-reconstruct`)."""
     out = {}
-    for name, how in (("repaired", Repair(reconstruct=True)), ("cut", Repair())):
+    for name, how in (("repaired", Repair()), ("cut", Repair(reconstruct=False))):
         out[name] = steps.prune(
             tiny_ckpt,
             ratio=0.4,
@@ -129,8 +130,8 @@ def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
     return out
 
 
-def test_prune_repairs_when_asked_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
-    """`steps.prune` with data re-fits when asked (not by default): the report lists each conv's error before and
+def test_prune_repairs_by_default_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
+    """`steps.prune` with data re-fits by default (not when told not to): the report lists each conv's error before and
     after, the checkpoint records the repair, stock Ultralytics loads it, and it is closer to the original."""
     report = (repaired["repaired"].parent / "prune_report.txt").read_text()
     assert "reconstruction" in report and "error before" in report
@@ -158,8 +159,10 @@ def test_columns_at_sampled_positions_are_unfolds(kernel, stride, dilation, padd
     conv = nn.Conv2d(4, 6, kernel, stride, padding, dilation)
     x = torch.randn(2, 4, 11, 9)
     out = conv(x)
-    picks = torch.tensor([0, 3, 7, out.shape[2] * out.shape[3] - 1])
-    expected = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)[:, :, picks].transpose(1, 2)
+    last = out.shape[2] * out.shape[3] - 1
+    picks = torch.tensor([[0, 3, 7, last], [last, 1, 5, 2]])  # each image its own positions
+    unfolded = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)
+    expected = torch.stack([unfolded[n][:, picks[n]].T for n in range(2)])
     assert torch.equal(_columns(conv, x, picks, out.shape[3]), expected)
 
 

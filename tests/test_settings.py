@@ -35,6 +35,13 @@ def test_a_script_default_overrides_the_table() -> None:
     assert parser_for("prune").parse_args([]).round_to == settings.SCRIPT_ROUND_TO
 
 
+def test_prune_reconstructs_unless_told_not_to() -> None:
+    """The repair is on by default (`--reconstruct` still parses); `--no-reconstruct` turns it off."""
+    prune = parser_for("prune")
+    assert prune.parse_args([]).reconstruct is True and prune.parse_args(["--reconstruct"]).reconstruct is True
+    assert prune.parse_args(["--no-reconstruct"]).reconstruct is False
+
+
 def test_slim_args_are_registered_with_ultralytics_at_the_table_defaults() -> None:
     assert set(settings.SLIM_ARGS) == {"sr", "sparsity", "target_gflops", "importance", "streams", "round_to"} | {
         "finetune",

@@ -41,6 +41,7 @@ from yoloslim.settings import DEFAULT_CALIB_IMAGES, DEFAULT_RECALIBRATE_BN, DEFA
 BATCH = 16  # images per forward pass of a layer
 HELD_OUT = 4  # every 4th calibration image checks each fit instead of making it
 RIDGE = 1e-2  # the ridge penalty, as a share of the mean diagonal of X^T X (docs/DESIGN.md, "Train-free pruning")
+FOCUS = 0.5  # share of each conv's sampled positions drawn where the original detector sees objects (same section)
 
 
 @dataclass(frozen=True)
@@ -163,13 +164,52 @@ class _Gram:
 
 
 def _columns(conv: nn.Conv2d, x: torch.Tensor, picks: torch.Tensor, width: int) -> torch.Tensor:
-    """The im2col rows of `x` for `conv` at the flat output positions `picks` of an output `width` wide:
-    (images, positions, in * kh * kw), in `F.unfold`'s column order, without unfolding the other positions."""
+    """The im2col rows of `x` for `conv` at the flat output positions `picks` (images x positions, each image its
+    own) of an output `width` wide: (images, positions, in * kh * kw), in `F.unfold`'s column order, without
+    unfolding the other positions."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
     padded = F.pad(x, (pw, pw, ph, ph))
     rows, cols = (picks // width) * sh, (picks % width) * sw
-    taps = [padded[:, :, rows + a * dh, cols + b * dw] for a in range(kh) for b in range(kw)]  # each (B, C, P)
-    return torch.stack(taps, 2).flatten(1, 2).transpose(1, 2)
+    image = torch.arange(len(x))[:, None]
+    taps = [padded[image, :, rows + a * dh, cols + b * dw] for a in range(kh) for b in range(kw)]  # each (B, P, C)
+    return torch.stack(taps, 3).flatten(2)
+
+
+def _saliency(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor] | None:
+    """Where the original detector sees objects: per batch, its highest class score at each cell of its finest
+    output grid (every level's scores brought to that grid, the largest kept), float16. None for a model whose head
+    gives no class scores this way (then positions are sampled uniformly)."""
+    head = model.model[-1]
+    if not (hasattr(head, "nc") and hasattr(head, "stride")):
+        return None
+    maps = []
+    for batch in images.split(BATCH):
+        y = model(batch.float() / 255)
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        h, w = batch.shape[2], batch.shape[3]
+        sizes = [(h // int(s), w // int(s)) for s in head.stride]
+        if not isinstance(y, torch.Tensor) or y.dim() != 3 or y.shape[2] != sum(a * b for a, b in sizes):
+            return None
+        scores = y[:, 4 : 4 + head.nc].amax(1).split([a * b for a, b in sizes], 1)
+        grid = sizes[0]
+        levels = [F.interpolate(s.reshape(-1, 1, *size), size=grid, mode="nearest") for s, size in zip(scores, sizes)]
+        maps.append(torch.stack(levels).amax(0)[:, 0].half())
+    return maps
+
+
+def _picks(shape: tuple[int, int], n: int, saliency: torch.Tensor | None, focus: float, seed: int) -> torch.Tensor:
+    """`n` flat positions per image of an output of `shape` (all, for a smaller one), drawn without replacement:
+    uniformly, or `focus` of the weight where the `saliency` maps (images x grid) put objects."""
+    h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    count = len(saliency) if saliency is not None else 1
+    weights = torch.ones(count, h * w)
+    if saliency is not None and focus > 0:
+        s = saliency.float()[:, None]
+        s = F.adaptive_max_pool2d(s, (h, w)) if h <= s.shape[2] else F.interpolate(s, size=(h, w), mode="nearest")
+        s = s.flatten(1) / s.flatten(1).sum(1, keepdim=True).clamp_min(1e-12)
+        weights = (1 - focus) / (h * w) + focus * s
+    return torch.multinomial(weights, min(n, h * w), replacement=False, generator=generator)
 
 
 def _dense_convs(layer: nn.Module, prefix: str) -> list[tuple[str, nn.Conv2d]]:
@@ -251,14 +291,23 @@ class Reconstruction:
         positions: output positions sampled per image for each conv's least squares (all where it has fewer).
     """
 
-    def __init__(self, original: nn.Module, pruned: nn.Module, keep: dict[str, list[int]], positions: int = 64) -> None:
+    def __init__(
+        self,
+        original: nn.Module,
+        pruned: nn.Module,
+        keep: dict[str, list[int]],
+        positions: int = 64,
+        focus: float = FOCUS,
+    ) -> None:
         self.original, self.pruned, self.keep = original.float().eval(), pruned.float().eval(), keep
-        self.positions = positions
+        self.positions, self.focus = positions, focus
         self.modules = {"original": dict(original.named_modules()), "pruned": dict(pruned.named_modules())}
+        self.saliency: list[torch.Tensor] | None = None
 
     @torch.no_grad()
     def run(self, images: torch.Tensor) -> list[ConvFit]:
         """Re-fit the convs on `images` (uint8, as `calibration_images` gives them); return one `ConvFit` per conv."""
+        self.saliency = _saliency(self.original, images) if self.focus > 0 else None
         before, after = _Frontier(self.original, images), _Frontier(self.pruned, images)
         fits: list[ConvFit] = []
         for i in TQDM(range(len(after.layers)), desc="reconstruct", total=len(after.layers)):
@@ -282,9 +331,12 @@ class Reconstruction:
         def hook(problem: _Problem):
             def keep(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
                 k = batch[0]
-                generator = torch.Generator().manual_seed(i * 100_003 + k)
-                picks = torch.randperm(out.shape[2] * out.shape[3], generator=generator)[: self.positions]
-                problem.targets[k] = (picks, out.flatten(2)[:, problem.rows][:, :, picks].transpose(1, 2))
+                saliency = self.saliency[k] if self.saliency is not None else None
+                picks = _picks(out.shape[2:], self.positions, saliency, self.focus, i * 100_003 + k)
+                picks = picks.expand(len(out), -1)
+                chosen = out.flatten(2)[:, problem.rows]
+                y = chosen.gather(2, picks[:, None].expand(-1, len(problem.rows), -1)).transpose(1, 2)
+                problem.targets[k] = (picks, y)
                 if k == 0:
                     problem.first_input = args[0]
 
@@ -400,8 +452,10 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor) -> None:
 @dataclass(frozen=True)
 class Repair:
     """How a one-shot prune is repaired from calibration images: least-squares reconstruction of the convs, BN
-    statistics re-estimated after it, and how many training images calibrate both. Both are off by default: neither
-    beat the cut alone on every hardhat start (docs/DESIGN.md, "Train-free pruning", gives the table)."""
+    statistics re-estimated after it, and how many training images calibrate both. Reconstruction is on by default:
+    the cut alone keeps its ranking of boxes (validation's mAP) but shifts every class score down, below the
+    threshold `predict` keeps, and the reconstruction brings the scores back; BN re-estimation is off (docs/DESIGN.md,
+    "Train-free pruning", gives both tables)."""
 
     reconstruct: bool = DEFAULT_RECONSTRUCT
     bn: bool = DEFAULT_RECALIBRATE_BN

@@ -34,7 +34,7 @@ KINDS = tuple(f if b == 32 else f"{f}-int8" for f in FORMATS for b in (32, 8) if
 IMPORTANCE_NAMES = ("taylor", "gamma", "flops", "sqrt-flops")  # importance.REGISTRY's criteria, checked there
 DEFAULT_IMPORTANCE = "taylor"
 # One-shot repair after pruning (reconstruct.py), chosen by bench/removal_curve.py: docs/DESIGN.md, "Train-free pruning"
-DEFAULT_RECONSTRUCT = False
+DEFAULT_RECONSTRUCT = True
 DEFAULT_RECALIBRATE_BN = False
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
@@ -627,8 +627,11 @@ SETTINGS: tuple[Setting, ...] = (
         "reconstruct",
         bool,
         DEFAULT_RECONSTRUCT,
-        "re-fit the convs after the cut by least squares on --data's training images (no labels read)",
+        "re-fit the convs after the cut by least squares on --data's training images (no labels read; on whenever "
+        "--data is there: without it a cut's scores can fall below predict's 0.25 threshold); --no-reconstruct: the "
+        "cut and fold alone",
         ("prune",),
+        per_command={"prune": {"action": argparse.BooleanOptionalAction}},
     ),
     Setting(
         "recalibrate_bn",
