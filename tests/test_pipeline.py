@@ -13,8 +13,9 @@ import yaml
 from ultralytics.cfg import DEFAULT_CFG
 
 from yoloslim import YOLO
-from yoloslim.checkpoint import finished_training
+from yoloslim.checkpoint import finished_training, pruned_info
 from yoloslim.pipeline import Pipeline, PipelineConfig, run_pipeline
+from yoloslim.settings import ONESHOT_FROM
 
 from .conftest import train_interrupted
 
@@ -135,38 +136,55 @@ def test_bad_pipeline_settings() -> None:
 
 
 def test_one_sparse_stage_serves_every_target() -> None:
-    """`one_sparse_stage`: every row's sparse model is the one zeroed to the smallest target."""
-    config = PipelineConfig(targets=(0.6, 0.4), one_sparse_stage=True)
+    """`one_sparse_stage`: every slim row's sparse model is the one zeroed to the smallest slim target."""
+    config = PipelineConfig(targets=(0.6, 0.4), one_sparse_stage=True, path="slim")
     assert config.sparse_stages() == {0.6: "sparse-gflops-0.4", 0.4: "sparse-gflops-0.4"}
     assert config.sparse_args(0.6)["target_gflops"] == 0.4
-    assert PipelineConfig(targets=(0.6, 0.4)).sparse_args(0.6)["target_gflops"] == 0.6
+    assert PipelineConfig(targets=(0.6, 0.4), path="slim").sparse_args(0.6)["target_gflops"] == 0.6
     assert PipelineConfig().sparse_stages() == {None: "sparse"}
 
 
+def test_auto_path_goes_one_shot_from_its_budget_and_slims_below() -> None:
+    """`auto` prunes the normal model once for targets of at least ONESHOT_FROM and slims the smaller ones;
+    ratios say nothing about compute and slim; `oneshot` needs no sparse stage at all."""
+    above, below = ONESHOT_FROM + 0.1, ONESHOT_FROM - 0.1
+    auto = PipelineConfig(targets=(above, ONESHOT_FROM, below), one_sparse_stage=True)
+    assert [auto.path_of(p) for p in auto.points] == ["oneshot", "oneshot", "slim"]
+    assert auto.slim_points == (below,) and auto.sparse_stages() == {below: f"sparse-gflops-{below:g}"}
+    assert auto.label(above) == f"{above:g} one-shot" and auto.label(below) == f"{below:g}"
+    assert PipelineConfig(ratios=(0.2, 0.8)).sparse_stages() == {None: "sparse"}  # ratios: slim
+    oneshot = PipelineConfig(targets=(below,), path="oneshot", sr=0.0, compare_at=None)
+    assert oneshot.sparse_stages() == {} and oneshot.path_of(below) == "oneshot"
+    oneshot.check()  # no sparse stage, so sr=0 is no error
+
+
 def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
-    """One number drives both stages: each target's sparse stage zeroes down to it, and its row prunes to it;
-    with `distill`, fine-tuning learns from the normal-trained model."""
+    """One number drives both stages: each slim target's sparse stage zeroes down to it, and its row prunes to it;
+    a one-shot target prunes the normal model, repaired, with no sparse stage; with `distill`, fine-tuning learns
+    from the normal-trained model."""
     run = tmp_path / "targets"
-    config = _tiny(tiny_data, run, epochs_sparse=2, targets=(0.6, 0.4), compare_at=None, distill=True)
+    above, below = round(ONESHOT_FROM + 0.1, 2), round(ONESHOT_FROM - 0.1, 2)
+    config = _tiny(tiny_data, run, epochs_sparse=2, targets=(above, below), compare_at=None, distill=True)
     rows = run_pipeline(config)
-    assert [r["point"] for r in rows] == ["1", "0.6", "0.4"]
-    for target in (0.6, 0.4):
-        sparse_args = YOLO(run / f"sparse-gflops-{target:g}" / "weights" / "last.pt").ckpt["train_args"]
-        assert sparse_args["target_gflops"] == target and sparse_args["importance"] == "taylor"
-        assert sparse_args["warmup_epochs"] == 3 and sparse_args["warmup_bias_lr"] == 0  # trained: every rate from 0
-        assert (
-            sparse_args["lr_scale"] == 0.1
-        )  # the stage's default, fixed in the arguments: it continues a trained model
-        assert sparse_args["round_to"] == 8  # the pipeline's width multiple, shared by the zeroing and pruning
+    assert [r["point"] for r in rows] == ["1", f"{above:g} one-shot", f"{below:g}"]
+    assert not (run / f"sparse-gflops-{above:g}").exists()
+    oneshot = run / f"prune-gflops-oneshot-{above:g}"
+    assert "error before" in (oneshot / "prune_report.txt").read_text()  # repaired: the per-conv fit table
+    made = pruned_info(YOLO(oneshot / "pruned.pt").model)
+    assert made["source"] == str((run / "normal" / "weights" / "best.pt").resolve()) and made["repair"]["reconstruct"]
+    sparse_args = YOLO(run / f"sparse-gflops-{below:g}" / "weights" / "last.pt").ckpt["train_args"]
+    assert sparse_args["target_gflops"] == below and sparse_args["importance"] == "taylor"
+    assert sparse_args["warmup_epochs"] == 3 and sparse_args["warmup_bias_lr"] == 0  # trained: every rate from 0
+    assert sparse_args["lr_scale"] == 0.1  # the stage's default, fixed in the arguments: it continues a trained model
+    assert sparse_args["round_to"] == 8  # the pipeline's width multiple, shared by the zeroing and pruning
     normal_args = YOLO(run / "normal" / "weights" / "last.pt").ckpt["train_args"]
     assert normal_args["warmup_epochs"] == 3 and normal_args["lr_scale"] == 1  # normal: stock Ultralytics
-    for point in ("1", "0.6", "0.4"):  # distill: every fine-tuning learns from the normal-trained model
+    for point in ("1", f"{above:g}-one-shot", f"{below:g}"):  # distill: every fine-tuning learns from the normal model
         tuned = YOLO(run / f"finetune-{point}" / "weights" / "last.pt").ckpt["train_args"]
         assert Path(tuned["distill_model"]) == run / "normal" / "weights" / "best.pt"
         assert "train/dis_loss" in (run / f"finetune-{point}" / "results.csv").read_text().splitlines()[0]
-    for row, target in zip(rows, (1.0, 0.6, 0.4)):
+    for row, target in zip(rows, (1.0, above, below)):
         assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
-    for target in ("0.6", "0.4"):
-        report = (run / f"prune-gflops-{target}" / "prune_report.txt").read_text()
-        assert f"target gflops {target}00x" in report and "largest |gamma| removed 0" in report  # only zeros went
+    report = (run / f"prune-gflops-{below:g}" / "prune_report.txt").read_text()
+    assert f"target gflops {below:.3f}x" in report and "largest |gamma| removed 0" in report  # only zeros went
     assert "| target GFLOPs |" in (run / "results.md").read_text() and (run / "map_vs_gflops.png").exists()

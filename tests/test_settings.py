@@ -102,7 +102,7 @@ def test_min_keep_is_a_share_in_every_layer() -> None:
 
 
 def test_later_stage_settings_come_from_the_table() -> None:
-    assert settings.LATER_SETTINGS == {"distill": False}
+    assert settings.LATER_SETTINGS == {"distill": False, "path": "slim"}
     assert set(settings.LATER_SETTINGS) <= set(settings.STAGE_SETTINGS)
 
 

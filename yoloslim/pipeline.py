@@ -11,6 +11,12 @@ until the live ones keep that share of the GFLOPs (`target_gflops`), and its row
 as a user asking for that one budget would (`one_sparse_stage`: one stage zeroing to the smallest target
 serves every row, cheaper, but the larger targets then start from a model sparser than they need).
 
+`path` picks how each row gets there. `slim` is the sequence above. `oneshot` skips the sparse stage: the
+normal-trained model is pruned to the row's budget, repaired from the training images (`reconstruct.py`) and
+fine-tuned for `epochs_finetune` epochs. `auto` takes the one-shot path for targets of at least `ONESHOT_FROM` of
+the GFLOPs, where at equal compute it kept up with slimming, and slims below, where the sparse stage won
+(docs/DESIGN.md, "Which path, by budget"). Ratios say nothing about compute, so `auto` slims them.
+
 Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
 interrupted pipeline picks up where it stopped when the same command is run again.
 """
@@ -26,7 +32,15 @@ from typing import Any
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_csv, atomic_write_text
 from yoloslim.report import DEPLOY_FIELDS, deploy_markdown, results_markdown, results_plot
-from yoloslim.settings import LATER_SETTINGS, RANKING, RESERVED, STAGE_SETTINGS, check_values, pipeline_fields
+from yoloslim.settings import (
+    LATER_SETTINGS,
+    ONESHOT_FROM,
+    RANKING,
+    RESERVED,
+    STAGE_SETTINGS,
+    check_values,
+    pipeline_fields,
+)
 
 
 class _PipelineRules:
@@ -44,21 +58,39 @@ class _PipelineRules:
         """The rows' ratios, or their GFLOPs targets."""
         return self.targets or self.ratios
 
+    def path_of(self, point: float) -> str:
+        """How the row `point` reaches its budget: "slim" or "oneshot" (`path`; `auto` by the GFLOPs target)."""
+        if self.path != "auto":
+            return self.path
+        return "oneshot" if self.targets and point >= ONESHOT_FROM else "slim"
+
+    @property
+    def slim_points(self) -> tuple[float, ...]:
+        """The rows that a sparse stage serves."""
+        return tuple(p for p in self.points if self.path_of(p) == "slim")
+
     def sparse_stages(self) -> dict[float | None, str]:
-        """The sparse stage that serves each row: by GFLOPs target (its own, or the smallest's with
-        `one_sparse_stage`), or one stage `sparse` for every ratio (key None)."""
+        """The sparse stage that serves each slim row: by GFLOPs target (its own, or the smallest's with
+        `one_sparse_stage`), or one stage `sparse` for every ratio (key None); none when no row slims."""
+        slim = self.slim_points
+        if not slim:
+            return {}
         if not self.targets:
             return {None: "sparse"}
         if self.one_sparse_stage:
-            return dict.fromkeys(self.targets, f"sparse-gflops-{min(self.targets):g}")
-        return {t: f"sparse-gflops-{t:g}" for t in self.targets}
+            return dict.fromkeys(slim, f"sparse-gflops-{min(slim):g}")
+        return {t: f"sparse-gflops-{t:g}" for t in slim}
 
     def sparse_target(self, point: float | None = None) -> dict[str, float]:
-        """A sparse stage's target: the GFLOPs share of the row `point` (of the smallest target when one stage
+        """A sparse stage's target: the GFLOPs share of the row `point` (of the smallest slim target when one stage
         serves every row), or the `sparsity` share of channels with ratios."""
         if not self.targets:
             return {"sparsity": self.sparsity}
-        return {"target_gflops": min(self.targets) if self.one_sparse_stage or point is None else point}
+        return {"target_gflops": min(self.slim_points) if self.one_sparse_stage or point is None else point}
+
+    def label(self, point: float) -> str:
+        """The table's name for the row `point`: the number, and "one-shot" on that path."""
+        return f"{point:g}" + (" one-shot" if self.path_of(point) == "oneshot" else "")
 
     def sparse_args(self, point: float | None = None) -> dict[str, Any]:
         """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
@@ -77,7 +109,7 @@ class _PipelineRules:
         if self.compare_at is not None and self.compare_at not in self.points:
             what = "targets" if self.targets else "ratios"
             raise ValueError(f"compare point {self.compare_at} must be one of the {what} {list(self.points)}")
-        if self.sr <= 0 and not any(self.sparse_target().values()):
+        if self.slim_points and self.sr <= 0 and not any(self.sparse_target().values()):
             raise ValueError(
                 f"sr={self.sr} and sparsity={self.sparsity}: one must be > 0, the pipeline's second stage is "
                 "sparsity training"
@@ -159,15 +191,17 @@ class Pipeline:
             lambda: steps.export(weights, imgsz=self.cfg.imgsz),
         )
 
-    def pruned(self, name: str, weights: Path, point: float, fold: bool = True) -> Path:
-        """A pruning stage (at a ratio, or a GFLOPs target) whose output is `run_dir/name/pruned.pt`."""
+    def pruned(self, name: str, weights: Path, point: float, fold: bool = True, repair: bool = False) -> Path:
+        """A pruning stage (at a ratio, or a GFLOPs target) whose output is `run_dir/name/pruned.pt`; `repair`:
+        repaired from the training images as `prune` repairs by default (the one-shot path; validated by the row)."""
         c = self.cfg
         amount = {"target": ("gflops", point)} if c.targets else {"ratio": point}
+        fixed = {"data": c.data, "validate_pruned": False} if repair else {}
         save_dir = self.dir / name
         return self.stage(
             name,
             save_dir / "pruned.pt",
-            lambda: steps.prune(weights, save_dir=save_dir, fold=fold, **amount, **c.ranking()),
+            lambda: steps.prune(weights, save_dir=save_dir, fold=fold, **amount, **c.ranking(), **fixed),
         )
 
     def run(self) -> list[dict[str, Any]]:
@@ -175,7 +209,7 @@ class Pipeline:
         normal = self.train("normal", self.cfg.weights, self.cfg.epochs_normal)
         sparse = self.sparse_stages(normal)
         self.gamma(normal, sparse)
-        rows = self.rows(sparse)
+        rows = self.rows(normal, sparse)
         compare = self.comparisons(normal, sparse)
         n = self.metrics("normal", normal)
         self.latencies(rows + compare)
@@ -196,8 +230,11 @@ class Pipeline:
                 models[name] = self.train(name, normal, self.cfg.epochs_sparse, **self.cfg.sparse_args(point))
         return models
 
-    def sparse_of(self, sparse: dict[str, Path], point: float | None) -> Path:
-        """The sparse model that the row `point` prunes."""
+    def source(self, normal: Path, sparse: dict[str, Path], point: float) -> Path:
+        """The model that the row `point` prunes: the normal-trained one on the one-shot path, else its sparse
+        stage's."""
+        if self.cfg.path_of(point) == "oneshot":
+            return normal
         return sparse[self.cfg.sparse_stages()[point if self.cfg.targets else None]]
 
     def gamma(self, normal: Path, sparse: dict[str, Path]) -> None:
@@ -209,25 +246,29 @@ class Pipeline:
             "gamma", out, lambda: steps.gamma_report([normal, *sparse.values()], out=out, labels=labels, ratio=ratio)
         )
 
-    def rows(self, sparse: dict[str, Path]) -> list[dict[str, Any]]:
-        """The results rows: the unpruned (sparsest) sparse model through the pruner, then one row per point."""
+    def rows(self, normal: Path, sparse: dict[str, Path]) -> list[dict[str, Any]]:
+        """The results rows: the unpruned model of the smallest point (the sparsest sparse model, or the normal one
+        when no row slims) through the pruner, then one row per point."""
         c = self.cfg
         prefix = "gflops-" if c.targets else ""
         unpruned = 1.0 if c.targets else 0.0
-        first = self.sparse_of(sparse, min(c.targets) if c.targets else None)
+        first = self.source(normal, sparse, min(c.points))
         rows = [self.row(f"{unpruned:g}", self.pruned(f"prune-{prefix}{unpruned:g}", first, unpruned))]
         for p in c.points:
-            rows.append(self.row(f"{p:g}", self.pruned(f"prune-{prefix}{p:g}", self.sparse_of(sparse, p), p)))
+            oneshot = c.path_of(p) == "oneshot"
+            name = f"prune-{prefix}{'oneshot-' if oneshot else ''}{p:g}"
+            rows.append(self.row(c.label(p), self.pruned(name, self.source(normal, sparse, p), p, repair=oneshot)))
         return rows
 
     def comparisons(self, normal: Path, sparse: dict[str, Path]) -> list[dict[str, Any]]:
-        """At `compare_at`: the normal-trained model pruned instead of the sparse one, and folding off."""
+        """At `compare_at`: the normal-trained model pruned (with no repair) instead of the row's model, and folding
+        off."""
         c, p = self.cfg, self.cfg.compare_at
         if p is None:
             return []
         prefix = "gflops-" if c.targets else ""
         pruned_normal = self.row(f"{p:g} normal-trained", self.pruned(f"prune-{prefix}normal-{p:g}", normal, p))
-        folded_off = self.pruned(f"prune-{prefix}nofold-{p:g}", self.sparse_of(sparse, p), p, fold=False)
+        folded_off = self.pruned(f"prune-{prefix}nofold-{p:g}", self.source(normal, sparse, p), p, fold=False)
         return [pruned_normal, self.row(f"{p:g} no fold", folded_off, finetune=False)]
 
     def tables(self, rows: list[dict], compare: list[dict], normal: dict[str, float], sparse: dict[str, Path]) -> None:
@@ -237,10 +278,10 @@ class Pipeline:
             for name, m in ((name, self.metrics(name, path)) for name, path in sparse.items())
         )
         normal_maps = f"normal training mAP50 {normal['map50']:.4f}, mAP50-95 {normal['map50_95']:.4f}"
-        note = f"Before pruning: {normal_maps}; {'; '.join(maps)}."
+        note = f"Before pruning: {'; '.join([normal_maps, *maps])}."
         self.write_table(rows, normal, "results", note)
         if compare:
-            same = next(row for row in rows if row["point"] == f"{self.cfg.compare_at:g}")
+            same = next(row for row in rows if row["point"] == self.cfg.label(self.cfg.compare_at))
             self.write_table([rows[0], same, *compare], normal, "comparisons", note, skip_first=True)
 
     def _sparse_label(self, stage: str) -> str:

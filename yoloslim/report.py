@@ -177,8 +177,9 @@ def results_markdown(
         for r in (rows[1:] if skip_first else rows)
     ]
     legend = (
-        "mAP: absolute, with the change from the unpruned sparse model (first row; with one sparse stage per target, "
-        "the smallest target's) in points in brackets; the last column: fine-tuned (else pruned) mAP50-95 minus the "
+        "mAP: absolute, with the change from the unpruned model (first row: the sparse model of the smallest point, "
+        "or the normal-trained one when that row is one-shot) in points in brackets; the last column: fine-tuned "
+        "(else pruned) mAP50-95 minus the "
         f"normal-trained model's ({normal['map50_95']:.4f}); latency: onnxruntime CPU, batch 1, imgsz {imgsz}, "
         "median of interleaved runs."
     )

@@ -37,6 +37,10 @@ DEFAULT_IMPORTANCE = "taylor"
 DEFAULT_RECONSTRUCT = True
 DEFAULT_RECALIBRATE_BN = False
 DEFAULT_CALIB_IMAGES = 256
+# How the pipeline reaches a GFLOPs target (pipeline.py): `auto` prunes the normal-trained model once and fine-tunes it
+# where that kept up with slimming at equal compute, and slims below (docs/DESIGN.md, "Which path, by budget")
+PATHS = ("auto", "slim", "oneshot")
+ONESHOT_FROM = 0.5  # `auto` takes the one-shot path for targets that keep at least this share of the GFLOPs
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 # The width multiple of the commands, scripts and pipeline (`Pruner`, `steps` and the training arguments keep exact
 # counts unless asked): chosen on ships yolov8n at 0.4x GFLOPs, where 8 ran 1.3x faster than free widths in
@@ -236,6 +240,9 @@ def train_arg(item: str) -> dict[str, Any]:
 TRAINING = ("train", "sparse", "finetune")
 
 
+NOT_LATER = object()  # a setting that run folders have always recorded
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting.
@@ -251,8 +258,8 @@ class Setting:
         exclusive: the commands where it is one of a mutually exclusive group of targets.
         slim: a training argument yoloslim registers with Ultralytics (`SLIM_ARGS`).
         stale: a pipeline setting whose change makes finished stages stale (`STAGE_SETTINGS`).
-        later: a stale setting added after run folders existed: a folder saved without it ran at its pipeline
-            default (`LATER_SETTINGS`).
+        later: a stale setting added after run folders existed: the value a folder saved without it ran at
+            (`LATER_SETTINGS`; `NOT_LATER` for the others).
         item: the kind of each item of a tuple setting.
         field: a pipeline setting is a `PipelineConfig` field (False: a flag the command turns into another field).
         aliases: more flag names.
@@ -268,7 +275,7 @@ class Setting:
     exclusive: tuple[str, ...] = ()
     slim: bool = False
     stale: bool = False
-    later: bool = False
+    later: Any = NOT_LATER
     item: type = float
     field: bool = True
     aliases: tuple[str, ...] = ()
@@ -582,7 +589,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("pipeline",),
         per_command={"pipeline": {"action": argparse.BooleanOptionalAction}},
         stale=True,
-        later=True,
+        later=False,
     ),
     # ---- gamma histograms
     Setting(
@@ -702,6 +709,19 @@ SETTINGS: tuple[Setting, ...] = (
         stale=True,
     ),
     Setting(
+        "path",
+        str,
+        "auto",
+        "how each --targets row reaches its budget: slim (a sparse stage, prune its zeros, fine-tune), oneshot "
+        "(prune the normal-trained model, repair it from the training images, fine-tune --epochs-finetune epochs: no "
+        f"sparse stage), or auto (oneshot for targets of at least {ONESHOT_FROM:g} of the GFLOPs, slim below); "
+        "ratios always slim",
+        ("pipeline",),
+        per_command={"pipeline": {"choices": PATHS}},
+        stale=True,
+        later="slim",
+    ),
+    Setting(
         "compare_at",
         float,
         0.6,
@@ -745,7 +765,7 @@ SETTINGS: tuple[Setting, ...] = (
 SLIM_ARGS: dict[str, Any] = {s.name: s.default for s in SETTINGS if s.slim}
 RANKING = ("importance", "streams", "round_to")  # the ranking the sparse stage's zeroing shares with prune
 STAGE_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.stale)
-LATER_SETTINGS: dict[str, Any] = {s.name: s.default_for("pipeline") for s in SETTINGS if s.later}
+LATER_SETTINGS: dict[str, Any] = {s.name: s.later for s in SETTINGS if s.later is not NOT_LATER}
 # Ultralytics' own arguments that the pipeline's stages set, besides its settings that Ultralytics takes
 RESERVED = frozenset(
     {"model", "data", "epochs", "imgsz", "batch", "device", "project", "name", "exist_ok", "resume", "distill_model"}
