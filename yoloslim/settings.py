@@ -672,7 +672,9 @@ SETTINGS: tuple[Setting, ...] = (
         "quantize",
         int,
         None,
-        "INT8 (onnx, openvino), calibrated on the training images of --data and validated on it",
+        "INT8, calibrated on the training images of --data and validated on it: onnx (onnxruntime, uint8 "
+        "activations, 7-bit per-channel weights, the box decode float) or openvino (NNCF); "
+        "which runs faster on a CPU: docs/RESULTS.md \"Deployment\"",
         ("export",),
         per_command={"export": {"choices": [8]}},
     ),
