@@ -52,6 +52,26 @@ def test_unreachable_latency_says_what_the_floors_reach() -> None:
             check_latency_target(bad)
 
 
+@pytest.mark.parametrize("noise", [0.98, 1.0, 1.02])
+def test_a_target_near_1_answers_with_a_measured_probe(noise) -> None:
+    """The unpruned model's 1.0 bounds the search but is never its answer: at 0.99 the search used to land on that
+    seed without measuring anything and save the unpruned model as pruned."""
+    measured = []
+
+    def curve(share: float) -> float:
+        measured.append(share)
+        return share * noise
+
+    search = search_gflops(0.99, curve, floor=0.05)
+    share, reached = search.best
+    assert share in measured and share < 1 and reached == curve(share) and search.landed()
+    assert 1.0 not in search.probes
+
+
+def test_the_whole_latency_is_the_model_as_it_is() -> None:
+    assert search_gflops(1, lambda s: pytest.fail("nothing to measure"), floor=0.05).best == (1.0, 1.0)
+
+
 def test_real_measuring_path_with_an_injected_timer(tmp_path) -> None:
     """Prune, export and run every probe for real; the timer says every run takes 1 ms, so no probe can get faster
     than the unpruned model and the floors are reported as unreachable, with the figure measured (1.000x)."""
@@ -86,6 +106,20 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
     imgsz = 64
     kept = ModelSize.of(model, imgsz).gflops / ModelSize.of(load_model(tiny_ckpt)[0], imgsz).gflops
     assert kept <= share + 1e-6
+    report = (out.parent / "prune_report.txt").read_text()
+    asked = "target latency: 0.6x the unpruned model's on onnx (batch 1, imgsz 64)"
+    assert f"{asked}; measured {lagging(share):.3f}x" in report
+
+
+def test_a_latency_target_that_needs_no_pruning_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    """The model cut to the share found keeps every channel (here: widths in multiples of 256 keep every layer
+    whole) and runs within the tolerance: a one-line error, no pruned.pt."""
+    monkeypatch.setattr(steps, "measured_latency_ratio", lambda pruner, imgsz, work, runtime: lambda share: 1.0)
+    with pytest.raises(ValueError, match=r"target latency 0.99 on onnx needs no pruning: .* keeps every channel"):
+        steps.prune(
+            tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.99), importance="gamma", round_to=256
+        )
+    assert not (tmp_path / "p" / "pruned.pt").exists()
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ PROBES = 8
 
 @dataclass
 class LatencySearch:
-    """The probes of a search: GFLOPs share -> measured latency ratio, and the answer."""
+    """The probes of a search: GFLOPs share -> measured latency ratio, and the answer (only measured probes: the
+    unpruned model's 1.0 at share 1 bounds the search but is never an answer, unless the whole latency is asked)."""
 
     ratio: float
     probes: dict[float, float] = field(default_factory=dict)
@@ -61,9 +62,9 @@ def search_gflops(
     within `tolerance` of `ratio`. Raises ValueError, with the ratio the floors reach, when they stop short of it;
     warns with the closest probe when `probes` run out (timing too noisy to land)."""
     ratio = check_latency_target(ratio)
-    search = LatencySearch(ratio, {1.0: 1.0})
-    if ratio == 1:
-        return search
+    if ratio == 1:  # the whole latency: the model as it is, nothing to measure
+        return LatencySearch(ratio, {1.0: 1.0})
+    search = LatencySearch(ratio)
     low, high = None, (1.0, 1.0)  # the probes closest to the target from below and from above (share, ratio)
     share, moved, repeated = max(ratio, floor), "", 0
     for _ in range(probes):

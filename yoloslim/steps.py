@@ -30,7 +30,7 @@ from yoloslim.checkpoint import (
 from yoloslim.data import recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.importance import Source, make_importance
-from yoloslim.latency import measured_latency_ratio, search_gflops
+from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import Pruner, check_amount, prune_model
@@ -338,11 +338,17 @@ def prune(
     ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
     if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
-        target = ("gflops", gflops_for_latency(pruner, latency, imgsz, runtime))
+        share, measured = gflops_for_latency(pruner, latency, imgsz, runtime)
+        target = ("gflops", share)
     info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
     fits = _repair(model, pruned, plan.keep, data, imgsz, how)
     summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
+    if latency is not None and latency < 1:
+        summary += (
+            f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
+            f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
+        )
     _write_pruned(out, pruned, changes, f"{summary}\n\n{fit_table(fits)}" if fits else summary, ckpt)
     if data and validate_pruned:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
@@ -440,15 +446,25 @@ def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dic
     LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {out.parent / 'prune_report.txt'})")
 
 
-def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> float:
+def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> tuple[float, float]:
     """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
-    (measured: `latency.search_gflops`)."""
+    (measured: `latency.search_gflops`), and the latency share measured there.
+
+    Raises:
+        ValueError: the share found removes no channel: the unpruned model already runs within the target's tolerance.
+    """
     with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
         measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime=runtime)
         search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
     share, reached = search.best
+    if latency < 1 and pruner.plan_budget("gflops", share).removed == 0:
+        raise ValueError(
+            f"target latency {latency:g} on {runtime} needs no pruning: the model cut to {share:.3f}x GFLOPs keeps "
+            f"every channel and measured {reached:.3f}x, within {TOLERANCE:.0%} of the target; lower the target; "
+            "nothing written"
+        )
     LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
-    return share
+    return share, reached
 
 
 def latency_target_gflops(
@@ -471,7 +487,7 @@ def latency_target_gflops(
     imgsz = fit_imgsz(imgsz, model)
     ranking = make_importance(importance, Source(model, lambda: resolve_data(data), imgsz, streams))
     pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, streams=streams)
-    return gflops_for_latency(pruner, latency, imgsz, runtime)
+    return gflops_for_latency(pruner, latency, imgsz, runtime)[0]
 
 
 def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path) -> str:
