@@ -336,19 +336,11 @@ def prune(
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
     ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
-    if latency is not None:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
-        pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, min_keep, fold, streams)
-        share, measured = gflops_for_latency(pruner, latency, imgsz, runtime)
-        target = ("gflops", share)
+    target, said = _latency_budget(model, ranking, args, latency, imgsz, runtime) if latency else (target, "")
     info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
     fits = _repair(model, pruned, plan.keep, data, imgsz, how)
-    summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target)
-    if latency is not None and latency < 1:
-        summary += (
-            f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
-            f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
-        )
+    summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target) + said
     _write_pruned(out, pruned, changes, f"{summary}\n\n{fit_table(fits)}" if fits else summary, ckpt)
     if data and validate_pruned:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
@@ -362,6 +354,22 @@ def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None
     latency = check_latency_target(target[1])
     Kind(runtime).check()
     return latency
+
+
+def _latency_budget(
+    model: Any, ranking: Any, args: dict[str, Any], latency: float, imgsz: int, runtime: str
+) -> tuple[tuple[str, float], str]:
+    """The GFLOPs target whose pruned model runs at `latency` of the unpruned latency on `runtime`, found by measuring
+    (`gflops_for_latency`), and the report's line on what was asked and measured ("" for the whole latency)."""
+    pruner = Pruner(
+        deepcopy(model).float().eval(), ranking, args["round_to"], args["min_keep"], args["fold"], args["streams"]
+    )
+    share, measured = gflops_for_latency(pruner, latency, imgsz, runtime)
+    said = (
+        f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
+        f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
+    )
+    return ("gflops", share), said if latency < 1 else ""
 
 
 def _repair(model: Any, pruned: Any, keep: dict, data: str | None, imgsz: int, how: Repair) -> list:
