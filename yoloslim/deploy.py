@@ -94,7 +94,7 @@ def runner(path: str | Path, kind: Kind) -> Runner:
     if kind.format == "openvino":
         import openvino
 
-        # an FP32 model runs in FP32: OpenVINO would pick bf16 on CPUs that have it (measured 0.14 px off at 64 px)
+        # an FP32 model runs in FP32: OpenVINO would pick bf16 on CPUs that have it (docs/DESIGN.md, "Deploy")
         config = {"INFERENCE_PRECISION_HINT": "f32"} if kind.bits == 32 else {}
         compiled = openvino.Core().compile_model(str(next(path.glob("*.xml"))), "CPU", config)
         channels = compiled.inputs[0].get_partial_shape()[1].get_length()

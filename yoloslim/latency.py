@@ -3,13 +3,13 @@ on a runtime (onnxruntime CPU, or OpenVINO), so that one number (`--target-laten
 training through its `target_gflops`.
 
 Latency does not follow GFLOPs one for one: activations, concatenations and the box decode cost time that GFLOPs do
-not count, so a model at 0.40x GFLOPs ran at 0.57x the latency (docs/RESULTS.md). The search measures instead of
-assuming. It brackets the answer between GFLOPs shares whose measured ratios lie on either side of `ratio` and
-narrows the bracket by interpolation (regula falsi, bisecting when one end stays put, so a curve that bends cannot
-stall it), starting from `ratio` itself. Each probe prunes with the same `Pruner` (so the model measured is the model that will be
-saved), exports it, and times it side by side with the unpruned model in interleaved rounds; the ratio of the
-medians cancels most of a shared machine's drift. It stops when a probe lands within `tolerance` (5%) of `ratio`,
-or says what the closest reachable ratio is.
+not count (docs/lab/deploy.md, "Where the latency goes"). The search measures instead of assuming. It brackets the
+answer between GFLOPs shares whose measured ratios lie on either side of `ratio` and narrows the bracket by
+interpolation (regula falsi, bisecting when one end stays put, so a curve that bends cannot stall it), starting from
+`ratio` itself. Each probe prunes with the same `Pruner` (so the model measured is the model that will be saved),
+exports it, and times it side by side with the unpruned model in interleaved rounds; the ratio of the medians
+cancels most of a shared machine's drift. It stops when a probe lands within `tolerance` (5%) of `ratio`, or says
+what the closest reachable ratio is.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """INT8 ONNX: onnxruntime static quantization of the FP32 file Ultralytics exports, with 7-bit weights.
 
 Ultralytics' own ONNX INT8 export quantizes weights and activations to 8 bits. onnxruntime runs such a model on x86
-CPUs without VNNI (AVX2 only) with `vpmaddubsw`, whose 16-bit sum of two u8 x s8 products saturates, and the
-outputs come out wrong: on one such CPU the pruned test model's box sizes were 26% short (15.5 px median error at
-64 px), where 7-bit weights (`reduce_range`, the fix onnxruntime's quantization guide names for this) gave 0.08 px.
-An artifact is made once and run on whatever CPU a user has, so every INT8 ONNX file gets 7-bit weights.
+CPUs without VNNI (AVX2 only) with `vpmaddubsw`, whose 16-bit sum of two u8 x s8 products saturates, and the outputs
+come out wrong; 7-bit weights (`reduce_range`, the fix onnxruntime's quantization guide names for this) come out
+right (docs/DESIGN.md, "Deploy"). An artifact is made once and run on whatever CPU a user has, so every INT8 ONNX
+file gets 7-bit weights.
 
 How the rest is quantized is a `Quantization` (bench/onnx_int8.py sweeps them, with latency and mAP per variant):
 the format (QDQ: Quantize/DequantizeLinear pairs that onnxruntime fuses into integer kernels when it loads the file;

@@ -11,7 +11,7 @@ its decision, its list of GPUs where AMP breaks training included, stands. Plot 
 would download are answered from installed fonts, under their own names.
 
 It also undoes Ultralytics' CPU thread cap (`cpu_count - 1` torch threads): on a 2-core machine that
-is one core, and training measured 1.4-1.7x faster on both. Set `YOLOSLIM_THREADS` to choose.
+is one core (docs/DESIGN.md, "Measured on this machine"). Set `YOLOSLIM_THREADS` to choose.
 `import yoloslim` must come before `import ultralytics`, which probes the network at import.
 """
 

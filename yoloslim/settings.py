@@ -43,8 +43,7 @@ PATHS = ("auto", "slim", "oneshot")
 ONESHOT_FROM = 0.5  # `auto` takes the one-shot path for targets that keep at least this share of the GFLOPs
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 # The width multiple of the commands, scripts and pipeline (`Pruner`, `steps` and the training arguments keep exact
-# counts unless asked): chosen on ships yolov8n at 0.4x GFLOPs, where 8 ran 1.3x faster than free widths in
-# onnxruntime on CPU and lost no accuracy, and 16 ran no faster than 8 but cost accuracy (docs/RESULTS.md).
+# counts unless asked): free widths run slowly in onnxruntime on CPU, 16 costs accuracy (docs/DESIGN.md, "Widths").
 SCRIPT_ROUND_TO = 8
 
 
@@ -390,7 +389,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "epochs_normal",
         int,
-        30,  # the demo's normal stage converges (15 epochs left it at 0.39, still rising)
+        30,  # the demo's normal stage converges (docs/DESIGN.md, "Measured on this machine")
         "epochs of normal training",
         ("pipeline",),
         check=_whole("epochs_normal"),

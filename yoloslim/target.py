@@ -8,8 +8,8 @@ or not to prune", arXiv:1710.01878), applied to whole BN channels:
 
 - the share of chosen channels (or of GFLOPs removed) follows the cubic schedule `s * (1 - (1 - u)^3)`, `u` running
   from 0 to 1 as training progress goes from `RAMP_START` to `RAMP_END`: the ranking is accumulated first, and the
-  last fifth of the run trains the survivors with the zeros held. Measured on the demo (docs/SPARSITY.md):
-  zeroing from the start instead cost 4 pt of mAP50-95;
+  last fifth of the run trains the survivors with the zeros held (zeroing from the start cost accuracy on the
+  demo, docs/SPARSITY.md);
 - which channels: the lowest-ranked by the `Pruner`'s own importance (Taylor's by default, `taylor.py`), floors and
   equal C2f halves (`Pruner.plan_share` / `plan_budget`), so pruning at ratio `s` (or at `--target-gflops r`)
   later removes only zeroed channels (all of them but the few that equal C2f halves or `round_to` keep, which

@@ -9,8 +9,8 @@ score follows the network while sparsity training reshapes it.
 
 Why not |gamma| alone: a trained network keeps channels whose gamma is small but whose constant output act(beta)
 its consumers rely on, and channels whose gamma is large but whose consumers ignore them. On two pretrained starts
-zeroing the lowest-|gamma| 6% of channels took mAP50-95 to 0, below random removal, while the lowest-Taylor 30% cost
-under 1 pt (docs/RESULTS.md, bench/removal_curve.py). The score needs no extra pass during training: the trainer has
+zeroing a few of the lowest-|gamma| channels did worse than removing channels at random, while five times as many of
+the lowest-Taylor ones cost little (docs/lab/pretrained-start.md, bench/removal_curve.py). The score needs no extra pass during training: the trainer has
 the gradients at every step. `estimate_taylor` computes it from a few batches for a model that is not training.
 """
 

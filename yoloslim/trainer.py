@@ -56,9 +56,8 @@ from yoloslim.settings import RANKING, SLIM_ARGS, check_value
 from yoloslim.target import ChannelZeroing
 
 # The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
-# restarts at its full rate, made for training from scratch, and AdamW at 0.002 knocked a converged YOLOv8s from
-# 0.31 to 0.12 mAP50-95 within three epochs before any channel was zeroed; at a tenth it never fell below 0.29
-# (docs/RESULTS.md).
+# restarts at its full rate, made for training from scratch, which knocks a converged model out of its basin before
+# any channel is zeroed (docs/DESIGN.md, "Learning rate").
 CONTINUE_LR_SCALE = 0.1
 ZEROING_STATE = "zeroing.pt"  # beside last.pt: the state of a sparsity target's zeroing, for resume
 
