@@ -1,4 +1,5 @@
-"""The synthetic demo dataset: layout, label validity, determinism, caching, atomic generation."""
+"""The synthetic demo dataset: layout, label validity, determinism, caching, atomic generation; the class count a
+dataset yaml declares."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 import yaml
 
 from yoloslim import data
-from yoloslim.data import CLASS_NAMES, demo_dataset, resolve_data
+from yoloslim.artifacts import calibration_data
+from yoloslim.data import CLASS_NAMES, class_count, demo_dataset, resolve_data
+
+from .conftest import build_model
 
 SMALL = {"n_train": 6, "n_val": 3, "imgsz": 64}
 
@@ -214,3 +218,31 @@ def test_ultralytics_reads_it(tmp_path, monkeypatch):
     assert info["nc"] == 3 and info["names"] == dict(enumerate(CLASS_NAMES))
     for split in ("train", "val"):
         assert Path(info[split]).is_dir() and Path(info[split]) == path.parent / "images" / split
+
+
+@pytest.mark.parametrize(
+    "spec, count",
+    [("names: [a, b]", 2), ("names: {0: a, 1: b, 2: c}", 3), ("nc: 2", 2), ("nc: 3\nnames: [a, b, c]", 3)],
+)
+def test_class_count_follows_ultralytics_rules(spec, count, tmp_path) -> None:
+    """`nc` alone is a valid dataset yaml (Ultralytics names the classes class_0...): the INT8 export's class check
+    read only `names` and called such a set '0 classes'."""
+    path = tmp_path / "data.yaml"
+    path.write_text(f"path: .\ntrain: images\nval: images\n{spec}\n")
+    assert class_count(path) == count
+    assert calibration_data(str(path), build_model(nc=count), Path("m.pt")) == str(path)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("train: images", "gives neither 'names' nor 'nc'"),
+        ("nc: 2\nnames: [a, b, c]", "has nc: 2 but 3 names"),
+        ("- a\n- b", "is not a mapping"),
+    ],
+)
+def test_class_count_refuses_what_ultralytics_refuses(spec, message, tmp_path) -> None:
+    path = tmp_path / "data.yaml"
+    path.write_text(spec + "\n")
+    with pytest.raises(ValueError, match=message):
+        class_count(path)

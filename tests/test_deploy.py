@@ -93,6 +93,9 @@ def test_bad_export_requests_write_nothing(pruned, tiny_data, tmp_path, monkeypa
     other.write_text(yaml.safe_dump({**spec, "path": str(Path(tiny_data).parent), "names": {0: "circle"}}))
     with pytest.raises(ValueError, match="has 1 classes but .* predicts 3"):
         steps.export(pruned, imgsz=64, kind="onnx-int8", data=str(other))
+    other.write_text(yaml.safe_dump({**spec, "path": str(Path(tiny_data).parent), "nc": 2, "names": ["a", "b", "c"]}))
+    with pytest.raises(ValueError, match="has nc: 2 but 3 names: make them agree"):
+        steps.export(pruned, imgsz=64, kind="onnx-int8", data=str(other))
     real = importlib.util.find_spec
     monkeypatch.setattr(deploy.importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
     with pytest.raises(ValueError, match=r'needs the \'openvino\' package.*pip install -e "\.\[openvino\]"'):

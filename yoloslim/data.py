@@ -238,6 +238,24 @@ def recorded_data(data: str | Path | None, weights: str | Path) -> str:
     )
 
 
+def class_count(data: str | Path) -> int:
+    """The number of classes a dataset yaml declares, by Ultralytics' rules (`check_det_dataset`): `names` (a list or
+    a dict), or `nc` alone; both must agree. Read without checking images, so it never downloads.
+
+    Raises:
+        ValueError: neither is given, or they disagree.
+    """
+    spec = yaml.safe_load(Path(data).read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"dataset yaml '{data}' is not a mapping of keys (path, train, val, names): fix the file")
+    names, nc = spec.get("names"), spec.get("nc")
+    if names is None and nc is None:
+        raise ValueError(f"dataset yaml '{data}' gives neither 'names' nor 'nc': add the class names")
+    if names is not None and nc is not None and len(names) != int(nc):
+        raise ValueError(f"dataset yaml '{data}' has nc: {nc} but {len(names)} names: make them agree")
+    return len(names) if names is not None else int(nc)
+
+
 def resolve_data(data: str | Path | None) -> str:
     """The dataset yaml a `--data` argument names: None, "" or "demo" mean the built-in synthetic set."""
     if data is None or str(data) in ("", "demo"):
