@@ -13,15 +13,17 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 - `slim-teacher`: `slim` whose fine-tuning also learns from the normal model (Ultralytics' distillation; its
   weight is the arm's `dis` setting, e.g. `t1=slim-teacher:dis=1`, else Ultralytics' default).
 
-An arm may be named with settings of its own, `NAME=RECIPE[:key=value,...]`, e.g.
-`slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
+An arm may be named with settings of its own, `[NAME=]RECIPE[:key=value,...]` (the name defaults to the recipe),
+e.g. `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
 `importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, or any Ultralytics
-training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage zero to another share than it prunes to:
-`one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the pipeline's `--one-sparse-stage`
-does for its larger targets. `--train-args` gives
-every arm the same ones (`fraction=0.5 val=False`: half the training images, validation at the last epoch only).
-Each arm is scored by its last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives
-every score, mean +- sd, and each arm's paired difference from `--reference` with a 95% t interval over seeds.
+training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage zero to
+another share than it prunes to: `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the
+pipeline's `--one-sparse-stage` does for its larger targets. `--train-args` gives every arm the same ones
+(`fraction=0.5 val=False`: half the training images, validation at the last epoch only). Each arm is scored by its
+last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives every score, mean +- sd, and
+each arm's paired difference from `--reference` with a 95% t interval over seeds. Every setting is checked when the
+arguments are read (budgets in (0, 1], whole epochs, training arguments as Ultralytics checks them), so a bad arm is
+refused before the run folder records anything.
 
     python bench/compare.py --normal runs/hardhat/normal/weights/last.pt --data datasets/hardhat/hardhat.yaml \
         --imgsz 256 --target 0.4 --sparse-epochs 15 --finetune-epochs 5 --seeds 0 1 2 \
@@ -43,13 +45,13 @@ from typing import Any
 import yoloslim  # noqa: F401  (offline settings first)
 from scipy import stats
 from common import BATCH, emit, parser, shown, write_csv
-from ultralytics.cfg import smart_value
+from ultralytics.cfg import get_cfg, smart_value
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import readable
 from yoloslim.reconstruct import Repair
-from yoloslim.settings import RANKING, SCRIPT_ROUND_TO
+from yoloslim.settings import RANKING, SCRIPT_ROUND_TO, check_target_gflops
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
 RECIPES = ("continue", "prune-finetune", "oneshot", "slim", "slim-teacher")
@@ -67,9 +69,11 @@ class Arm:
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """`NAME=RECIPE[:key=value,...]`, or a bare recipe name."""
-        name, _, spec = text.partition("=")
-        recipe, _, pairs = (spec or name).partition(":")
+        """`[NAME=]RECIPE[:key=value,...]` (the name defaults to the recipe), its settings checked as Ultralytics
+        checks training arguments, so that a bad arm is refused before the run folder records anything."""
+        head, _, pairs = text.partition(":")
+        name, _, recipe = head.rpartition("=")
+        name = name or recipe
         if recipe not in RECIPES:
             raise argparse.ArgumentTypeError(f"arm '{text}': the recipe must be one of {RECIPES}")
         settings = {}
@@ -78,7 +82,31 @@ class Arm:
             if not sep:
                 raise argparse.ArgumentTypeError(f"arm '{text}': settings are key=value pairs, e.g. slim:lr_scale=0.1")
             settings[key] = smart_value(value)
+        try:
+            check_arm_settings(settings)
+        except (SyntaxError, TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"arm '{text}': {' '.join(str(e).split())}") from None
         return cls(name, recipe, settings)
+
+
+def check_arm_settings(settings: dict[str, Any]) -> None:
+    """Refuse an arm's setting that no stage would take: budgets outside (0, 1), fewer than one epoch, or a training
+    argument Ultralytics does not know or cannot take (its own `get_cfg` checks, with yoloslim's arguments)."""
+    for key in ("target", "sparse_target"):
+        if key in settings and not check_target_gflops(settings[key]):
+            raise ValueError(f"{key}=0 prunes nothing: give the share of the GFLOPs to keep, in (0, 1]")
+    if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
+        raise ValueError(f"epochs={settings['epochs']!r} must be a whole number of at least 1")
+    get_cfg(overrides={k: v for k, v in settings.items() if k not in NOT_TRAINING})
+
+
+def budget(text: str) -> float:
+    """A GFLOPs share in (0, 1], for argparse."""
+    try:
+        check_arm_settings({"target": smart_value(text)})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return float(text)
 
 
 def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -213,7 +241,7 @@ def table(arms: list[Arm], seeds: list[int], scores: dict[str, list[float]], ref
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p = parser(__doc__, data=True, imgsz=256, run_dir="runs/compare", beside="a CSV of every score")
     p.add_argument("--normal", type=Path, required=True, help="the normal-trained checkpoint every arm starts from")
-    p.add_argument("--target", type=float, default=0.4, help="GFLOPs share the pruned arms keep")
+    p.add_argument("--target", type=budget, default=0.4, help="GFLOPs share the pruned arms keep")
     p.add_argument("--sr", type=float, default=1e-2)
     p.add_argument("--sparse-epochs", type=int, default=15)
     p.add_argument("--finetune-epochs", type=int, default=5)
@@ -230,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     a = p.parse_args(argv)
     if a.reference not in {arm.name for arm in a.arms}:
         p.error(f"--reference '{a.reference}' is not one of the arms")
+    if not a.normal.is_file():
+        p.error(f"--normal '{a.normal}' is not a file: give the normal-trained checkpoint (.pt) every arm starts from")
+    if not Path(a.data).is_file():
+        p.error(f"--data '{a.data}' is not a file: give the dataset yaml")
     a.normal = a.normal.resolve()
     a.train_args = {k: v for item in a.train_args for k, v in item.items()}
     check_settings(a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 
@@ -30,8 +31,33 @@ def test_arm_parsing() -> None:
         {"lr_scale": 0.1, "importance": "gamma", "streams": True},
     )
     assert compare.Arm.parse("continue") == compare.Arm("continue", "continue", {})
+    assert compare.Arm.parse("slim:lr_scale=0.1") == compare.Arm("slim", "slim", {"lr_scale": 0.1})  # no NAME=
     with pytest.raises(Exception, match="recipe must be one of"):
         compare.Arm.parse("x=bogus")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--arms", "s=slim:foo=1"], "'foo' is not a valid YOLO argument"),
+        (["--arms", "s=slim:target=2"], "must be in \\(0, 1\\]"),
+        (["--arms", "s=slim:sparse_target=0"], "prunes nothing"),
+        (["--arms", "o=oneshot:epochs=0"], "epochs=0 must be a whole number"),
+        (["--arms", "s=slim:lr0=abc"], "'lr0=abc' is of invalid type"),
+        (["--target", "1.5"], "argument --target: .*must be in"),
+        (["--normal", "missing.pt"], "--normal '.*missing.pt' is not a file"),
+    ],
+)
+def test_a_bad_run_is_refused_before_its_folder_records_it(bad, message, tiny_ckpt, tiny_data, tmp_path, capsys):
+    """Each used to be a traceback after compare.json recorded the run, so the corrected rerun was refused as 'made
+    with other settings'. Now argparse refuses it in one line and the folder is never made."""
+    run_dir = tmp_path / "runs"
+    args = {"--normal": str(tiny_ckpt), "--data": tiny_data, "--run-dir": str(run_dir), "--arms": "continue"}
+    args.update(zip(bad[::2], bad[1::2]))
+    with pytest.raises(SystemExit) as stopped:
+        compare.main([x for pair in args.items() for x in pair])
+    assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert not run_dir.exists()  # nothing recorded: the corrected run starts in a clean folder
 
 
 def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatch) -> None:
