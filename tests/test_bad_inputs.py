@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from ultralytics.utils import LOGGER
 
 from yoloslim import Pruner, prune_model, steps
@@ -260,3 +261,22 @@ def test_ratios_as_numpy_and_torch_scalars() -> None:
         prune_model(model, "0.5")
     with pytest.raises(ValueError, match="round_to=2.5 must be a whole number"):
         Pruner(model, round_to=2.5)
+
+
+def test_a_best_pt_of_an_earlier_run_in_the_folder_is_named_when_pruned(tiny_ckpt, tmp_path) -> None:
+    """A run that stops before saving its best.pt leaves the earlier run's best.pt beside its own args.yaml (same
+    folder, `exist_ok`): pruning it says whose it is; the run's own checkpoint prunes without a word of it."""
+    run = tmp_path / "sp1"
+    (run / "weights").mkdir(parents=True)
+    best = run / "weights" / "best.pt"
+    best.write_bytes(tiny_ckpt.read_bytes())
+    args = yaml.safe_load((tiny_ckpt.parent.parent / "args.yaml").read_text())
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    with _warnings() as warned:
+        steps.prune(best, ratio=0.4, save_dir=tmp_path / "own", importance="gamma")
+    assert not [w for w in warned if "earlier run" in w]
+    (run / "args.yaml").write_text(yaml.safe_dump({**args, "sparsity": 0.3, "epochs": 7}))
+    with _warnings() as warned:
+        steps.prune(best, ratio=0.4, save_dir=tmp_path / "stale", importance="gamma")
+    said = [w for w in warned if "earlier run" in w]
+    assert len(said) == 1 and "sparsity 0.0 there, 0.3 in args.yaml" in said[0] and "epochs 1 there, 7" in said[0]

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml as yaml_lib
 from torch import nn
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.nn.tasks import guess_model_task, load_checkpoint
 
 from yoloslim.atomic import atomic_write_bytes
+from yoloslim.settings import SLIM_ARGS
 
 PRUNED_KEY = "pruned"
 
@@ -92,6 +94,30 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if isinstance(yaml, dict) and "ch" in yaml and "channels" not in yaml:  # checkpoints older than 8.3
         model.yaml = {**yaml, "channels": yaml["ch"]}
     return model, ckpt
+
+
+RUN_KEYS = ("data", "epochs", "imgsz", "seed", *SLIM_ARGS)  # the training arguments that make two runs different
+
+
+def earlier_run(path: str | Path, ckpt: dict[str, Any]) -> str | None:
+    """Why the checkpoint at `path`, in a run's `weights/` folder, was saved by an earlier run than the one whose
+    `args.yaml` is beside that folder, or None. Ultralytics reuses a run folder (`exist_ok`), and a new run that
+    stops before it saves a best.pt leaves the earlier run's best.pt beside its own args.yaml and last.pt."""
+    path = Path(path)
+    args_file = path.parent.parent / "args.yaml"
+    saved = ckpt.get("train_args") or {}
+    if path.parent.name != "weights" or not args_file.is_file() or not saved:
+        return None
+    try:
+        now = yaml_lib.safe_load(args_file.read_text()) or {}
+    except (OSError, yaml_lib.YAMLError):
+        return None
+    differ = [
+        f"{k} {saved[k]!r} there, {now[k]!r} in args.yaml"
+        for k in RUN_KEYS
+        if k in saved and k in now and saved[k] != now[k]  # a key only one of them has is no difference
+    ]
+    return "; ".join(differ) or None
 
 
 def readable(path: str | Path) -> bool:

@@ -22,6 +22,7 @@ from yoloslim.atomic import atomic_write_text, check_output_folder, check_output
 from yoloslim.checkpoint import (
     check_weights_file,
     checkpoint_bytes,
+    earlier_run,
     finished_training,
     load_model,
     mark_pruned,
@@ -332,7 +333,7 @@ def prune(
     latency = _latency_asked(target, runtime)
     ratio, target = check_amount(ratio, ("gflops", 1.0) if latency is not None else target)
     source, out = _prune_paths(weights, Path(save_dir))
-    model, ckpt = load_model(source)
+    model, ckpt = _load_source(source)
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
     ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
@@ -345,6 +346,18 @@ def prune(
     if data and validate_pruned:
         validate(out, data=data, imgsz=imgsz, project=out.parent, name="val")
     return out
+
+
+def _load_source(source: Path) -> tuple[Any, dict[str, Any]]:
+    """The model to prune and its checkpoint; says so when the checkpoint was saved by an earlier run in its folder
+    than the one its args.yaml describes (`checkpoint.earlier_run`)."""
+    model, ckpt = load_model(source)
+    if why := earlier_run(source, ckpt):
+        LOGGER.warning(
+            f"{PREFIX} '{source}' was saved by an earlier run in this folder than the one its args.yaml describes "
+            f"({why}): it is not that run's model; prune that run's last.pt, or let it finish"
+        )
+    return model, ckpt
 
 
 def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None:
