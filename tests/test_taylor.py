@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT
 
@@ -164,4 +167,14 @@ def test_taylor_prune_without_training_data_says_what_to_pass(tmp_path) -> None:
     source = save_checkpoint(build_model(), tmp_path / "untrained.pt", train_args={"data": str(tmp_path / "gone.yaml")})
     with pytest.raises(ValueError, match="pass --data your.yaml"):
         steps.prune(source, ratio=0.3, save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_taylor_prune_on_a_dataset_with_other_classes_says_so(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """The tiny model predicts 3 classes; a 1-class dataset used to reach Ultralytics' assigner as an IndexError."""
+    spec = yaml.safe_load(Path(tiny_data).read_text())
+    other = tmp_path / "one-class.yaml"
+    other.write_text(yaml.safe_dump({**spec, "path": str(Path(tiny_data).parent), "names": {0: "circle"}}))
+    with pytest.raises(ValueError, match=r"has 1 classes but .* predicts 3: .*--importance gamma"):
+        steps.prune(tiny_ckpt, ratio=0.3, save_dir=tmp_path / "out", data=str(other))
     assert not (tmp_path / "out").exists()

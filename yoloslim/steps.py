@@ -28,7 +28,7 @@ from yoloslim.checkpoint import (
     mark_pruned,
     readable,
 )
-from yoloslim.data import recorded_data, resolve_data
+from yoloslim.data import class_count, recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.importance import Source, make_importance
 from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
@@ -336,7 +336,7 @@ def prune(
     model, ckpt = _load_source(source)
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
-    ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source), imgsz)
+    ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
     target, said = _latency_budget(model, ranking, args, latency, imgsz, runtime) if latency else (target, "")
     info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
@@ -511,14 +511,21 @@ def latency_target_gflops(
     return gflops_for_latency(pruner, latency, imgsz, runtime)[0]
 
 
-def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path) -> str:
-    """The dataset whose training images a gradient-based ranking reads: `data`, else the checkpoint's own."""
-    if data:
-        return data
-    try:
-        return recorded_data((ckpt.get("train_args") or {}).get("data"), weights)
-    except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"importance by gradients needs the training images, and {e} (or --importance gamma)") from None
+def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path, model: Any) -> str:
+    """The dataset whose training images and labels a gradient-based ranking reads: `data`, else the checkpoint's
+    own; its classes must be the model's, or the loss indexes classes the head does not have."""
+    if not data:
+        try:
+            data = recorded_data((ckpt.get("train_args") or {}).get("data"), weights)
+        except (FileNotFoundError, ValueError) as e:
+            needs = "importance by gradients needs the training images, and"
+            raise ValueError(f"{needs} {e} (or --importance gamma)") from None
+    if (nc := class_count(data)) != (model_nc := int(model.model[-1].nc)):
+        raise ValueError(
+            f"dataset '{data}' has {nc} classes but '{weights}' predicts {model_nc}: importance by gradients scores "
+            "the model's loss on the dataset it was trained on; pass that one as --data (or --importance gamma)"
+        )
+    return data
 
 
 NOT_SPARSE_THRESHOLD = 0.05  # sparse training leaves the gammas it prunes near 0; initial gammas are 1
