@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -280,3 +281,20 @@ def test_a_best_pt_of_an_earlier_run_in_the_folder_is_named_when_pruned(tiny_ckp
         steps.prune(best, ratio=0.4, save_dir=tmp_path / "stale", importance="gamma")
     said = [w for w in warned if "earlier run" in w]
     assert len(said) == 1 and "sparsity 0.0 there, 0.3 in args.yaml" in said[0] and "epochs 1 there, 7" in said[0]
+
+
+@pytest.mark.slow
+def test_an_ultralytics_dataset_error_is_one_line_and_traceback_on_request(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """Labels whose classes the dataset does not have: Ultralytics drops every image and raises a RuntimeError that
+    lists them all. The CLI gives its type and first line; `YOLOSLIM_TRACEBACK=1` gives the traceback."""
+    source = Path(tiny_data).parent
+    shutil.copytree(source, tmp_path / "d", ignore=shutil.ignore_patterns("*.cache"))
+    for label in (tmp_path / "d" / "labels").rglob("*.txt"):
+        label.write_text("".join(f"99 {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()))
+    spec = yaml.safe_load(Path(tiny_data).read_text())
+    (tmp_path / "d" / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(tmp_path / "d")}))
+    argv = ("val", "--weights", str(tiny_ckpt), "--data", str(tmp_path / "d" / "data.yaml"), "--imgsz", "64")
+    out = yoloslim_cli(*argv)
+    assert_one_line_error(out, "RuntimeError: No valid images found in")
+    assert "YOLOSLIM_TRACEBACK=1 shows where" in out.stderr.splitlines()[-1]
+    assert "Traceback" in yoloslim_cli(*argv, env={"YOLOSLIM_TRACEBACK": "1"}).stderr

@@ -9,6 +9,8 @@ the same flags. The default paths chain: each step reads what the previous one w
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -158,8 +160,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
 }
 
 
+TRACEBACK = "YOLOSLIM_TRACEBACK"  # set (to anything) to see the traceback of an error the CLI would put in one line
+
+
 def run(args: argparse.Namespace) -> Any:
-    """Run a parsed step; bad input ends the process with a one-line error instead of a traceback."""
+    """Run a parsed step; bad input ends the process with a one-line error instead of a traceback. Errors yoloslim
+    raises say what to do; any other (Ultralytics' dataset errors, torch's on bad data) is named with its type, and
+    `YOLOSLIM_TRACEBACK=1` shows where it came from."""
     from yoloslim.channels import UnsupportedModuleError
 
     try:
@@ -169,6 +176,17 @@ def run(args: argparse.Namespace) -> Any:
     except OSError as e:  # out of disk space, a read-only folder, a name too long, ...: nothing half-written stays
         where = f" ({e.filename})" if e.filename else ""
         raise SystemExit(f"yoloslim {args.command}: error: {e.strerror or e}{where}") from None
+    except Exception as e:
+        if os.environ.get(TRACEBACK):
+            raise
+        raise SystemExit(f"yoloslim {args.command}: error: {_first_line(e)} ({TRACEBACK}=1 shows where)") from None
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's type and the first line of its message (Ultralytics' dataset errors go on to list every
+    image, which its log has already shown), without terminal colours."""
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0].strip() if lines else '(no message)'}{' ...' if len(lines) > 1 else ''}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
