@@ -298,3 +298,30 @@ def test_an_ultralytics_dataset_error_is_one_line_and_traceback_on_request(tiny_
     assert_one_line_error(out, "RuntimeError: No valid images found in")
     assert "YOLOSLIM_TRACEBACK=1 shows where" in out.stderr.splitlines()[-1]
     assert "Traceback" in yoloslim_cli(*argv, env={"YOLOSLIM_TRACEBACK": "1"}).stderr
+
+
+class _Touch:
+    """Unpickling this runs `os.system("touch PATH")`: a checkpoint that runs code when loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+@pytest.mark.slow
+def test_ultralytics_safe_load_refuses_code_and_loads_yoloslim_checkpoints(pruned, tiny_data, tmp_path) -> None:
+    """A .pt file is a pickle: by default Ultralytics (and so yoloslim) loads it with `weights_only=False`, and a
+    hostile one runs its code. With `ULTRALYTICS_SAFE_LOAD=1` it is refused without running anything, and the
+    checkpoints yoloslim writes (here a pruned one) still load, validate and prune."""
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
+    torch.save({"model": _Touch(marker), "train_args": {}}, evil)
+    safe = {"ULTRALYTICS_SAFE_LOAD": "1"}
+    out = yoloslim_cli("prune", "--weights", str(evil), "--importance", "gamma", "--no-val", env=safe)
+    assert_one_line_error(out, "not a readable Ultralytics checkpoint")
+    assert not marker.exists()
+    argv = ("--weights", str(pruned), "--data", tiny_data)
+    assert yoloslim_cli("val", *argv, "--imgsz", "64", env=safe).returncode == 0
+    again = yoloslim_cli("prune", *argv, "--prune-ratio", "0.2", "--save-dir", str(tmp_path / "again"), env=safe)
+    assert again.returncode == 0 and (tmp_path / "again" / "pruned.pt").is_file(), again.stderr[-2000:]
