@@ -110,6 +110,10 @@ def test_missing_recorded_dataset_is_an_error_that_names_it(tiny_ckpt, tmp_path)
         yoloslim_cli("prune", "--weights", str(moved), "--save-dir", str(tmp_path / "p")), "/gone/data.yaml"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.pt"]
+    # a ranking that reads no data prunes a downloaded .pt; only the validation is skipped, and said
+    out = yoloslim_cli("prune", "--weights", str(moved), "--importance", "gamma", "--save-dir", str(tmp_path / "g"))
+    assert out.returncode == 0 and (tmp_path / "g" / "pruned.pt").is_file(), out.stderr[-2000:]
+    assert "which is not here" in out.stderr + out.stdout and "pruning without validating" in out.stderr + out.stdout
 
 
 def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:

@@ -98,8 +98,12 @@ def _run_prune(a: argparse.Namespace) -> Any:
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
-    if not a.no_val:
-        _fill_from_checkpoint(a)
+    if not a.no_val and a.data is None:
+        try:
+            _fill_from_checkpoint(a)
+        except (FileNotFoundError, ValueError) as e:  # a downloaded .pt: prune it, say what is skipped
+            LOGGER.warning(f"yoloslim prune: {e}; pruning without validating (--data D validates, --no-val is quiet)")
+            a.no_val = True
     targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))
     target = next(((kind, share) for kind, share in targets if share), None)
     return steps.prune(
