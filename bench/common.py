@@ -8,11 +8,10 @@ repository, so that a table written on one machine reads the same on another.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from yoloslim.atomic import atomic_write_text
+from yoloslim.atomic import atomic_write_csv, atomic_write_text
 from yoloslim.report import markdown_table
 
 BATCH = 16  # every bench training stage; nbs is set to it too (one optimizer step per batch)
@@ -62,8 +61,6 @@ def emit(caption: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """Every figure behind a table, one record per row, for other tools to read."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    """Every figure behind a table, one record per row, for other tools to read; written as the Markdown is
+    (atomically: a symlink at `path` is replaced, never written through)."""
+    atomic_write_csv(path, header, (dict(zip(header, row, strict=True)) for row in rows))

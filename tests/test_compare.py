@@ -14,6 +14,7 @@ from yoloslim.checkpoint import finished_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
+from common import emit, write_csv  # noqa: E402
 
 
 def test_paired_interval_matches_the_t_formula() -> None:
@@ -180,3 +181,17 @@ def test_an_interrupted_stage_resumes_from_its_last_epoch(tiny_ckpt, tiny_data, 
     compare.main(args)
     assert starts == [1]  # resumed at its second epoch (0-based 1), not restarted
     assert finished_training(tmp_path / "runs" / "continue" / "seed0" / "continue" / "weights" / "last.pt")
+
+
+def test_tables_replace_a_symlink_at_their_path_never_write_through_it(tmp_path) -> None:
+    """`--out` may be a symlink (to a file the user keeps elsewhere): the Markdown and its CSV each replace the link
+    with a file of their own, and the file it pointed to is untouched."""
+    kept = tmp_path / "kept.txt"
+    kept.write_text("mine")
+    for name in ("table.md", "table.csv"):
+        (tmp_path / name).symlink_to(kept)
+    emit("caption", ["arm", "score"], [["a", "0.5"]], tmp_path / "table.md")
+    write_csv(tmp_path / "table.csv", ["arm", "score"], [["a", "0.5"]])
+    assert kept.read_text() == "mine"
+    assert not (tmp_path / "table.csv").is_symlink() and (tmp_path / "table.csv").read_text() == "arm,score\na,0.5\n"
+    assert not (tmp_path / "table.md").is_symlink() and "| a | 0.5 |" in (tmp_path / "table.md").read_text()
