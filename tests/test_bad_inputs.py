@@ -168,6 +168,13 @@ def test_pipeline_sizes_are_checked_and_rounded() -> None:
         PipelineConfig(imgsz=0).check()
     with pytest.raises(ValueError, match="epochs_sparse=0"):
         PipelineConfig(epochs_sparse=0).check()
+    for repeated, message in (
+        ({"ratios": (0.3, 0.30, 0.5)}, "--ratios gives 0.3 more than once"),
+        ({"targets": (0.5, 0.4, 0.5)}, "--targets gives 0.5 more than once"),
+        ({"deploy": ("onnx-int8", "onnx-int8")}, "--deploy gives onnx-int8 more than once"),
+    ):
+        with pytest.raises(ValueError, match=message):  # was: the same row made twice
+            PipelineConfig(**repeated).check()
     config = PipelineConfig(imgsz=100)
     with _warnings() as warned:
         config.check()

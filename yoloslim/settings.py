@@ -783,14 +783,17 @@ def check_value(name: str, value: Any) -> Any:
 
 def check_values(command: str, values: Any) -> None:
     """Check (and normalise in place) every attribute of `values` that is a setting of `command`, by the check that
-    command's flag uses; a tuple is checked item by item."""
+    command's flag uses; a tuple is checked item by item, and an item given twice is refused (it would make the same
+    row or artifact twice)."""
     for s in SETTINGS:
         check = s.per_command.get(command, {}).get("check", s.check)
-        if command not in s.commands or check is None or s.kind is dict:
+        if command not in s.commands or s.kind is dict or (value := getattr(values, s.name, None)) is None:
             continue
-        value = getattr(values, s.name)
-        if value is not None:
+        if check is not None:
             setattr(values, s.name, tuple(map(check, value)) if s.kind is tuple else check(value))
+        if s.kind is tuple and len(set(checked := getattr(values, s.name))) < len(checked):
+            twice = sorted({v for v in checked if checked.count(v) > 1}, key=str)
+            raise ValueError(f"--{s.name} gives {', '.join(map(str, twice))} more than once: give each once")
 
 
 def pipeline_fields() -> list[tuple[str, type, Any]]:
