@@ -244,6 +244,21 @@ def test_bad_thread_counts_warn_and_are_ignored() -> None:
         assert f"YOLOSLIM_THREADS={value!r} is not a whole number > 0" in out.stderr
 
 
+@pytest.mark.slow
+def test_more_threads_than_cores_are_cut_to_the_cores_and_said() -> None:
+    """YOLOSLIM_THREADS=10000 was taken as given and made val 8x slower."""
+    cores = len(os.sched_getaffinity(0))
+    out = subprocess.run(
+        [sys.executable, "-c", "import yoloslim; print(yoloslim.runtime.THREADS)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "YOLOSLIM_THREADS": "10000", "OMP_NUM_THREADS": ""},
+    )
+    assert out.returncode == 0 and int(out.stdout) == cores, out.stderr
+    assert f"YOLOSLIM_THREADS=10000 is more than the {cores} cores here: using {cores}" in out.stderr
+
+
 def test_training_a_classification_checkpoint_is_refused(tiny_data, runs, tmp_path) -> None:
     from ultralytics.nn.tasks import ClassificationModel
 

@@ -36,20 +36,26 @@ _OMP_MARK = "YOLOSLIM_OMP_FROM_ULTRALYTICS"  # OMP_NUM_THREADS as Ultralytics' i
 
 
 def _user_threads() -> int:
-    """Torch threads for CPU work: YOLOSLIM_THREADS, else the user's OMP_NUM_THREADS, else every core.
+    """Torch threads for CPU work: YOLOSLIM_THREADS (at most one per core), else the user's OMP_NUM_THREADS, else
+    every core.
 
     Importing Ultralytics sets OMP_NUM_THREADS=1 when it is unset, and child processes inherit it; the
-    value is then marked, so that a child does not take Ultralytics' cap for the user's choice.
+    value is then marked, so that a child does not take Ultralytics' cap for the user's choice. Threads beyond the
+    cores only wait for each other at every operation, so YOLOSLIM_THREADS above the core count is cut to it, said.
     """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     for var in ("YOLOSLIM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if var == "OMP_NUM_THREADS" and value == os.environ.get(_OMP_MARK):
             continue
         if value.isascii() and value.isdigit() and int(value) > 0:
+            if var == "YOLOSLIM_THREADS" and int(value) > cores:
+                warnings.warn(f"{var}={value} is more than the {cores} cores here: using {cores}", stacklevel=2)
+                return cores
             return int(value)
         if value and var == "YOLOSLIM_THREADS":
             warnings.warn(f"{var}={value!r} is not a whole number > 0 (e.g. 4): ignored", stacklevel=2)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores
 
 
 def _local_font(check_font: Callable[[str], Any]) -> Callable[[str], Any]:
