@@ -251,3 +251,14 @@ def test_gamma_stats() -> None:
     gammas = [torch.nn.Parameter(torch.tensor([0.0, 0.005, -0.5, 2.0]))]
     stats = gamma_stats(gammas)
     assert stats["sparsity/share_lt_0.01"] == 0.5 and stats["sparsity/median_gamma"] == pytest.approx(0.005)
+
+
+def test_sparsity_training_on_other_classes_is_refused(tiny_ckpt, tiny_data, tmp_path, runs) -> None:
+    """The tiny model predicts 3 classes: sparse-training it on a 1-class set would rebuild the head and train it,
+    new, at the continuing tenth of the rate; refused as fine-tuning refuses it."""
+    spec = yaml.safe_load(Path(tiny_data).read_text())
+    one_class = tmp_path / "one.yaml"
+    one_class.write_text(yaml.safe_dump({**spec, "path": str(Path(tiny_data).parent), "names": {0: "shape"}}))
+    for slim in ({"sr": 0.01}, {"sparsity": 0.5}):
+        with pytest.raises(ValueError, match="predicts 3 classes but dataset .* has 1: sparsity training continues"):
+            YOLO(tiny_ckpt).train(data=str(one_class), epochs=1, project=str(runs), name="nc", **slim, **TINY)

@@ -240,6 +240,7 @@ class SlimMixin:
             )
         if weights is not None:
             refuse_sparsity_on_pruned(weights, zeroing_target(self.args))
+            self._refuse_sparsity_on_other_classes(weights)
         if pruned or self.args.finetune:
             model = self._pruned_model(weights, pruned, verbose)
         else:
@@ -296,6 +297,15 @@ class SlimMixin:
         metrics, fitness = super().validate()
         self.best_fitness = best
         return metrics, fitness
+
+    def _refuse_sparsity_on_other_classes(self, weights: nn.Module) -> None:
+        """Sparsity training continues a model trained on its dataset, at the continuing rate (`lr_scale`): with
+        other classes Ultralytics would rebuild the head and train it, new, at that tenth of the rate."""
+        if (self.args.sr > 0 or zeroing_target(self.args)) and (nc := weights.model[-1].nc) != self.data["nc"]:
+            raise ValueError(
+                f"the model predicts {nc} classes but dataset '{self.args.data}' has {self.data['nc']}: sparsity "
+                "training continues a model trained on its dataset; train it on this one first (yoloslim train)"
+            )
 
     def _pruned_model(self, weights: nn.Module, pruned: bool, verbose: bool) -> nn.Module:
         """The pruned model object itself, made trainable (the yaml would rebuild it at full width)."""
