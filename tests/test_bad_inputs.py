@@ -351,3 +351,10 @@ def test_ultralytics_safe_load_refuses_code_and_loads_yoloslim_checkpoints(prune
     assert yoloslim_cli("val", *argv, "--imgsz", "64", env=safe).returncode == 0
     again = yoloslim_cli("prune", *argv, "--prune-ratio", "0.2", "--save-dir", str(tmp_path / "again"), env=safe)
     assert again.returncode == 0 and (tmp_path / "again" / "pruned.pt").is_file(), again.stderr[-2000:]
+
+
+def test_a_model_on_the_meta_device_is_refused_by_the_pruner() -> None:
+    """Weights on the meta device (shapes only, as a model is before its weights are loaded): a one-line ValueError,
+    not torch's RuntimeError from deep in the ranking."""
+    with pytest.raises(ValueError, match="on the meta device"):
+        Pruner(build_model().to("meta"))

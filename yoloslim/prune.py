@@ -69,7 +69,8 @@ class Pruner:
         streams: prune the residual streams of Bottleneck shortcuts (all their BNs together); off by default.
 
     Raises:
-        ValueError: a bad round_to, min_keep or importance name. UnsupportedModuleError: a block no rule covers.
+        ValueError: a bad round_to, min_keep or importance name, or weights on the meta device. UnsupportedModuleError:
+            a block no rule covers.
 
     Example:
         >>> pruner = Pruner(model, importance="gamma", round_to=8)
@@ -88,6 +89,8 @@ class Pruner:
         round_to = check_round_to(round_to)
         min_keep = check_min_keep(min_keep)
         importance = make_importance(importance)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise ValueError("the model's weights are on the meta device (never loaded): load them before pruning")
         self.model = model
         self.graph: ChannelGraph = build_graph(model, streams)
         self.units = prunable_units(self.graph)
