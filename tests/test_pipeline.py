@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,3 +189,25 @@ def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
     report = (run / f"prune-gflops-{below:g}" / "prune_report.txt").read_text()
     assert f"target gflops {below:.3f}x" in report and "largest |gamma| removed 0" in report  # only zeros went
     assert "| target GFLOPs |" in (run / "results.md").read_text() and (run / "map_vs_gflops.png").exists()
+
+
+def test_a_run_folder_knows_its_inputs_by_content_not_by_how_they_were_typed(tiny_data, tmp_path, monkeypatch):
+    """Issue 33, row 1: folders A and B each hold a `d2/data.yaml` of the same text (its `path: d2` resolves against
+    the working folder), over other images. Resumed from B, the run folder made from A's data refuses it, naming
+    both; A's data reached by its absolute path is the same input, and resumes."""
+    monkeypatch.setattr(Pipeline, "run", lambda self: [])  # what is checked here happens before any stage
+    text = yaml.safe_dump({**yaml.safe_load(Path(tiny_data).read_text()), "path": "d2"})
+    for folder in ("A", "B"):
+        shutil.copytree(Path(tiny_data).parent, tmp_path / folder / "d2", ignore=shutil.ignore_patterns("*.cache"))
+        (tmp_path / folder / "d2" / "data.yaml").write_text(text)
+    label = next((tmp_path / "B" / "d2" / "labels" / "train").glob("*.txt"))
+    label.write_text(label.read_text() * 2)  # B's set: one label file differs
+    run_dir = str(tmp_path / "pm")
+    monkeypatch.chdir(tmp_path / "A")
+    run_pipeline(PipelineConfig(data="d2/data.yaml", run_dir=run_dir))
+    run_pipeline(PipelineConfig(data=str(tmp_path / "A" / "d2" / "data.yaml"), run_dir=run_dir))  # same file
+    recorded = json.loads((tmp_path / "pm" / "pipeline.json").read_text())["inputs"]
+    assert recorded["data"]["path"] == str(tmp_path / "A" / "d2" / "data.yaml")
+    monkeypatch.chdir(tmp_path / "B")
+    with pytest.raises(ValueError, match=r"other data \(.*/A/d2/data.yaml there, .*/B/d2/data.yaml now\)"):
+        run_pipeline(PipelineConfig(data="d2/data.yaml", run_dir=run_dir))

@@ -354,12 +354,20 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     pipeline.dir.mkdir(parents=True, exist_ok=True)
     saved_file = pipeline.dir / "pipeline.json"
     settings = json.loads(json.dumps(asdict(config), default=str))
+    made = steps.run_inputs(config.weights, config.data)
     if saved_file.exists():
         saved = {**LATER_SETTINGS, **json.loads(saved_file.read_text())}
-        if changed := [k for k in STAGE_SETTINGS if saved.get(k) != settings[k]]:
+        recorded = saved.pop("inputs", None)  # folders made before inputs were recorded compare them as typed
+        changed = [k for k in STAGE_SETTINGS if not (recorded and k in made) and saved.get(k) != settings[k]]
+        changed += [
+            f"{k} ({recorded[k]['path']} there, {made[k]['path']} now)"
+            for k in (made if recorded else ())
+            if recorded[k]["digest"] != made[k]["digest"]
+        ]
+        if changed:
             raise ValueError(
                 f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
                 "stale; use another --run-dir (or delete that folder)"
             )
-    atomic_write_text(saved_file, json.dumps(settings, indent=1))
+    atomic_write_text(saved_file, json.dumps({**settings, "inputs": made}, indent=1))
     return pipeline.run()

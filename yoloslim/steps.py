@@ -18,6 +18,7 @@ from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
 from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
+from yoloslim.fingerprint import inputs as run_inputs  # noqa: F401  (what a run folder records)
 from yoloslim.atomic import atomic_write_text, check_output_folder, check_outputs_apart, write_set
 from yoloslim.checkpoint import (
     check_weights_file,
