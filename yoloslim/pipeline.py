@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, make_dataclass
+from dataclasses import asdict, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,10 @@ class _PipelineRules:
         if self.path != "auto":
             return self.path
         return "oneshot" if self.targets and point >= ONESHOT_FROM else "slim"
+
+    def paths_as(self, path: str) -> list[str]:
+        """Each row's path were `path` the setting: what a run folder made at another `path` compares."""
+        return [replace(self, path=path).path_of(p) for p in self.points]
 
     @property
     def slim_points(self) -> tuple[float, ...]:
@@ -118,6 +122,7 @@ class _PipelineRules:
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
         # every stage, table and export at one size
         self.data, self.imgsz = steps.check_inputs(self.weights, data=self.data, imgsz=self.imgsz, kinds=self.deploy)
+        self.data = str(Path(self.data).resolve())  # stages and Ultralytics' resume read it from any folder
 
 
 PipelineConfig = make_dataclass(
@@ -158,9 +163,8 @@ class Pipeline:
 
         Every stage takes one optimizer step per batch (nbs = batch), which gives the small sets this runs on their
         steps, except normal training from a trained .pt: that is stock Ultralytics (its nbs, 64), the baseline the
-        user would get without yoloslim. At nbs 16 the pretrained YOLOv8s fell to 0.039 mAP50-95 at epoch 3 on
-        hardhat (8e-5 on ships) as its warm-up reached AdamW's full rate; at 64 no epoch fell (docs/RESULTS.md).
-        The user's `train_args` win."""
+        user would get without yoloslim: at nbs 16 a pretrained model collapsed as its warm-up reached AdamW's full
+        rate, at 64 it did not (docs/DESIGN.md, "Optimizer steps per batch"). The user's `train_args` win."""
         c = self.cfg
         stock = name == "normal" and Path(weights).suffix == ".pt"
         args = {**({} if stock else {"nbs": c.batch}), **c.train_args}
@@ -261,13 +265,18 @@ class Pipeline:
         return rows
 
     def comparisons(self, normal: Path, sparse: dict[str, Path]) -> list[dict[str, Any]]:
-        """At `compare_at`: the normal-trained model pruned (with no repair) instead of the row's model, and folding
-        off."""
+        """At `compare_at`: the normal-trained model pruned with no repair instead of the row's model, and folding off.
+        A one-shot row already prunes the normal-trained model, so there the first is the row without its repair,
+        and the second is left out (the repair subsumes the fold)."""
         c, p = self.cfg, self.cfg.compare_at
         if p is None:
             return []
         prefix = "gflops-" if c.targets else ""
-        pruned_normal = self.row(f"{p:g} normal-trained", self.pruned(f"prune-{prefix}normal-{p:g}", normal, p))
+        oneshot = c.path_of(p) == "oneshot"
+        unrepaired = self.pruned(f"prune-{prefix}normal-{p:g}", normal, p)
+        pruned_normal = self.row(f"{p:g} {'no repair' if oneshot else 'normal-trained'}", unrepaired)
+        if oneshot:
+            return [pruned_normal]
         folded_off = self.pruned(f"prune-{prefix}nofold-{p:g}", self.source(normal, sparse, p), p, fold=False)
         return [pruned_normal, self.row(f"{p:g} no fold", folded_off, finetune=False)]
 
@@ -348,6 +357,25 @@ class Pipeline:
         print(f"\n{stem}:\n{markdown}")
 
 
+def _same(name: str, there: Any, now: Any, by_digest: bool) -> bool:
+    """Whether a stage setting is as a run folder recorded it: the inputs (weights, data) by their digests when the
+    folder has them (`_changed_inputs`), else by resolved path; the rest as written."""
+    if name in steps.INPUTS and (by_digest or Path(str(there)).resolve() == Path(str(now)).resolve()):
+        return True
+    return there == now
+
+
+def _changed_inputs(recorded: dict[str, Any], made: dict[str, Any]) -> list[str]:
+    """The inputs (weights, data) whose content differs from what a run folder recorded, each with its paths."""
+    return [
+        f"{k} ({recorded[k]['path']} there, {made[k]['path']} now)"
+        if recorded[k]["path"] != made[k]["path"]
+        else f"{k} ({made[k]['path']}: its content changed)"
+        for k in made
+        if steps.inputs_differ(recorded[k], made[k])
+    ]
+
+
 def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     """Run (or resume) the pipeline of `config`; return the table rows. The config is saved in the run folder."""
     pipeline = Pipeline(config)
@@ -357,13 +385,11 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     made = steps.run_inputs(config.weights, config.data)
     if saved_file.exists():
         saved = {**LATER_SETTINGS, **json.loads(saved_file.read_text())}
-        recorded = saved.pop("inputs", None)  # folders made before inputs were recorded compare them as typed
-        changed = [k for k in STAGE_SETTINGS if not (recorded and k in made) and saved.get(k) != settings[k]]
-        changed += [
-            f"{k} ({recorded[k]['path']} there, {made[k]['path']} now)"
-            for k in (made if recorded else ())
-            if recorded[k]["digest"] != made[k]["digest"]
-        ]
+        recorded = saved.pop("inputs", None)  # folders made before inputs were recorded: by resolved path
+        changed = [k for k in STAGE_SETTINGS if not _same(k, saved.get(k), settings[k], by_digest=bool(recorded))]
+        changed += _changed_inputs(recorded, made) if recorded else []
+        if "path" in changed and config.paths_as(saved["path"]) == config.paths_as(config.path):
+            changed.remove("path")  # e.g. a folder made before --path, whose ratio rows auto slims as it did
         if changed:
             raise ValueError(
                 f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "

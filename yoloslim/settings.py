@@ -295,6 +295,17 @@ def _share(kind: str) -> Callable[[Any], float]:
     return lambda value: check_budget(kind, value)
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    """A check that `value` is one of `choices` (argparse checks the flag; this checks the Python API too)."""
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+        return value
+
+    return check
+
+
 SETTINGS: tuple[Setting, ...] = (
     # ---- what to train or read, and where
     Setting(
@@ -692,8 +703,8 @@ SETTINGS: tuple[Setting, ...] = (
         "targets",
         tuple,
         (),
-        "instead of ratios: GFLOPs shares to prune to; each gets its own sparse stage that zeroes channels down to "
-        "it (one number drives both stages) and --sparsity is not used",
+        "instead of ratios: GFLOPs shares to prune to; each row that slims (--path) gets its own sparse stage that "
+        "zeroes channels down to it (one number drives both stages) and --sparsity is not used",
         ("pipeline",),
         check=_share("gflops"),
         per_command={"pipeline": {"nargs": "+"}},
@@ -715,9 +726,10 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "how each --targets row reaches its budget: slim (a sparse stage, prune its zeros, fine-tune), oneshot "
         "(prune the normal-trained model, repair it from the training images, fine-tune --epochs-finetune epochs: no "
-        f"sparse stage), or auto (oneshot for targets of at least {ONESHOT_FROM:g} of the GFLOPs, slim below); "
-        "ratios always slim",
+        f"sparse stage), or auto (oneshot for targets of at least {ONESHOT_FROM:g} of the GFLOPs, slim below, and "
+        "slim for ratios, which say nothing about compute)",
         ("pipeline",),
+        check=_choice("path", PATHS),
         per_command={"pipeline": {"choices": PATHS}},
         stale=True,
         later="slim",
@@ -726,7 +738,8 @@ SETTINGS: tuple[Setting, ...] = (
         "compare_at",
         float,
         0.6,
-        "the ratio (or target) of the normal-vs-sparse and fold on/off comparisons (--no-compare skips them)",
+        "the ratio (or target) of the comparisons: the normal-trained model pruned instead of the sparse one, and "
+        "folding off (on a one-shot row: the row without its repair) (--no-compare skips them)",
         ("pipeline",),
         aliases=("--compare-ratio",),
     ),

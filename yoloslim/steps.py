@@ -18,7 +18,6 @@ from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
 from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
-from yoloslim.fingerprint import inputs as run_inputs  # noqa: F401  (what a run folder records)
 from yoloslim.atomic import atomic_write_text, check_output_folder, check_outputs_apart, write_set
 from yoloslim.checkpoint import (
     check_weights_file,
@@ -31,8 +30,9 @@ from yoloslim.checkpoint import (
 )
 from yoloslim.data import class_count, recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
+from yoloslim.fingerprint import INPUTS, differs as inputs_differ, inputs as run_inputs  # noqa: F401  (run folders)
 from yoloslim.importance import Source, make_importance
-from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
+from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import plot_gamma_histograms
 from yoloslim.prune import Pruner, check_amount, prune_model
@@ -338,7 +338,9 @@ def prune(
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
     ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
-    target, said = _latency_budget(model, ranking, args, latency, imgsz, runtime) if latency else (target, "")
+    said = ""  # a latency target's line in the report
+    if latency:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
+        target, said = _latency_budget(model, ranking, args, latency, imgsz, runtime, allow_unchanged)
     info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
     pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
     fits = _repair(model, pruned, plan.keep, data, imgsz, how)
@@ -371,14 +373,14 @@ def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None
 
 
 def _latency_budget(
-    model: Any, ranking: Any, args: dict[str, Any], latency: float, imgsz: int, runtime: str
+    model: Any, ranking: Any, args: dict[str, Any], latency: float, imgsz: int, runtime: str, allow_unchanged: bool
 ) -> tuple[tuple[str, float], str]:
     """The GFLOPs target whose pruned model runs at `latency` of the unpruned latency on `runtime`, found by measuring
     (`gflops_for_latency`), and the report's line on what was asked and measured ("" for the whole latency)."""
     pruner = Pruner(
         deepcopy(model).float().eval(), ranking, args["round_to"], args["min_keep"], args["fold"], args["streams"]
     )
-    share, measured = gflops_for_latency(pruner, latency, imgsz, runtime)
+    share, measured = gflops_for_latency(pruner, latency, imgsz, runtime, allow_unchanged)
     said = (
         f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
         f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
@@ -468,22 +470,25 @@ def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dic
     LOGGER.info(f"{PREFIX} pruned model saved to {out} (report: {out.parent / 'prune_report.txt'})")
 
 
-def gflops_for_latency(pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx") -> tuple[float, float]:
+def gflops_for_latency(
+    pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx", allow_unchanged: bool = False
+) -> tuple[float, float]:
     """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
     (measured: `latency.search_gflops`), and the latency share measured there.
 
     Raises:
-        ValueError: the share found removes no channel: the unpruned model already runs within the target's tolerance.
+        ValueError: the share found removes no channel (unless `allow_unchanged`): the model as it is runs as near
+            the target as the search got.
     """
     with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
         measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime=runtime)
         search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
     share, reached = search.best
-    if latency < 1 and pruner.plan_budget("gflops", share).removed == 0:
+    if latency < 1 and not allow_unchanged and pruner.plan_budget("gflops", share).removed == 0:
         raise ValueError(
-            f"target latency {latency:g} on {runtime} needs no pruning: the model cut to {share:.3f}x GFLOPs keeps "
-            f"every channel and measured {reached:.3f}x, within {TOLERANCE:.0%} of the target; lower the target; "
-            "nothing written"
+            f"target latency {latency:g} on {runtime} needs no pruning: the share found, {share:.3f}x GFLOPs, keeps "
+            f"every channel (measured {reached:.3f}x); lower the target, or pass --allow-unchanged to save the model "
+            "as it is; nothing written"
         )
     LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
     return share, reached
