@@ -96,7 +96,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, ckpt
 
 
-RUN_KEYS = ("data", "epochs", "imgsz", "seed", *SLIM_ARGS)  # the training arguments that make two runs different
+# Training arguments Ultralytics saves in a checkpoint as args.yaml has them (imgsz it rounds, epochs `time=` resets,
+# after writing args.yaml): a difference in one means another run
+RUN_KEYS = ("data", "seed", *SLIM_ARGS)
 
 
 def earlier_run(path: str | Path, ckpt: dict[str, Any]) -> str | None:

@@ -93,16 +93,18 @@ def _run_prune(a: argparse.Namespace) -> Any:
     from ultralytics.utils import LOGGER
 
     from yoloslim import steps
+    from yoloslim.data import recorded_data
     from yoloslim.reconstruct import Repair
 
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
-    if not a.no_val and a.data is None:
+    if a.data is None and (not a.no_val or a.reconstruct):  # the steps that read data take the checkpoint's
+        recorded = steps.trained_with(a.weights).get("data")  # a bad --weights fails here, as itself
         try:
-            _fill_from_checkpoint(a)
+            a.data = recorded_data(recorded, a.weights)
         except (FileNotFoundError, ValueError) as e:  # a downloaded .pt: prune it, say what is skipped
-            LOGGER.warning(f"yoloslim prune: {e}; pruning without validating (--data D validates, --no-val is quiet)")
+            LOGGER.warning(f"yoloslim prune: {e}; pruned without validation or repair, which read it")
             a.no_val = True
     targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))
     target = next(((kind, share) for kind, share in targets if share), None)
@@ -164,7 +166,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
 }
 
 
-TRACEBACK = "YOLOSLIM_TRACEBACK"  # set (to anything) to see the traceback of an error the CLI would put in one line
+TRACEBACK = "YOLOSLIM_TRACEBACK"  # set (1) to see the traceback of an error the CLI would put in one line
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -176,21 +178,22 @@ def run(args: argparse.Namespace) -> Any:
     try:
         return COMMANDS[args.command][0](args)
     except (FileNotFoundError, ValueError, UnsupportedModuleError) as e:
-        raise SystemExit(f"yoloslim {args.command}: error: {e}") from None
+        raise SystemExit(f"yoloslim {args.command}: error: {_first_line(e)}") from None
     except OSError as e:  # out of disk space, a read-only folder, a name too long, ...: nothing half-written stays
         where = f" ({e.filename})" if e.filename else ""
         raise SystemExit(f"yoloslim {args.command}: error: {e.strerror or e}{where}") from None
     except Exception as e:
-        if os.environ.get(TRACEBACK):
+        if os.environ.get(TRACEBACK, "").strip().lower() not in ("", "0", "false", "no"):
             raise
-        raise SystemExit(f"yoloslim {args.command}: error: {_first_line(e)} ({TRACEBACK}=1 shows where)") from None
+        said = f"{type(e).__name__}: {_first_line(e)} ({TRACEBACK}=1 shows where)"
+        raise SystemExit(f"yoloslim {args.command}: error: {said}") from None
 
 
 def _first_line(e: Exception) -> str:
-    """An exception's type and the first line of its message (Ultralytics' dataset errors go on to list every
-    image, which its log has already shown), without terminal colours."""
+    """The first line of an exception's message, without terminal colours: Ultralytics' dataset errors go on to
+    list every image, which its log has already shown."""
     lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0].strip() if lines else '(no message)'}{' ...' if len(lines) > 1 else ''}"
+    return (lines[0].strip() if lines else "(no message)") + (" ..." if len(lines) > 1 else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
