@@ -90,7 +90,7 @@ class Arm:
 
 
 def check_arm_settings(settings: dict[str, Any]) -> None:
-    """Refuse an arm's setting that no stage would take: budgets outside (0, 1), fewer than one epoch, or a training
+    """Refuse an arm's setting that no stage would take: budgets outside (0, 1], fewer than one epoch, or a training
     argument Ultralytics does not know or cannot take (its own `get_cfg` checks, with yoloslim's arguments)."""
     for key in ("target", "sparse_target"):
         if key in settings and not check_target_gflops(settings[key]):
@@ -256,12 +256,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         help="KEY=VALUE Ultralytics training arguments for every arm, e.g. fraction=0.5 val=False (an arm's own win)",
     )
     a = p.parse_args(argv)
+    if twice := sorted({arm.name for arm in a.arms if [b.name for b in a.arms].count(arm.name) > 1}):
+        p.error(f"arm name(s) {twice} given twice: name each arm (NAME=RECIPE:...), they share a run folder")
     if a.reference not in {arm.name for arm in a.arms}:
         p.error(f"--reference '{a.reference}' is not one of the arms")
     if not a.normal.is_file():
         p.error(f"--normal '{a.normal}' is not a file: give the normal-trained checkpoint (.pt) every arm starts from")
-    if not Path(a.data).is_file():
-        p.error(f"--data '{a.data}' is not a file: give the dataset yaml")
+    if a.data != "demo" and not Path(a.data).is_file():
+        p.error(f"--data '{a.data}' is not a file: give the dataset yaml (or demo)")
     a.normal = a.normal.resolve()
     a.train_args = {k: v for item in a.train_args for k, v in item.items()}
     check_settings(a)

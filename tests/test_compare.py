@@ -47,16 +47,16 @@ def test_arm_parsing() -> None:
         (["--arms", "s=slim:lr0=abc"], "'lr0=abc' is of invalid type"),
         (["--target", "1.5"], "argument --target: .*must be in"),
         (["--normal", "missing.pt"], "--normal '.*missing.pt' is not a file"),
+        (["--arms", "continue", "slim", "slim:importance=gamma"], r"arm name\(s\) \['slim'\] given twice"),
     ],
 )
 def test_a_bad_run_is_refused_before_its_folder_records_it(bad, message, tiny_ckpt, tiny_data, tmp_path, capsys):
     """Each used to be a traceback after compare.json recorded the run, so the corrected rerun was refused as 'made
     with other settings'. Now argparse refuses it in one line and the folder is never made."""
     run_dir = tmp_path / "runs"
-    args = {"--normal": str(tiny_ckpt), "--data": tiny_data, "--run-dir": str(run_dir), "--arms": "continue"}
-    args.update(zip(bad[::2], bad[1::2]))
+    good = ["--normal", str(tiny_ckpt), "--data", tiny_data, "--run-dir", str(run_dir), "--arms", "continue"]
     with pytest.raises(SystemExit) as stopped:
-        compare.main([x for pair in args.items() for x in pair])
+        compare.main(good + bad)  # a flag given again replaces its first value
     assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)
     assert not run_dir.exists()  # nothing recorded: the corrected run starts in a clean folder
 

@@ -18,6 +18,7 @@ from yoloslim.reconstruct import (
     _dense_convs,
     _Gram,
     _levels,
+    _picks,
     calibration_images,
     recalibrate_bn,
 )
@@ -185,3 +186,24 @@ def test_calib_images_must_be_a_whole_number(tiny_ckpt) -> None:
     assert_one_line_error(
         yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--calib-images", "0"), "calib_images=0 must be a whole"
     )
+
+
+def test_focused_positions_go_where_the_original_sees_objects() -> None:
+    """One image whose saliency (the original's class score on its finest grid, 4 x 4) is all in one cell: at an
+    8 x 8 output that cell is 4 of 64 positions. Uniform draws (focus 0) land there about 4/64 of the time; at focus
+    0.5 each of the 4 weighs 17 times any other, so about half of 8 draws (at most 4 of 8) land there. Draws are
+    distinct; a 2 x 2 output pools the map (max), keeping the object in its own cell."""
+    saliency = torch.zeros(1, 4, 4)
+    saliency[0, 0, 0] = 1.0
+    hot = torch.tensor([0, 1, 8, 9])  # the top-left 2 x 2 of 8 x 8, flat
+
+    def share_on_object(focus: float) -> float:
+        draws = [_picks((8, 8), 8, saliency, focus, seed=k) for k in range(40)]
+        assert all(d.shape == (1, 8) and len(set(d[0].tolist())) == 8 for d in draws)
+        return torch.isin(torch.cat(draws), hot).float().mean().item()
+
+    assert share_on_object(0.0) < 0.15 and share_on_object(0.5) > 0.3
+    pooled = torch.stack([_picks((2, 2), 1, saliency, 0.5, seed=k)[0, 0] for k in range(40)])
+    assert (pooled == 0).float().mean() > 0.45  # 0.625 there (0.5/4 + 0.5), 0.25 uniform
+    with pytest.raises(ValueError, match="focus=1 must be in"):
+        Reconstruction(torch.nn.Identity(), torch.nn.Identity(), {}, focus=1)

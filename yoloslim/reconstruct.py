@@ -289,6 +289,7 @@ class Reconstruction:
         pruned: its pruned copy, modified in place.
         keep: the plan's kept channels (`PrunePlan.keep`), to pair each pruned conv's outputs with the original's.
         positions: output positions sampled per image for each conv's least squares (all where it has fewer).
+        focus: the share of them drawn where the original detector sees objects (`_saliency`), in [0, 1).
     """
 
     def __init__(
@@ -299,6 +300,8 @@ class Reconstruction:
         positions: int = 64,
         focus: float = FOCUS,
     ) -> None:
+        if not 0 <= focus < 1:  # at 1 a map with fewer object cells than positions leaves nothing to draw
+            raise ValueError(f"focus={focus!r} must be in [0, 1): the share of positions drawn where objects are")
         self.original, self.pruned, self.keep = original.float().eval(), pruned.float().eval(), keep
         self.positions, self.focus = positions, focus
         self.modules = {"original": dict(original.named_modules()), "pruned": dict(pruned.named_modules())}

@@ -7,11 +7,12 @@ residual stream, a depthwise conv that follows it). Molchanov et al. score a cha
 averaged over mini-batches; here the average is an exponential moving average over optimizer steps, so that the
 score follows the network while sparsity training reshapes it.
 
-Why not |gamma| alone: a trained network keeps channels whose gamma is small but whose constant output act(beta)
-its consumers rely on, and channels whose gamma is large but whose consumers ignore them. On two pretrained starts
+Why not |gamma| alone: a trained network keeps channels whose gamma is small but whose constant output act(beta) its
+consumers rely on, and channels whose gamma is large but whose consumers ignore them. On two pretrained starts
 zeroing a few of the lowest-|gamma| channels did worse than removing channels at random, while five times as many of
-the lowest-Taylor ones cost little (docs/lab/pretrained-start.md, bench/removal_curve.py). The score needs no extra pass during training: the trainer has
-the gradients at every step. `estimate_taylor` computes it from a few batches for a model that is not training.
+the lowest-Taylor ones cost little (docs/lab/pretrained-start.md, bench/removal_curve.py). The score needs no extra
+pass during training: the trainer has the gradients at every step. `estimate_taylor` computes it from a few batches
+for a model that is not training.
 """
 
 from __future__ import annotations
