@@ -21,7 +21,7 @@ from torch import nn
 
 from yoloslim.atomic import check_output_folder, deferred_interrupt, durable_replace
 from yoloslim.checkpoint import check_weights_file, load_model
-from yoloslim.data import class_count, resolve_data
+from yoloslim.data import check_classes, resolve_data
 from yoloslim.deploy import Kind, output_difference, runner, side_by_side_latency_ms
 from yoloslim.model import YOLO
 from yoloslim.quantize import quantize_onnx
@@ -107,11 +107,7 @@ def calibration_data(data: str | Path | None, model: nn.Module, source: Path) ->
     if data is None:
         raise ValueError("an INT8 export calibrates on a dataset's training images: pass --data your.yaml")
     data = resolve_data(data)
-    if (nc := class_count(data)) != (model_nc := int(model.model[-1].nc)):
-        raise ValueError(
-            f"dataset '{data}' has {nc} classes but '{source}' predicts {model_nc}: calibrate on the dataset the model "
-            "was trained on"
-        )
+    check_classes(data, model, source, "calibrate on the dataset the model was trained on")
     return data
 
 

@@ -17,6 +17,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -254,6 +255,13 @@ def class_count(data: str | Path) -> int:
     if names is not None and nc is not None and len(names) != int(nc):
         raise ValueError(f"dataset yaml '{data}' has nc: {nc} but {len(names)} names: make them agree")
     return len(names) if names is not None else int(nc)
+
+
+def check_classes(data: str | Path, model: Any, source: str | Path, why: str) -> None:
+    """Refuse a dataset whose class count (`class_count`) is not the one `model`'s head predicts, saying `why` the
+    step needs the model's own dataset."""
+    if (nc := class_count(data)) != (model_nc := int(model.model[-1].nc)):
+        raise ValueError(f"dataset '{data}' has {nc} classes but '{source}' predicts {model_nc}: {why}")
 
 
 def resolve_data(data: str | Path | None) -> str:

@@ -28,7 +28,7 @@ from yoloslim.checkpoint import (
     mark_pruned,
     readable,
 )
-from yoloslim.data import class_count, recorded_data, resolve_data
+from yoloslim.data import check_classes, recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.fingerprint import INPUTS, differs as inputs_differ, inputs as run_inputs  # noqa: F401  (run folders)
 from yoloslim.importance import Source, make_importance
@@ -526,11 +526,8 @@ def ranking_data(data: str | None, ckpt: dict[str, Any], weights: Path, model: A
         except (FileNotFoundError, ValueError) as e:
             needs = "importance by gradients needs the training images, and"
             raise ValueError(f"{needs} {e} (or --importance gamma)") from None
-    if (nc := class_count(data)) != (model_nc := int(model.model[-1].nc)):
-        raise ValueError(
-            f"dataset '{data}' has {nc} classes but '{weights}' predicts {model_nc}: importance by gradients scores "
-            "the model's loss on the dataset it was trained on; pass that one as --data (or --importance gamma)"
-        )
+    why = "importance by gradients scores the model's loss on the dataset it was trained on; pass that one as --data"
+    check_classes(data, model, weights, f"{why} (or --importance gamma)")
     return data
 
 
