@@ -19,9 +19,10 @@ import yaml
 from ultralytics.utils import LOGGER
 
 from yoloslim import Pruner, prune_model, steps
-from yoloslim.checkpoint import load_model, save_checkpoint
+from yoloslim.checkpoint import load_model, readable, save_checkpoint
 from yoloslim.data import resolve_data
-from yoloslim.pipeline import PipelineConfig
+from yoloslim.pipeline import PipelineConfig, run_pipeline
+from yoloslim.reconstruct import Repair
 
 from .conftest import assert_one_line_error, build_model, yoloslim_cli
 
@@ -114,6 +115,12 @@ def test_missing_recorded_dataset_is_an_error_that_names_it(tiny_ckpt, tmp_path)
     out = yoloslim_cli("prune", "--weights", str(moved), "--importance", "gamma", "--save-dir", str(tmp_path / "g"))
     assert out.returncode == 0 and (tmp_path / "g" / "pruned.pt").is_file(), out.stderr[-2000:]
     assert "which is not here" in out.stderr + out.stdout and "pruned without validation" in out.stderr + out.stdout
+    # a repair asked for by name is not skipped quietly (was: the same warning, and a model without it)
+    argv = ("prune", "--weights", str(moved), "--importance", "gamma", "--save-dir", str(tmp_path / "b"))
+    for flags in (["--recalibrate-bn"], ["--calib-images", "64"]):
+        out = yoloslim_cli(*argv, *flags)
+        assert_one_line_error(out, "(--recalibrate-bn and --calib-images read its training images)")
+    assert not (tmp_path / "b").exists()
 
 
 def test_deleted_demo_dataset_is_made_again_not_replaced(tmp_path) -> None:
@@ -171,6 +178,7 @@ def test_pipeline_sizes_are_checked_and_rounded() -> None:
     for repeated, message in (
         ({"ratios": (0.3, 0.30, 0.5)}, "--ratios gives 0.3 more than once"),
         ({"targets": (0.5, 0.4, 0.5)}, "--targets gives 0.5 more than once"),
+        ({"targets": (0.3, 0.30000001)}, "--targets gives 0.3 more than once"),  # one name: one folder, one row
         ({"deploy": ("onnx-int8", "onnx-int8")}, "--deploy gives onnx-int8 more than once"),
     ):
         with pytest.raises(ValueError, match=message):  # was: the same row made twice
@@ -310,17 +318,24 @@ def test_a_best_pt_of_an_earlier_run_in_the_folder_is_named_when_pruned(tiny_ckp
     assert "imgsz" not in said[0]  # Ultralytics rounds imgsz after writing args.yaml: not a sign of another run
 
 
-@pytest.mark.slow
-def test_an_ultralytics_dataset_error_is_one_line_and_traceback_on_request(tiny_ckpt, tiny_data, tmp_path) -> None:
-    """Labels whose classes the dataset does not have: Ultralytics drops every image and raises a RuntimeError that
-    lists them all. The CLI gives its type and first line; `YOLOSLIM_TRACEBACK=1` gives the traceback."""
-    source = Path(tiny_data).parent
-    shutil.copytree(source, tmp_path / "d", ignore=shutil.ignore_patterns("*.cache"))
-    for label in (tmp_path / "d" / "labels").rglob("*.txt"):
+@pytest.fixture(scope="module")
+def no_valid_images(tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset with every label of a class it does not have: Ultralytics drops every image and raises a
+    RuntimeError (a dataset error that only shows when a run reads its images)."""
+    root = tmp_path_factory.mktemp("no-valid-images")
+    shutil.copytree(Path(tiny_data).parent, root / "d", ignore=shutil.ignore_patterns("*.cache"))
+    for label in (root / "d" / "labels").rglob("*.txt"):
         label.write_text("".join(f"99 {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()))
     spec = yaml.safe_load(Path(tiny_data).read_text())
-    (tmp_path / "d" / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(tmp_path / "d")}))
-    argv = ("val", "--weights", str(tiny_ckpt), "--data", str(tmp_path / "d" / "data.yaml"), "--imgsz", "64")
+    (root / "d" / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(root / "d")}))
+    return str(root / "d" / "data.yaml")
+
+
+@pytest.mark.slow
+def test_an_ultralytics_dataset_error_is_one_line_and_traceback_on_request(tiny_ckpt, no_valid_images) -> None:
+    """Labels whose classes the dataset does not have: Ultralytics drops every image and raises a RuntimeError that
+    lists them all. The CLI gives its type and first line; `YOLOSLIM_TRACEBACK=1` gives the traceback."""
+    argv = ("val", "--weights", str(tiny_ckpt), "--data", no_valid_images, "--imgsz", "64")
     out = yoloslim_cli(*argv)
     assert_one_line_error(out, "RuntimeError: No valid images found in")
     assert "YOLOSLIM_TRACEBACK=1 shows where" in out.stderr.splitlines()[-1]
@@ -359,3 +374,89 @@ def test_a_model_on_the_meta_device_is_refused_by_the_pruner() -> None:
     not torch's RuntimeError from deep in the ranking."""
     with pytest.raises(ValueError, match="on the meta device"):
         Pruner(build_model().to("meta"))
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_run_folder(tiny_ckpt, no_valid_images, tmp_path) -> None:
+    """Training, validation and the pipeline stop on a dataset error before their first checkpoint: the run folders
+    they made (and the project folder made for them) are removed again; a folder that was there stays as it was."""
+    project = tmp_path / "new" / "runs"
+    where = {"data": no_valid_images, "imgsz": 64, "project": project}
+    with pytest.raises(RuntimeError, match="No valid images"):
+        steps.train(tiny_ckpt, epochs=1, batch=8, name="finetune", finetune=False, **where)
+    with pytest.raises(RuntimeError, match="No valid images"):
+        steps.validate(tiny_ckpt, **where)
+    assert not (tmp_path / "new").exists()  # was: runs/finetune/{args.yaml, weights/} and an empty runs/val
+    kept = tmp_path / "kept"
+    (kept / "val").mkdir(parents=True)
+    (kept / "val" / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="No valid images"):
+        steps.validate(tiny_ckpt, data=no_valid_images, imgsz=64, project=kept)
+    assert (kept / "val" / "notes.txt").read_text() == "mine"
+    config = PipelineConfig(weights=str(tiny_ckpt), data=no_valid_images, imgsz=64, run_dir=str(tmp_path / "p"))
+    with pytest.raises(RuntimeError, match="No valid images"):
+        run_pipeline(config)
+    assert not (tmp_path / "p").exists()  # was: a pipeline.json that a corrected rerun would have to match
+
+
+def test_a_pipeline_refuses_what_would_fail_later_before_its_run_folder(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """Each of these used to fail after `pipeline.json` recorded it (or, for weights inside a stage folder, to take
+    them for a finished stage); now each is a one-line error before the run folder is made, its input untouched."""
+    inside = tmp_path / "run" / "normal" / "weights" / "last.pt"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(tiny_ckpt.read_bytes())
+    (tmp_path / "a-file").write_text("mine")
+    base = {"weights": str(tiny_ckpt), "data": tiny_data, "imgsz": 64, "run_dir": str(tmp_path / "new")}
+    for bad, message in (
+        ({"weights": str(inside), "run_dir": str(tmp_path / "run")}, "is inside --run-dir .* copy it out of there"),
+        ({"run_dir": str(tmp_path / "a-file")}, "is an existing file, not a folder"),
+        ({"train_args": {"lr0": "abc"}}, "--train-args: 'lr0=abc' is of invalid type str"),
+        ({"train_args": {"lrr0": 0.01}}, "--train-args: 'lrr0' is not a valid YOLO argument"),
+        ({"weights": "yolov8n-cls.yaml"}, "is a classify model: yoloslim trains the tasks"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_pipeline(PipelineConfig(**{**base, **bad}))
+    assert inside.read_bytes() == tiny_ckpt.read_bytes() and sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "normal"
+    ]
+    assert (tmp_path / "a-file").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_more_calibration_images_than_the_set_has_are_said(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """The repair calibrates on every training image there is when asked for more, and says how many it used."""
+    with _warnings() as warned:
+        steps.prune(
+            tiny_ckpt,
+            ratio=0.4,
+            save_dir=tmp_path,
+            importance="gamma",
+            data=tiny_data,
+            validate_pruned=False,
+            how=Repair(reconstruct=False, bn=True, images=10_000),
+        )
+    said = [w for w in warned if "--calib-images 10000 asks for more than the 16 training images" in w]
+    assert len(said) == 1 and "calibrating on all 16" in said[0]
+
+
+def test_a_diverged_checkpoint_is_refused_by_name(tiny_ckpt, tiny_data, tmp_path) -> None:
+    """A checkpoint with a NaN weight (a training that diverged) is refused where it would be ranked, repaired or
+    exported, naming the tensor (was: 'probability tensor contains either inf, nan' from the repair's sampling, or
+    'Taylor importance has no gradients yet'; the gamma histograms drew it). Resume checks still read its state."""
+    model, _ = load_model(tiny_ckpt)
+    model.model[2].cv2.bn.weight.data[0] = float("nan")
+    diverged = save_checkpoint(model, tmp_path / "diverged.pt")
+    message = r"has NaN or infinite values \(model.2.cv2.bn.weight\): its training diverged"
+    with pytest.raises(ValueError, match=message):
+        steps.prune(diverged, ratio=0.3, save_dir=tmp_path / "p", data=tiny_data, validate_pruned=False)
+    with pytest.raises(ValueError, match=message):
+        steps.gamma_report([diverged], out=tmp_path / "g.png")
+    with pytest.raises(ValueError, match=message):
+        steps.export(diverged, imgsz=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.pt"]
+    assert readable(diverged)
+
+
+def test_a_calibration_count_without_a_repair_is_refused() -> None:
+    """`--calib-images` with every repair step off would be ignored (was: pruned without a word)."""
+    with pytest.raises(ValueError, match="--calib-images 64 sets how many images the repair reads"):
+        Repair(reconstruct=False, images=64)
+    assert Repair(reconstruct=False, bn=True, images=64).images == 64 and not Repair(reconstruct=False).active

@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import secrets
+import shutil
 import signal
 import tempfile
 import threading
@@ -119,6 +120,33 @@ def deferred_interrupt() -> Iterator[None]:
             previous(*caught[0])  # Python's default handler raises KeyboardInterrupt here
         elif caught and previous == signal.SIG_DFL:
             signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def removed_unless_started(
+    folder: str | Path, started: Callable[[Path], bool] = lambda folder: False
+) -> Iterator[None]:
+    """Remove `folder`, and the parents the block made for it, when the block fails before `started(folder)` holds:
+    a run that never started leaves no run folder behind. A folder that was there before the block is never touched.
+
+    Args:
+        folder: the run folder the block may create.
+        started: whether the folder holds something worth keeping (a training's first checkpoint); by default
+            nothing is, and a failed block always removes the folder it made.
+    """
+    folder = Path(folder).resolve()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folder first, then its new parents
+    try:
+        yield
+    except BaseException:
+        if made and not started(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in made[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or never made): what is above it stays too
+                    break
+        raise
 
 
 def durable_replace(source: str | Path, path: str | Path) -> Path:

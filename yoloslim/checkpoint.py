@@ -81,9 +81,18 @@ def student(model: nn.Module) -> nn.Module:
     return inner
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | Path, finite: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Load an Ultralytics checkpoint's model (FP32, eval mode) and the checkpoint dict, with clear errors; a
-    checkpoint saved during a distillation run gives its student."""
+    checkpoint saved during a distillation run gives its student.
+
+    Args:
+        path: the .pt file.
+        finite: refuse a model with a NaN or infinite weight or BN statistic (a diverged training), which would
+            otherwise be ranked, pruned, repaired and exported as if it were sound; False only to read its state.
+
+    Returns:
+        The model and the checkpoint dict.
+    """
     path = check_weights_file(path)
     try:
         model, ckpt = load_checkpoint(path)
@@ -93,6 +102,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     yaml = getattr(model, "yaml", None)
     if isinstance(yaml, dict) and "ch" in yaml and "channels" not in yaml:  # checkpoints older than 8.3
         model.yaml = {**yaml, "channels": yaml["ch"]}
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    if finite and (bad := [n for n, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]):
+        raise ValueError(
+            f"'{path}' has NaN or infinite values ({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''}): its "
+            "training diverged; use an earlier checkpoint of that run (or train it again with a lower learning rate)"
+        )
     return model, ckpt
 
 
@@ -125,7 +140,7 @@ def earlier_run(path: str | Path, ckpt: dict[str, Any]) -> str | None:
 def readable(path: str | Path) -> bool:
     """Whether `path` is a checkpoint that loads (False for a missing, truncated or foreign file)."""
     try:
-        load_model(path)
+        load_model(path, finite=False)
     except (FileNotFoundError, ValueError):
         return False
     return True
@@ -134,7 +149,7 @@ def readable(path: str | Path) -> bool:
 def finished_training(last: str | Path) -> bool:
     """Whether the run that wrote `last` (its last.pt) ended: Ultralytics strips it to epoch -1 at the end."""
     last = Path(last)
-    return last.is_file() and load_model(last)[1].get("epoch", -1) == -1
+    return last.is_file() and load_model(last, finite=False)[1].get("epoch", -1) == -1
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None, **extra: Any) -> Path:

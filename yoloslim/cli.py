@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from yoloslim.settings import add_flags
+from yoloslim.settings import DEFAULT_CALIB_IMAGES, add_flags
 
 
 def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
@@ -99,11 +99,13 @@ def _run_prune(a: argparse.Namespace) -> Any:
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
-    if a.data is None and (not a.no_val or a.reconstruct):  # the steps that read data take the checkpoint's
+    if a.data is None and (not a.no_val or a.reconstruct or a.recalibrate_bn):  # the checkpoint's data, then
         recorded = steps.trained_with(a.weights).get("data")  # a bad --weights fails here, as itself
         try:
             a.data = recorded_data(recorded, a.weights)
         except (FileNotFoundError, ValueError) as e:  # a downloaded .pt: prune it, say what is skipped
+            if a.recalibrate_bn or a.calib_images != DEFAULT_CALIB_IMAGES:  # asked for by name: not skipped quietly
+                raise ValueError(f"{e} (--recalibrate-bn and --calib-images read its training images)") from None
             LOGGER.warning(f"yoloslim prune: {e}; pruned without validation or repair, which read it")
             a.no_val = True
     targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))

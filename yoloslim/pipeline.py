@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from yoloslim import steps
-from yoloslim.atomic import atomic_write_csv, atomic_write_text
+from yoloslim.atomic import atomic_write_csv, atomic_write_text, check_output_folder, removed_unless_started
 from yoloslim.report import DEPLOY_FIELDS, deploy_markdown, results_markdown, results_plot
 from yoloslim.settings import (
     LATER_SETTINGS,
@@ -120,8 +120,17 @@ class _PipelineRules:
             )
         if clash := sorted(RESERVED & set(self.train_args)):
             raise ValueError(f"train args {clash} are set by the pipeline itself: use its own options for them")
+        check_output_folder(self.run_dir, "--run-dir")
+        run_dir, weights = Path(self.run_dir).resolve(), Path(self.weights).resolve()
+        if weights.is_relative_to(run_dir) and weights.parent != run_dir:
+            raise ValueError(
+                f"--weights '{self.weights}' is inside --run-dir '{self.run_dir}', whose stage folders the pipeline "
+                "writes and reads as its own: copy it out of there, or choose another --run-dir"
+            )
         # every stage, table and export at one size
-        self.data, self.imgsz = steps.check_inputs(self.weights, data=self.data, imgsz=self.imgsz, kinds=self.deploy)
+        self.data, self.imgsz = steps.check_inputs(
+            self.weights, data=self.data, imgsz=self.imgsz, kinds=self.deploy, train_args=self.train_args
+        )
         self.data = str(Path(self.data).resolve())  # stages and Ultralytics' resume read it from any folder
 
 
@@ -377,10 +386,19 @@ def _changed_inputs(recorded: dict[str, Any], made: dict[str, Any]) -> list[str]
 
 
 def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Run (or resume) the pipeline of `config`; return the table rows. The config is saved in the run folder."""
+    """Run (or resume) the pipeline of `config`; return the table rows. The config is saved in the run folder; a new
+    run folder is removed again when the run fails before its first checkpoint."""
     pipeline = Pipeline(config)
-    pipeline.dir.mkdir(parents=True, exist_ok=True)
-    saved_file = pipeline.dir / "pipeline.json"
+    with removed_unless_started(pipeline.dir, started=lambda folder: any(folder.rglob("*.pt"))):
+        pipeline.dir.mkdir(parents=True, exist_ok=True)
+        _record_settings(pipeline.dir, config)
+        return pipeline.run()
+
+
+def _record_settings(folder: Path, config: PipelineConfig) -> None:
+    """Save `config` and its inputs' fingerprints as `folder/pipeline.json`, after refusing a folder that was made
+    with other settings or inputs (its finished stages would be stale)."""
+    saved_file = folder / "pipeline.json"
     settings = json.loads(json.dumps(asdict(config), default=str))
     made = steps.run_inputs(config.weights, config.data)
     if saved_file.exists():
@@ -392,8 +410,7 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
             changed.remove("path")  # e.g. a folder made before --path, whose ratio rows auto slims as it did
         if changed:
             raise ValueError(
-                f"run folder '{pipeline.dir}' was made with other {', '.join(changed)}: its finished stages would be "
+                f"run folder '{folder}' was made with other {', '.join(changed)}: its finished stages would be "
                 "stale; use another --run-dir (or delete that folder)"
             )
     atomic_write_text(saved_file, json.dumps({**settings, "inputs": made}, indent=1))
-    return pipeline.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,15 +15,15 @@ import numpy as np  # noqa: E402
 from yoloslim.atomic import atomic_write  # noqa: E402
 
 
-def plot_gamma_histograms(
+def gamma_histograms_png(
     gammas: Mapping[str, np.ndarray],
-    path: Path,
     side_by_side: bool = False,
     bins: int = 100,
     threshold: tuple[str, float] | None = None,
     small: float = 1e-2,
-) -> Path:
-    """Histograms of |gamma| for each labelled model (e.g. before / after sparsity training), saved as PNG.
+) -> bytes:
+    """Histograms of |gamma| for each labelled model (e.g. before / after sparsity training), as PNG bytes (written by
+    the caller with the text summary beside them, as one set).
 
     A linear |gamma| axis from 0 with log counts, overlaid by default or one panel per model with
     `side_by_side`. Each legend entry gives the share of gammas below `small`; `threshold` (a label and a
@@ -53,9 +54,10 @@ def plot_gamma_histograms(
         ax.set_title(label if side_by_side else "BN gamma distribution")
     axes[0][0].set_ylabel("channels")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return png.getvalue()
 
 
 # The reference's README table (YOLOv8s on its own single-class set): GFLOPs as a share of its baseline and the

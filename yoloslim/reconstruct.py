@@ -464,18 +464,47 @@ class Repair:
     bn: bool = DEFAULT_RECALIBRATE_BN
     images: int = DEFAULT_CALIB_IMAGES
 
+    def __post_init__(self) -> None:
+        """A calibration count asked for with every repair step off would be ignored: refused instead."""
+        if not self.active and self.images != DEFAULT_CALIB_IMAGES:
+            raise ValueError(
+                f"--calib-images {self.images} sets how many images the repair reads, and --no-reconstruct without "
+                "--recalibrate-bn turns the repair off: drop --calib-images, or turn a repair step on"
+            )
+
     @property
     def active(self) -> bool:
         """Whether any repair step runs."""
         return self.reconstruct or self.bn
 
 
-def repair(original: nn.Module, pruned: nn.Module, keep: dict[str, list[int]], data: str, imgsz: int, how: Repair) -> list[ConvFit]:
-    """Repair `pruned` (in place) as `how` says, from the first `how.images` training images of `data`; the fits made
-    (empty without reconstruction)."""
+def repair(
+    original: nn.Module, pruned: nn.Module, keep: dict[str, list[int]], data: str, imgsz: int, how: Repair
+) -> list[ConvFit]:
+    """Repair `pruned` (in place) as `how` says, from the first `how.images` training images of `data`.
+
+    Returns:
+        The fits made (empty without reconstruction).
+
+    Raises:
+        MemoryError: the calibration images' activations do not fit in memory, with the settings that lower them.
+    """
     images = calibration_images(original, data, imgsz, how.images)
+    if len(images) < how.images:
+        LOGGER.warning(
+            f"{colorstr('yoloslim:')} --calib-images {how.images} asks for more than the {len(images)} training "
+            f"images of {data}: calibrating on all {len(images)}"
+        )
     LOGGER.info(f"{colorstr('yoloslim:')} repairing the pruned model from {len(images)} training images of {data}")
-    fits = Reconstruction(original, pruned, keep).run(images) if how.reconstruct else []
-    if how.bn:
-        recalibrate_bn(pruned, images)
+    try:
+        fits = Reconstruction(original, pruned, keep).run(images) if how.reconstruct else []
+        if how.bn:
+            recalibrate_bn(pruned, images)
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises a RuntimeError
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):
+            raise
+        raise MemoryError(
+            f"the repair ran out of memory on {len(images)} calibration images at imgsz {imgsz}: lower --calib-images "
+            f"(e.g. {max(len(images) // 2, 1)}) or --imgsz, or prune with --no-reconstruct"
+        ) from None
     return fits

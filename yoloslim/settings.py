@@ -804,9 +804,12 @@ def check_values(command: str, values: Any) -> None:
             continue
         if check is not None:
             setattr(values, s.name, tuple(map(check, value)) if s.kind is tuple else check(value))
-        if s.kind is tuple and len(set(checked := getattr(values, s.name))) < len(checked):
-            twice = sorted({v for v in checked if checked.count(v) > 1}, key=str)
-            raise ValueError(f"--{s.name} gives {', '.join(map(str, twice))} more than once: give each once")
+        if s.kind is not tuple:
+            continue
+        named = [f"{v:g}" if isinstance(v, float) else str(v) for v in getattr(values, s.name)]
+        if len(set(named)) < len(named):  # by the name its row and run folder get
+            twice = sorted({v for v in named if named.count(v) > 1})
+            raise ValueError(f"--{s.name} gives {', '.join(twice)} more than once: give each once")
 
 
 def pipeline_fields() -> list[tuple[str, type, Any]]:

@@ -14,11 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import LOGGER, colorstr
 
 from yoloslim.artifacts import deploy_table, export  # noqa: F401  (steps of the workflow, made there)
-from yoloslim.atomic import atomic_write_text, check_output_folder, check_outputs_apart, write_set
+from yoloslim.atomic import (
+    check_output_folder,
+    check_outputs_apart,
+    removed_unless_started,
+    write_set,
+)
 from yoloslim.checkpoint import (
     check_weights_file,
     checkpoint_bytes,
@@ -34,7 +40,7 @@ from yoloslim.fingerprint import INPUTS, differs as inputs_differ, inputs as run
 from yoloslim.importance import Source, make_importance
 from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
-from yoloslim.plots import plot_gamma_histograms
+from yoloslim.plots import gamma_histograms_png
 from yoloslim.prune import Pruner, check_amount, prune_model
 from yoloslim.reconstruct import Repair, repair
 from yoloslim.report import ModelSize, fit_table, layer_csv, layer_table, prune_summary
@@ -81,20 +87,30 @@ def say(message: str) -> None:
 
 
 def check_inputs(
-    weights: str | Path, *, data: str | Path | None, imgsz: int, kinds: Sequence[str] = ()
+    weights: str | Path,
+    *,
+    data: str | Path | None,
+    imgsz: int,
+    kinds: Sequence[str] = (),
+    train_args: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
-    """Check what a sequence of steps will read before the first one runs: the start `weights`, the dataset and
-    the deployable `kinds` (known, their runtime installed).
+    """Check what a sequence of steps will read before the first one runs: the start `weights` (of a task yoloslim
+    trains), the dataset, the deployable `kinds` (known, their runtime installed) and the Ultralytics training
+    arguments every stage passes on (by Ultralytics' own rules for names and types).
 
     Returns:
         The dataset's yaml (the demo set made when asked for) and `imgsz` rounded up to the model's stride, the
         size every step of the sequence then uses.
     """
-    check_model_source(weights)
+    model = _of_trained_task(check_model_source(weights))
     for kind in kinds:
         Kind.parse(kind)
-    imgsz = fit_imgsz(imgsz, YOLO(weights).model)
-    return resolve_data(data), imgsz
+    ultralytics_args = {k: v for k, v in (train_args or {}).items() if k not in SLIM_ARGS}
+    try:
+        get_cfg(overrides=ultralytics_args)
+    except (SyntaxError, TypeError, ValueError) as e:
+        raise ValueError(f"--train-args: {str(e).strip().splitlines()[0]}") from None
+    return resolve_data(data), fit_imgsz(imgsz, model.model)
 
 
 def onnx_latency_ms(files: Sequence[Path], imgsz: int, repeats: int) -> dict[Path, float]:
@@ -160,7 +176,8 @@ def train(
         return done
     model = _trainable(source, run)
     where = {"data": resolve_data(data), "project": str(run.parent), "name": name, "exist_ok": True}
-    model.train(epochs=epochs, imgsz=imgsz, batch=batch, device=device, **where, **args)
+    with removed_unless_started(run, started=lambda folder: any((folder / "weights").glob("*.pt"))):
+        model.train(epochs=epochs, imgsz=imgsz, batch=batch, device=device, **where, **args)
     return _best(Path(model.trainer.last))
 
 
@@ -169,6 +186,11 @@ def _trainable(source: str, run: Path) -> YOLO:
     inside the folder its run overwrites."""
     if Path(source).resolve().is_relative_to(run):
         raise ValueError(f"the run folder '{run}' holds the input weights '{source}': choose another --name")
+    return _of_trained_task(source)
+
+
+def _of_trained_task(source: str) -> YOLO:
+    """The model of `source`, refused unless of a task yoloslim trains."""
     model = YOLO(source)
     if model.task not in TRAINERS:
         raise ValueError(
@@ -250,14 +272,14 @@ def gamma_report(
         check_ratio(ratio)
         plan = Pruner(models[-1]).plan(ratio)
         threshold = (f"prune {ratio:g} of {labels[-1]}", max(plan.max_removed, 0.0))
-    plot_gamma_histograms(
+    png = gamma_histograms_png(
         {k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
-        out,
         side_by_side=side_by_side,
         threshold=threshold,
     )
     text = _gamma_summary(gammas, paths, threshold)
-    atomic_write_text(out.with_suffix(".txt"), text + "\n")
+    # one set: a failure while writing leaves the earlier PNG and summary together, never one of each
+    write_set(out.parent, {out.with_suffix(".txt").name: (text + "\n").encode(), out.name: png}, last=out.name)
     print(text)
     LOGGER.info(f"{PREFIX} gamma histograms saved to {out}")
     return out
@@ -581,17 +603,18 @@ def validate(
     model = YOLO(source)
     imgsz = fit_imgsz(imgsz, model.model)
     size = ModelSize.of(model.model, imgsz)  # before val, which fuses conv and BN in place
-    metrics = model.val(
-        data=data,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        project=_project(project),
-        name=name,
-        exist_ok=True,
-        plots=False,
-        **({"conf": conf} if conf is not None else {}),
-    )
+    with removed_unless_started(Path(_project(project)) / name):
+        metrics = model.val(
+            data=data,
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            project=_project(project),
+            name=name,
+            exist_ok=True,
+            plots=False,
+            **({"conf": conf} if conf is not None else {}),
+        )
     print(f"{source}: {size}")
     return {
         "map50": float(metrics.box.map50),
