@@ -41,8 +41,16 @@ def parser(
     if repeats is not None:
         p.add_argument("--repeats", type=int, default=repeats, help="timed runs per model")
     more = f" ({beside} is written beside it)" if beside else ""
-    p.add_argument("--out", type=Path, help=f"also write the table(s) to this Markdown file{more}")
+    p.add_argument("--out", type=markdown_file, help=f"also write the table(s) to this Markdown file{more}")
     return p
+
+
+def markdown_file(value: str) -> Path:
+    """An `--out` value: a `.md` file, so that what is written matches its name, and neither lands on an input (a
+    checkpoint, a dataset yaml) nor shares a file with the CSV written beside it."""
+    if Path(value).suffix.lower() != ".md":
+        raise argparse.ArgumentTypeError(f"'{value}' is not a .md file: give the Markdown file to write, e.g. table.md")
+    return Path(value)
 
 
 def shown(path: str | Path) -> str:

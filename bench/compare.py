@@ -6,6 +6,8 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 - `continue`: the normal model trained on, unpruned, at the rate the other arms continue it (a tenth of
   Ultralytics' rate, warm-up from 0): the accuracy ceiling, arm (a);
 - `prune-finetune`: the normal model pruned to the budget, then fine-tuned for all the epochs (arm (b));
+  `continue` and `prune-finetune` also take an `epochs` setting (`d3=continue:epochs=3`), the ceiling and the cut
+  alone for arms that train that many;
 - `oneshot`: as `prune-finetune`, but the prune repairs the model from the training images first (least-squares
   reconstruction, `yoloslim prune --reconstruct`); its `epochs` setting fine-tunes fewer epochs
   (`os2=oneshot:epochs=2`), to measure how many a repaired model needs;
@@ -82,6 +84,11 @@ class Arm:
             if not sep:
                 raise argparse.ArgumentTypeError(f"arm '{text}': settings are key=value pairs, e.g. slim:lr_scale=0.1")
             settings[key] = smart_value(value)
+        if "epochs" in settings and recipe.startswith("slim"):
+            raise argparse.ArgumentTypeError(
+                f"arm '{text}': a slim arm trains --sparse-epochs + --finetune-epochs; epochs= is for the arms that "
+                "train once (continue, prune-finetune, oneshot)"
+            )
         try:
             check_arm_settings(settings)
         except (SyntaxError, TypeError, ValueError) as e:
@@ -170,7 +177,7 @@ class Comparison:
         total = a.sparse_epochs + a.finetune_epochs
         if arm.recipe == "continue":  # continued as the other arms continue it: a tenth of the rate, warm-up from 0
             continued = {"lr_scale": CONTINUE_LR_SCALE, "warmup_bias_lr": 0.0, **train_args}
-            return self.train(a.normal, folder, "continue", total, seed, **continued)
+            return self.train(a.normal, folder, "continue", s.get("epochs", total), seed, **continued)
         if arm.recipe in ("prune-finetune", "oneshot"):
             pruned = self.prune(a.normal, folder, s, repair=arm.recipe == "oneshot")
             epochs = s.get("epochs", total)
@@ -276,10 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             )
     columns, rows = table(a.arms, a.seeds, scores, a.reference)
     own = ", ".join(f"{arm.name} at {arm.settings['target']:g}x" for arm in a.arms if "target" in arm.settings)
+    fewer = ", ".join(f"{arm.name} {arm.settings['epochs']}" for arm in a.arms if "epochs" in arm.settings)
     caption = (
         f"mAP50-95 (last epoch) on {a.data} at imgsz {a.imgsz}, from {shown(a.normal)}: {a.sparse_epochs} + "
-        f"{a.finetune_epochs} epochs in every arm, pruned arms at {a.target:g}x GFLOPs{f' ({own})' if own else ''}; "
-        f"seeds {a.seeds}"
+        f"{a.finetune_epochs} epochs in every arm{f' but those that set theirs ({fewer})' if fewer else ''}, pruned "
+        f"arms at {a.target:g}x GFLOPs{f' ({own})' if own else ''}; seeds {a.seeds}"
     )
     emit(caption, columns, rows, a.out)
     if a.out:

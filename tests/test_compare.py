@@ -44,6 +44,7 @@ def test_arm_parsing() -> None:
         (["--arms", "s=slim:target=2"], "must be in \\(0, 1\\]"),
         (["--arms", "s=slim:sparse_target=0"], "prunes nothing"),
         (["--arms", "o=oneshot:epochs=0"], "epochs=0 must be a whole number"),
+        (["--arms", "s=slim:epochs=3"], "a slim arm trains --sparse-epochs \\+ --finetune-epochs"),
         (["--arms", "s=slim:lr0=abc"], "'lr0=abc' is of invalid type"),
         (["--target", "1.5"], "argument --target: .*must be in"),
         (["--normal", "missing.pt"], "--normal '.*missing.pt' is not a file"),
@@ -59,6 +60,18 @@ def test_a_bad_run_is_refused_before_its_folder_records_it(bad, message, tiny_ck
         compare.main(good + bad)  # a flag given again replaces its first value
     assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)
     assert not run_dir.exists()  # nothing recorded: the corrected run starts in a clean folder
+
+
+def test_a_bench_table_is_written_only_to_a_markdown_file(tiny_ckpt, tiny_data, tmp_path, capsys) -> None:
+    """`--out` the checkpoint an arm starts from, or `x.csv` (the CSV beside it would be the same file): refused by
+    argparse before any run, the checkpoint untouched (was: the table written over it after every arm had run)."""
+    before = tiny_ckpt.read_bytes()
+    good = ["--normal", str(tiny_ckpt), "--data", tiny_data, "--run-dir", str(tmp_path / "runs"), "--arms", "continue"]
+    for out in (str(tiny_ckpt), str(tmp_path / "table.csv")):
+        with pytest.raises(SystemExit) as stopped:
+            compare.main([*good, "--out", out])
+        assert stopped.value.code == 2 and "is not a .md file" in capsys.readouterr().err
+    assert tiny_ckpt.read_bytes() == before and not (tmp_path / "runs").exists()
 
 
 def test_a_sparse_target_zeroes_further_than_the_arm_prunes(tmp_path, monkeypatch) -> None:
@@ -105,10 +118,13 @@ def test_oneshot_repairs_from_the_data_and_may_train_fewer_epochs(tmp_path, monk
     compare.Comparison(a).run(compare.Arm.parse("oneshot"), seed=0)
     compare.Comparison(a).run(compare.Arm.parse("prune-finetune"), seed=0)
     compare.Comparison(a).run(compare.Arm.parse("os1=oneshot:epochs=1"), seed=0)
-    (_, oneshot), (_, tuned), (_, cut), _, _, (_, fewer) = calls
+    compare.Comparison(a).run(compare.Arm.parse("continue"), seed=0)
+    compare.Comparison(a).run(compare.Arm.parse("d1=continue:epochs=1"), seed=0)
+    (_, oneshot), (_, tuned), (_, cut), _, _, (_, fewer), (_, ceiling), (_, ceiling1) = calls
     assert oneshot["data"] == "d.yaml" and cut["data"] is None and oneshot["target"] == ("gflops", 0.7)
     assert oneshot["how"].reconstruct and not oneshot["how"].bn
     assert tuned["epochs"] == calls[3][1]["epochs"] == 3 and tuned["finetune"] and fewer["epochs"] == 1
+    assert ceiling["epochs"] == 3 and ceiling1["epochs"] == 1 and "finetune" not in ceiling1
 
 
 @pytest.mark.slow  # trains: `-m "not slow"` leaves it out
