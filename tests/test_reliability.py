@@ -158,6 +158,24 @@ def test_repo_stands_on_its_own() -> None:
     assert "datasets/hardhat" in results
 
 
+def test_every_reliability_row_names_a_test_that_exists() -> None:
+    """docs/RELIABILITY.md: its rows are numbered without a gap and counted right in its summary, each row's last
+    column names a test (or says "same", the row above's), and every test it names is defined in the file it names."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "RELIABILITY.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    numbers = [int(line.split("|")[1]) for line in rows]
+    cut = numbers.index(1, 1)  # the faults start again at 1
+    inputs, faults = numbers[:cut], numbers[cut:]
+    assert inputs == list(range(1, cut + 1)) and faults == list(range(1, len(faults) + 1))
+    assert f"**{len(inputs)} bad inputs, {len(faults)} injected faults: {len(rows)} rows," in text
+    for line in rows:
+        cited = re.findall(r"`(test_\w+\.py)::(test_\w+)", line.rsplit("|", 2)[-2])
+        assert cited or line.rsplit("|", 2)[-2].strip() == "same", line[:80]
+        for module, test in cited:
+            assert re.search(rf"^def {test}\(", (root / "tests" / module).read_text(), re.M), f"{module}::{test}"
+
+
 @pytest.mark.slow
 def test_every_pipeline_flag_shows_its_default() -> None:
     out = subprocess.run(
