@@ -45,8 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yoloslim  # noqa: F401  (offline settings first)
-from scipy import stats
-from common import BATCH, emit, parser, shown, write_csv
+from common import BATCH, emit, parser, paired_interval, shown, write_csv
 from ultralytics.cfg import get_cfg, smart_value
 
 from yoloslim import steps
@@ -114,15 +113,6 @@ def budget(text: str) -> float:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return float(text)
-
-
-def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided t interval (the interval is the mean itself for one pair)."""
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return mean, mean - half, mean + half
 
 
 class Comparison:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
-import os
-import platform
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -29,7 +26,7 @@ import onnx
 import onnxruntime
 
 import yoloslim  # noqa: F401  (offline settings first)
-from common import REPO, emit, parser, shown, write_csv
+from common import cpu, commit, emit, parser, shown, write_csv
 
 from ultralytics.nn.tasks import guess_model_task
 
@@ -42,7 +39,6 @@ from yoloslim.sizes import fit_imgsz
 
 TARGET_LATENCY = 0.7  # at most this share of the FP32 file's latency
 TARGET_MAP_PT = -1.0  # and at most this many points under its mAP50-95
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # the ones onnxruntime's int8 kernels use
 
 SWEEP = [
     BEFORE,
@@ -59,29 +55,6 @@ COLUMNS = ("variant", "MB", "latency ms", "latency x", "mAP50-95", "vs FP32 (pt)
 COLUMNS += ("Q+DQ at load", "target")
 FIELDS = ("variant", "format", "activations", "per_channel", "ops", "float_decode", "preprocess", "size_mb")
 FIELDS += ("latency_ms", "latency_x", "map50_95", "map_change_pt", "int8_convs", "float_convs", "qdq_nodes", "target")
-
-
-def cpu() -> str:
-    """The CPU's model name, which of `FLAGS` it has, and the CPUs this process may use."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines())}  # last CPU's
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    shown_flags = " ".join(f"{f}{'+' if f in flags else '-'}" for f in FLAGS) if flags else "flags unknown"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name} ({shown_flags}), {cpus} CPUs"
-
-
-def commit() -> str:
-    """The repository's commit, `+changes` when its tracked files differ from it."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head.returncode:
-        return "unknown commit"
-    return head.stdout.strip() + ("+changes" if git("diff", "--quiet", "HEAD").returncode else "")
 
 
 def loaded_ops(path: Path) -> Counter:

@@ -14,14 +14,14 @@ from yoloslim.checkpoint import finished_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
-from common import emit, write_csv  # noqa: E402
+from common import emit, paired_interval, write_csv  # noqa: E402
 
 
 def test_paired_interval_matches_the_t_formula() -> None:
-    mean, lo, hi = compare.paired_interval([0.01, 0.03, 0.02])
+    mean, lo, hi = paired_interval([0.01, 0.03, 0.02])
     assert mean == pytest.approx(0.02)
     assert hi - mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
-    assert compare.paired_interval([0.5]) == (0.5, 0.5, 0.5)
+    assert paired_interval([0.5]) == (0.5, 0.5, 0.5)
 
 
 def test_arm_parsing() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -116,6 +117,31 @@ def plot_removal_curve(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50-95, no training")
     return _save(fig, ax, path)
+
+
+def plot_frontier(
+    lines: Mapping[str, Sequence[Mapping[str, Any]]], runtime: str, path: Path, title: str = ""
+) -> Path:
+    """mAP50-95 against batch-1 latency on `runtime` (left) and against GFLOPs (right): one line per start through
+    its points in order of cost, each point its mean over seeds with its 95% interval, dense models as squares
+    (the start trained on, unpruned) and pruned ones as circles, each labelled (bench/frontier.py)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for start, points in lines.items():
+        points = sorted(points, key=lambda p: p["gflops"])
+        for ax, key in zip(axes, ("latency_ms", "gflops"), strict=True):
+            line = ax.plot([p[key] for p in points], [p["map50_95"] for p in points], linestyle="-", label=start)[0]
+            for p in points:
+                low, high = p["map50_95"] - p["low"], p["high"] - p["map50_95"]
+                marker = "s" if p["dense"] else "o"
+                ax.errorbar(p[key], p["map50_95"], yerr=[[low], [high]], marker=marker, color=line.get_color())
+                ax.annotate(p["point"], (p[key], p["map50_95"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes[0].set_xlabel(f"batch-1 latency on {runtime} (ms)")
+    axes[1].set_xlabel("GFLOPs")
+    axes[0].set_ylabel("mAP50-95 (mean over seeds, 95% interval)")
+    fig.suptitle(title, fontsize=9)
+    for ax in axes[1:]:
+        ax.grid(alpha=0.3)
+    return _save(fig, axes[0], path)
 
 
 def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
