@@ -97,3 +97,22 @@ def test_sppf_and_concat_wiring() -> None:
 def test_not_a_detection_model() -> None:
     with pytest.raises(UnsupportedModuleError, match="DetectionModel"):
         build_graph(nn.Sequential(nn.Conv2d(3, 8, 3)))
+
+
+def test_a_command_traces_each_architecture_once(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
+    """A prune to a target with the Taylor ranking and the repair asks for the graph of the model and of its copies
+    four times; it is traced once. A model cut in place, or the streams flag, gets a graph of its own."""
+    from yoloslim import channels, steps
+    from yoloslim.prune import prune_model
+
+    traced = []
+    trace = channels._Tracer.trace
+    monkeypatch.setattr(channels._Tracer, "trace", lambda self, model: traced.append(model) or trace(self, model))
+    monkeypatch.setattr(channels, "_GRAPHS", {})
+    steps.prune(tiny_ckpt, ratio=None, target=("gflops", 0.7), save_dir=tmp_path, data=tiny_data, validate_pruned=False)
+    assert len(traced) == 1
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    whole = build_graph(model)
+    assert build_graph(model) is whole and build_graph(model, streams=True) is not whole
+    pruned, _, _ = prune_model(model, 0.5)
+    assert build_graph(pruned).groups["model.0.bn"].size < whole.groups["model.0.bn"].size

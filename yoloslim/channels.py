@@ -23,6 +23,7 @@ measured no gain from pruning them on ships, docs/RESULTS.md). A module no rule 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -432,15 +433,35 @@ def input_channels(model: nn.Module) -> int:
     return int(yaml.get("channels", yaml.get("ch", 3)))
 
 
+# graphs traced in this process, by what decides them (`_architecture`): a command traces a model once, however many
+# steps ask for its graph (ranking, Taylor scores on a copy, the prune of a copy, the sparsity check)
+_GRAPHS: dict[tuple, ChannelGraph] = {}
+_KEPT = 8  # the graphs of the last few architectures; a model cut to a new width has a new one
+
+
+def _architecture(model: nn.Module, streams: bool) -> tuple:
+    """What a model's channel graph depends on: its yaml (the wiring and every block's flags), the type of each
+    module by name, and every parameter's shape (the widths, which a cut in place changes)."""
+    modules = tuple((name, type(m).__name__) for name, m in model.named_modules())
+    shapes = tuple(tuple(p.shape) for p in model.parameters())
+    return streams, json.dumps(getattr(model, "yaml", None), sort_keys=True, default=str), modules, shapes
+
+
 def build_graph(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> ChannelGraph:
     """The channel graph of an Ultralytics `DetectionModel` (detect, segment, pose or OBB; any scale, read from
-    the model itself).
+    the model itself), traced once per architecture: later calls, on the model or on a copy of it, return the same
+    graph (treat it as read-only).
 
     `streams=True` makes the residual streams of Bottleneck shortcuts prunable units; `False` leaves them whole.
     """
     if not isinstance(model, DetectionModel):
         raise UnsupportedModuleError(f"expected an Ultralytics DetectionModel, got {type(model).__name__}")
-    return _Tracer(streams).trace(model)
+    key = _architecture(model, streams)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = _Tracer(streams).trace(model)
+        while len(_GRAPHS) > _KEPT:
+            del _GRAPHS[next(iter(_GRAPHS))]
+    return _GRAPHS[key]
 
 
 def prunable_bn_names(model: nn.Module, streams: bool = DEFAULT_STREAMS) -> list[str]:
