@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -89,14 +90,20 @@ def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
             {"start": start, "point": label, "dense": label.split("-")[0] == "dense", "seeds": len(files),
              "scores": scores, "map50_95": mean, "low": low, "high": high, "files": files}
         )
-    models = {f"{r['start']}-{r['point']}": r["files"][0] for r in records}
+    models = {_slug(r): r["files"][0] for r in records}  # the label names its artifacts' folder
     rows = steps.deploy_table(models, a.kinds, data=a.data, imgsz=a.imgsz, work=a.run_dir, rounds=a.rounds,
                               repeats=a.repeats)
     for r in records:
-        mine = [row for row in rows if row["model"] == f"{r['start']}-{r['point']}"]
+        mine = [row for row in rows if row["model"] == _slug(r)]
         r.update(gflops=mine[0]["gflops"], params=mine[0]["params"])
         r["kinds"] = {row["kind"]: {"latency_ms": row["latency_ms"], "map50_95": row["map50_95"]} for row in mine}
     return records
+
+
+def _slug(record: dict[str, Any]) -> str:
+    """A point's name as a folder name: `START-POINT` with every run of other characters than letters, digits, `.`
+    and `-` made one `_`."""
+    return re.sub(r"[^\w.-]+", "_", f"{record['start']}-{record['point']}")
 
 
 def table(records: list[dict[str, Any]], kinds: list[str], reference: str | None) -> tuple[list[str], list[list]]:
