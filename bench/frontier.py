@@ -116,12 +116,14 @@ def table(records: list[dict[str, Any]], kinds: list[str], reference: str | None
     rows = []
     for r in records:
         row = [r["start"], r["point"], r["seeds"], f"{r['gflops']:.2f}", f"{r['params'] / 1e6:.2f}"]
-        row.append(f"{r['map50_95']:.4f} [{r['low']:.4f}, {r['high']:.4f}]")
+        spread = f"[{r['low']:.4f}, {r['high']:.4f}]" if r["seeds"] > 1 else "(one seed: no interval)"
+        row.append(f"{r['map50_95']:.4f} {spread}")
         row += [f"{r['kinds'][k][what]:.{1 if what == 'latency_ms' else 4}f}" for k in kinds
                 for what in ("latency_ms", "map50_95")]
         if ref:
             diff, low, high = welch_interval(r["scores"], ref["scores"])
-            row.append("-" if r is ref else f"{100 * diff:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+            spread = f"[{100 * low:+.2f}, {100 * high:+.2f}]" if min(r["seeds"], ref["seeds"]) > 1 else "(one seed)"
+            row.append("-" if r is ref else f"{100 * diff:+.2f} {spread}")
         rows.append(row)
     return columns, rows
 

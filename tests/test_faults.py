@@ -45,7 +45,7 @@ def test_a_repair_that_fails_leaves_the_earlier_prune_whole(tiny_ckpt, tiny_data
             r"ran out of memory on 16 calibration images at imgsz 64: lower --calib-images \(e.g. 8\) or --imgsz",
         ),
         (MemoryError(), MemoryError, "lower --calib-images"),
-        (KeyboardInterrupt(), KeyboardInterrupt, ""),
+        (KeyboardInterrupt(), KeyboardInterrupt, None),
         (RuntimeError("a shape mismatch"), RuntimeError, "^a shape mismatch$"),  # not memory: raised as it was
     ):
         monkeypatch.setattr(Reconstruction, "run", _raising(fault))

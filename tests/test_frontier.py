@@ -48,6 +48,7 @@ def test_a_frontier_of_two_starts(tiny_ckpt, pruned_ckpt, tiny_data, tmp_path) -
     assert dense["kinds"]["onnx"]["map50_95"] == pytest.approx(dense["map50_95"], abs=0.02)  # artifact vs torch
     text = out.read_text()
     assert "vs a/dense (pt)" in text and "bench/frontier.py" in text and "CPUs" in text
+    assert text.count("(one seed: no interval)") == 1 and text.count("(one seed)") == 1  # the 1-seed point
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [(r["start"], r["point"], r["seeds"]) for r in rows] == [("a", "dense", "2"), ("b", "0.6x", "1")]
     assert out.with_suffix(".png").stat().st_size > 0
