@@ -46,7 +46,7 @@ from typing import Any
 
 import yoloslim  # noqa: F401  (offline settings first)
 from common import BATCH, emit, parser, paired_interval, shown, write_csv
-from ultralytics.cfg import get_cfg, smart_value
+from ultralytics.cfg import smart_value
 
 from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
@@ -103,7 +103,7 @@ def check_arm_settings(settings: dict[str, Any]) -> None:
             raise ValueError(f"{key}=0 prunes nothing: give the share of the GFLOPs to keep, in (0, 1]")
     if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
         raise ValueError(f"epochs={settings['epochs']!r} must be a whole number of at least 1")
-    get_cfg(overrides={k: v for k, v in settings.items() if k not in NOT_TRAINING})
+    steps.check_training_args({k: v for k, v in settings.items() if k not in NOT_TRAINING})
 
 
 def budget(text: str) -> float:

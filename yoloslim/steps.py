@@ -105,12 +105,20 @@ def check_inputs(
     model = _of_trained_task(check_model_source(weights))
     for kind in kinds:
         Kind.parse(kind)
-    ultralytics_args = {k: v for k, v in (train_args or {}).items() if k not in SLIM_ARGS}
     try:
-        get_cfg(overrides=ultralytics_args)
-    except (SyntaxError, TypeError, ValueError) as e:
-        raise ValueError(f"--train-args: {str(e).strip().splitlines()[0]}") from None
+        check_training_args(train_args or {})
+    except ValueError as e:
+        raise ValueError(f"--train-args: {e}") from None
     return resolve_data(data), fit_imgsz(imgsz, model.model)
+
+
+def check_training_args(args: dict[str, Any]) -> None:
+    """Refuse a training argument Ultralytics does not know or cannot take (its own `get_cfg` checks of names and
+    types; yoloslim's own arguments, `SLIM_ARGS`, are left to their checks), with the first line of its message."""
+    try:
+        get_cfg(overrides={k: v for k, v in args.items() if k not in SLIM_ARGS})
+    except (SyntaxError, TypeError, ValueError) as e:
+        raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
 def onnx_latency_ms(files: Sequence[Path], imgsz: int, repeats: int) -> dict[Path, float]:
