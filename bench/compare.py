@@ -52,7 +52,7 @@ from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import readable
 from yoloslim.reconstruct import Repair
-from yoloslim.settings import RANKING, SCRIPT_ROUND_TO, check_target_gflops
+from yoloslim.settings import RANKING, SCRIPT_ROUND_TO, Ranking, check_target_gflops
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
 RECIPES = ("continue", "prune-finetune", "oneshot", "slim", "slim-teacher")
@@ -145,7 +145,7 @@ class Comparison:
         """The pruned model of an arm (made once): cut to the budget, repaired from the training images if `repair`."""
         out = folder / "prune" / "pruned.pt"
         if not readable(out):
-            ranking = {k: settings[k] for k in RANKING if k in settings}
+            ranking = Ranking.of({"round_to": SCRIPT_ROUND_TO, **{k: settings[k] for k in RANKING if k in settings}})
             target = ("gflops", settings.get("target", self.a.target))
             steps.prune(
                 weights,
@@ -155,7 +155,7 @@ class Comparison:
                 data=self.a.data if repair else None,
                 validate_pruned=False,
                 how=Repair(reconstruct=True, bn=False),
-                **{"round_to": SCRIPT_ROUND_TO, **ranking},
+                ranking=ranking,
             )
         return out
 

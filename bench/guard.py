@@ -16,6 +16,7 @@ from common import emit, parser, shown
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
+from yoloslim.settings import Ranking
 
 
 def main() -> None:
@@ -36,9 +37,8 @@ def main() -> None:
                     w,
                     ratio=None,
                     save_dir=a.run_dir / name,
-                    min_keep=floor,
                     target=("gflops", a.target),
-                    importance=importance,
+                    ranking=Ranking(importance=importance, min_keep=floor),
                 )
                 m = steps.validate(out, data=a.data, imgsz=a.imgsz, project=a.run_dir / "val", name=name)
                 layers = [

@@ -30,6 +30,9 @@ from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.report import ModelSize
+from yoloslim.settings import Ranking
+
+GAMMA_8 = Ranking(importance="gamma", round_to=8)  # an untrained model has no loss to rank by
 
 CONV = ("Conv", "ConvTranspose", "FusedConv", "NchwcConv", "QLinearConv")
 
@@ -77,7 +80,7 @@ def family_pair(family: str, target: float, imgsz: int, work: Path) -> tuple[Pat
         model = DetectionModel(family, nc=80, verbose=False)
         model.args = {"imgsz": imgsz}
         save_checkpoint(model, unpruned, train_args={"imgsz": imgsz})
-        steps.prune(unpruned, ratio=None, save_dir=folder, round_to=8, target=("gflops", target), importance="gamma")
+        steps.prune(unpruned, ratio=None, save_dir=folder, target=("gflops", target), ranking=GAMMA_8)
     return unpruned, pruned
 
 

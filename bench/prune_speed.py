@@ -31,10 +31,11 @@ import resource, sys, time
 import yoloslim
 from ultralytics.nn.tasks import DetectionModel
 from yoloslim.prune import prune_model
+from yoloslim.settings import Ranking
 model = DetectionModel(sys.argv[1] + ".yaml", nc=80, verbose=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-pruned, plan, changes = prune_model(model, float(sys.argv[2]))
+pruned, plan, changes = prune_model(model, float(sys.argv[2]), ranking=Ranking(importance="gamma"))
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]

@@ -36,8 +36,10 @@ from yoloslim import Pruner, prune_model, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.plots import plot_removal_curve
 from yoloslim.reconstruct import Reconstruction, calibration_images, recalibrate_bn
-from yoloslim.settings import DEFAULT_CALIB_IMAGES, SCRIPT_ROUND_TO
+from yoloslim.settings import DEFAULT_CALIB_IMAGES, SCRIPT_ROUND_TO, Ranking
 from yoloslim.taylor import estimate_taylor
+
+ROUNDED = Ranking(round_to=SCRIPT_ROUND_TO)  # the commands' widths
 
 REPAIRS = ("taylor", "taylor+bn", "taylor+recon", "taylor+recon+bn")
 
@@ -63,7 +65,7 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
 
 def repaired_models(model, taylor, budget: float, images: torch.Tensor, repairs: list[str]):
     """The model pruned to `budget` GFLOPs by `taylor`, then each of `repairs` (name, model), made in turn."""
-    cut, plan, _ = prune_model(model, target=("gflops", budget), importance=taylor, round_to=SCRIPT_ROUND_TO)
+    cut, plan, _ = prune_model(model, target=("gflops", budget), ranking=ROUNDED, importance=taylor)
     if "taylor" in repairs:
         yield "taylor", cut
     if "taylor+bn" in repairs:

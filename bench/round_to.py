@@ -15,6 +15,7 @@ from common import emit, parser, shown
 from yoloslim import steps
 from yoloslim.checkpoint import load_model
 from yoloslim.deploy import onnx_runners, side_by_side_latency_ms
+from yoloslim.settings import Ranking
 from yoloslim.report import ModelSize
 
 
@@ -33,7 +34,7 @@ def main() -> None:
         for r in a.round_to:
             out = a.run_dir / f"{target:g}-r{r}" / "pruned.pt"
             if not out.exists():
-                steps.prune(a.weights, ratio=None, save_dir=out.parent, round_to=r, target=("gflops", target))
+                steps.prune(a.weights, ratio=None, save_dir=out.parent, ranking=Ranking(round_to=r), target=("gflops", target))
             models[(target, r)] = out
     onnx = {}
     for ckpt in models.values():

@@ -15,8 +15,11 @@ import yaml
 import yoloslim  # noqa: F401  (offline settings before ultralytics is imported)
 from yoloslim.data import demo_dataset
 from yoloslim.model import YOLO
+from yoloslim.settings import Ranking
 
 TINY = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "verbose": False, "exist_ok": True, "seed": 0}
+GAMMA = Ranking(importance="gamma")  # a ranking that needs no data (the table's default, Taylor, reads images)
+STREAMS = Ranking(importance="gamma", streams=True)
 
 
 def build_model(cfg: str | dict = "yolov8n.yaml", nc: int = 3, model_class: type | None = None) -> torch.nn.Module:

@@ -23,15 +23,16 @@ from yoloslim.checkpoint import load_model, readable, save_checkpoint
 from yoloslim.data import resolve_data
 from yoloslim.pipeline import PipelineConfig, run_pipeline
 from yoloslim.reconstruct import Repair
+from yoloslim.settings import Ranking
 
-from .conftest import assert_one_line_error, build_model, yoloslim_cli
+from .conftest import GAMMA, assert_one_line_error, build_model, yoloslim_cli
 
 UNWRITABLE = Path("/sys/yoloslim-out")  # sysfs takes no new files, for root too (permission bits do not stop root)
 
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), ranking=GAMMA)
 
 
 @contextmanager
@@ -52,10 +53,11 @@ def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_pa
     for args in ({"round_to": 4096}, {"min_keep": 1.0}):
         out = tmp_path / f"noop-{next(iter(args))}"
         with pytest.raises(ValueError, match="removes no channel.*--allow-unchanged"):
-            steps.prune(tiny_ckpt, ratio=0.5, save_dir=out, importance="gamma", **args)
+            steps.prune(tiny_ckpt, ratio=0.5, save_dir=out, ranking=Ranking(importance="gamma", **args))
         assert not out.exists()
     saved = steps.prune(
-        tiny_ckpt, ratio=0.5, save_dir=tmp_path / "asked", importance="gamma", round_to=4096, allow_unchanged=True
+        tiny_ckpt, ratio=0.5, save_dir=tmp_path / "asked", ranking=Ranking(importance="gamma", round_to=4096),
+        allow_unchanged=True,
     )
     assert sum(p.numel() for p in load_model(saved)[0].parameters()) == sum(
         p.numel() for p in load_model(tiny_ckpt)[0].parameters()
@@ -68,7 +70,7 @@ def test_prune_that_removes_nothing_is_an_error_unless_allowed(tiny_ckpt, tmp_pa
 
 def test_a_plan_is_bound_to_the_widths_it_was_made_for() -> None:
     model = build_model()
-    pruner = Pruner(model)
+    pruner = Pruner(model, GAMMA)
     plan = pruner.plan(0.5)
     pruner.apply(plan)
     sliced = [p.clone() for p in model.parameters()]
@@ -77,9 +79,9 @@ def test_a_plan_is_bound_to_the_widths_it_was_made_for() -> None:
     assert all(torch.equal(a, b) for a, b in zip(sliced, model.parameters(), strict=True))
     other = build_model("yolov8s.yaml")
     with pytest.raises(ValueError, match="made for a model with other channel counts"):
-        Pruner(other).apply(plan)
+        Pruner(other, GAMMA).apply(plan)
     twin = build_model()  # a model of the same widths takes the plan (e.g. a copy of the one planned on)
-    Pruner(twin).apply(plan)
+    Pruner(twin, GAMMA).apply(plan)
     assert [p.shape for p in twin.parameters()] == [p.shape for p in model.parameters()]
 
 
@@ -229,10 +231,10 @@ def test_output_folders_that_cannot_be_written(tiny_ckpt, tmp_path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="is an existing file, not a folder"):
-        steps.prune(tiny_ckpt, ratio=0.5, save_dir=a_file, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.5, save_dir=a_file, ranking=GAMMA)
     assert a_file.read_text() == "x"
     with pytest.raises(ValueError, match="cannot be written"):
-        steps.prune(tiny_ckpt, ratio=0.5, save_dir=UNWRITABLE, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.5, save_dir=UNWRITABLE, ranking=GAMMA)
     with pytest.raises(ValueError, match="cannot be written"):
         steps.gamma_report([tiny_ckpt], out=UNWRITABLE / "h.png")
     assert_one_line_error(yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--save-dir", str(a_file)), "not a folder")
@@ -288,14 +290,14 @@ def test_unwritable_cache_says_what_to_set(tiny_ckpt, monkeypatch) -> None:
 def test_ratios_as_numpy_and_torch_scalars() -> None:
     model = build_model()
     sizes = [
-        sum(p.numel() for p in prune_model(model, ratio)[0].parameters())
+        sum(p.numel() for p in prune_model(model, ratio, ranking=GAMMA)[0].parameters())
         for ratio in (0.5, np.float32(0.5), np.float64(0.5), torch.tensor(0.5))
     ]
     assert len(set(sizes)) == 1 and sizes[0] < sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="'0.5' is not a number"):
-        prune_model(model, "0.5")
+        prune_model(model, "0.5", ranking=GAMMA)
     with pytest.raises(ValueError, match="round_to=2.5 must be a whole number"):
-        Pruner(model, round_to=2.5)
+        Ranking(round_to=2.5)
 
 
 def test_a_best_pt_of_an_earlier_run_in_the_folder_is_named_when_pruned(tiny_ckpt, tmp_path) -> None:
@@ -308,11 +310,11 @@ def test_a_best_pt_of_an_earlier_run_in_the_folder_is_named_when_pruned(tiny_ckp
     args = yaml.safe_load((tiny_ckpt.parent.parent / "args.yaml").read_text())
     (run / "args.yaml").write_text(yaml.safe_dump(args))
     with _warnings() as warned:
-        steps.prune(best, ratio=0.4, save_dir=tmp_path / "own", importance="gamma")
+        steps.prune(best, ratio=0.4, save_dir=tmp_path / "own", ranking=GAMMA)
     assert not [w for w in warned if "earlier run" in w]
     (run / "args.yaml").write_text(yaml.safe_dump({**args, "sparsity": 0.3, "seed": 7, "imgsz": 96}))
     with _warnings() as warned:
-        steps.prune(best, ratio=0.4, save_dir=tmp_path / "stale", importance="gamma")
+        steps.prune(best, ratio=0.4, save_dir=tmp_path / "stale", ranking=GAMMA)
     said = [w for w in warned if "earlier run" in w]
     assert len(said) == 1 and "sparsity 0.0 there, 0.3 in args.yaml" in said[0] and "seed 0 there, 7" in said[0]
     assert "imgsz" not in said[0]  # Ultralytics rounds imgsz after writing args.yaml: not a sign of another run
@@ -373,7 +375,7 @@ def test_a_model_on_the_meta_device_is_refused_by_the_pruner() -> None:
     """Weights on the meta device (shapes only, as a model is before its weights are loaded): a one-line ValueError,
     not torch's RuntimeError from deep in the ranking."""
     with pytest.raises(ValueError, match="on the meta device"):
-        Pruner(build_model().to("meta"))
+        Pruner(build_model().to("meta"), GAMMA)
 
 
 def test_a_run_that_fails_on_its_data_leaves_no_run_folder(tiny_ckpt, no_valid_images, tmp_path) -> None:
@@ -428,10 +430,10 @@ def test_more_calibration_images_than_the_set_has_are_said(tiny_ckpt, tiny_data,
             tiny_ckpt,
             ratio=0.4,
             save_dir=tmp_path,
-            importance="gamma",
             data=tiny_data,
             validate_pruned=False,
             how=Repair(reconstruct=False, bn=True, images=10_000),
+            ranking=GAMMA,
         )
     said = [w for w in warned if "--calib-images 10000 asks for more than the 16 training images" in w]
     assert len(said) == 1 and "calibrating on all 16" in said[0]

@@ -14,8 +14,9 @@ from yoloslim import YOLO, build_graph, steps
 from yoloslim.checkpoint import load_model
 from yoloslim.cost import prunable_units
 from yoloslim.prune import Pruner, PrunePlan, prune_model
+from yoloslim.settings import Ranking
 
-from .conftest import TINY, build_model
+from .conftest import GAMMA, STREAMS, TINY, build_model
 
 TOLERANCE = 0.02  # a target is reached within 2% of its value
 
@@ -35,13 +36,13 @@ def test_gflops_target_reached_within_tolerance(cfg, importance) -> None:
 
 def test_params_target_and_cost_model_agree_with_ultralytics() -> None:
     model = build_model("yolov8s.yaml")
-    pruned, plan, _ = prune_model(model, target=("params", 0.3))
+    pruned, plan, _ = prune_model(model, target=("params", 0.3), ranking=GAMMA)
     assert abs(get_num_params(pruned) / get_num_params(model) - 0.3) <= TOLERANCE * 0.3
-    pruner = Pruner(deepcopy(model))
+    pruner = Pruner(deepcopy(model), GAMMA)
     for share in (0.2, 0.5, 0.8):  # any plan: the conv-only cost model is within 0.5% of the full model of thop's
         plan = pruner.plan(share)
         small = deepcopy(model)
-        Pruner(small).apply(plan)
+        Pruner(small, GAMMA).apply(plan)
         assert pruner.cost_share(plan, "gflops") == pytest.approx(
             get_flops(small, 320) / get_flops(model, 320), abs=0.005
         )
@@ -53,7 +54,7 @@ def test_cost_aware_ranking_prunes_expensive_layers_first() -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.fill_(1.0)
-    pruner = Pruner(model, importance="flops")
+    pruner = Pruner(model, Ranking(importance="flops"))
     plan = pruner.plan_budget("gflops", 0.6)
     assert len(plan.keep["model.0.bn"]) < 16 and len(plan.keep["model.9.cv1.bn"]) == 128  # stem cut, P5 SPPF kept
     cheap = pruner.relative_cost
@@ -66,7 +67,7 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
     """Stream channels (C2f.cv1 second half + every Bottleneck cv2) zeroed in gamma and beta: removing them from
     every BN of the stream and every conv that reads it leaves the outputs unchanged, to 1e-4."""
     model = build_model(cfg)
-    pruner = Pruner(deepcopy(model), streams=True)
+    pruner = Pruner(deepcopy(model), STREAMS)
     streams = [u for u in pruner.units if len(u.members) > 1]
     assert len(streams) == 4  # the four backbone C2f blocks
     g = torch.Generator().manual_seed(0)
@@ -85,7 +86,7 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
             bns[twin_bn].weight.data[idx] = 0
             bns[twin_bn].bias.data[idx] = 0
     small = deepcopy(model)
-    Pruner(small, streams=True).apply(PrunePlan(keep, 0.0, 0.0))
+    Pruner(small, STREAMS).apply(PrunePlan(keep, 0.0, 0.0))
     assert small.model[4].cv1.conv.out_channels == model.model[4].cv1.conv.out_channels // 2
     assert small.model[4].m[0].cv2.conv.out_channels == small.model[4].c  # the stream narrowed everywhere
     x = torch.rand(2, 3, 64, 64, generator=g)
@@ -95,25 +96,27 @@ def test_residual_stream_pruning_is_exact(cfg) -> None:
 
 def test_stream_must_keep_the_same_channels() -> None:
     model = build_model()
-    keep = {g.name: list(range(g.size)) for g in Pruner(model, streams=True).graph.groups.values()}
+    keep = {g.name: list(range(g.size)) for g in Pruner(model, STREAMS).graph.groups.values()}
     keep["model.2.m.0.cv2.bn"] = list(range(1, 16))  # cv1's second half still keeps all 16
     with pytest.raises(ValueError, match="residual stream must keep the same channels"):
-        Pruner(model, streams=True).apply(PrunePlan(keep, 0.0, 0.0))
+        Pruner(model, STREAMS).apply(PrunePlan(keep, 0.0, 0.0))
 
 
 def test_streams_off_by_default_leaves_them_whole() -> None:
-    pruned, _, changes = prune_model(build_model(), target=("gflops", 0.5))
+    pruned, _, changes = prune_model(build_model(), target=("gflops", 0.5), ranking=GAMMA)
     widths = {c.name: (c.before, c.after) for c in changes}
     assert widths["model.2.m.0.cv2.bn"] == (16, 16) and widths["model.2.cv1.bn"] == (32, 32)
-    assert len(prunable_units(Pruner(build_model(), streams=False).graph)) < len(
-        Pruner(build_model(), streams=True).units
+    assert len(prunable_units(Pruner(build_model(), GAMMA).graph)) < len(
+        Pruner(build_model(), STREAMS).units
     )
 
 
 @pytest.mark.slow
 def test_gflops_target_pruned_checkpoint_in_stock_ultralytics_and_onnx(tiny_ckpt, tmp_path) -> None:
     """A target-pruned checkpoint (streams pruned) loads in stock Ultralytics, and its ONNX matches torch."""
-    pruned = steps.prune(tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("gflops", 0.4), streams=True)
+    pruned = steps.prune(
+        tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("gflops", 0.4), ranking=Ranking(streams=True)
+    )
     report = (tmp_path / "p" / "prune_report.txt").read_text()
     assert "target gflops 0.400x, reached 0.39" in report or "target gflops 0.400x, reached 0.40" in report
     model, _ = load_model(pruned)
@@ -173,7 +176,7 @@ def test_sparse_training_to_a_gflops_target_then_prune_to_it(tiny_data, runs) ->
     )
     last = runs / "gflops" / "weights" / "last.pt"
     sparse, _ = load_model(last)
-    assert Pruner(sparse, importance="gamma").live_cost_share("gflops") <= 0.4
+    assert Pruner(sparse, GAMMA).live_cost_share("gflops") <= 0.4
     pruned = steps.prune(last, ratio=None, save_dir=runs / "gflops-pruned", target=("gflops", 0.4))
     small, _ = load_model(pruned)
     assert "largest |gamma| removed 0" in (runs / "gflops-pruned" / "prune_report.txt").read_text()
@@ -199,7 +202,9 @@ def test_round_to_shared_by_zeroing_and_pruning(tiny_data, runs) -> None:
         **dict(TINY, batch=4, nbs=4, val=False),
     )
     last = runs / "round8" / "weights" / "last.pt"
-    pruned = steps.prune(last, ratio=None, save_dir=runs / "round8-pruned", target=("gflops", 0.5), round_to=8)
+    pruned = steps.prune(
+        last, ratio=None, save_dir=runs / "round8-pruned", target=("gflops", 0.5), ranking=Ranking(round_to=8)
+    )
     assert "largest |gamma| removed 0" in (runs / "round8-pruned" / "prune_report.txt").read_text()
     sparse, _ = load_model(last)
     small = dict(load_model(pruned)[0].named_modules())

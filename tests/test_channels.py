@@ -9,6 +9,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yoloslim import UnsupportedModuleError, build_graph, prunable_bn_names
 
+from .conftest import GAMMA
+
 
 @pytest.fixture(scope="module", params=["yolov8n.yaml", "yolov8s.yaml", "yolov8m.yaml"])
 def model(request) -> DetectionModel:
@@ -114,5 +116,5 @@ def test_a_command_traces_each_architecture_once(tiny_ckpt, tiny_data, tmp_path,
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
     whole = build_graph(model)
     assert build_graph(model) is whole and build_graph(model, streams=True) is not whole
-    pruned, _, _ = prune_model(model, 0.5)
+    pruned, _, _ = prune_model(model, 0.5, ranking=GAMMA)
     assert build_graph(pruned).groups["model.0.bn"].size < whole.groups["model.0.bn"].size

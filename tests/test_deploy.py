@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from yoloslim import deploy, steps
 from yoloslim.deploy import Kind, runner
 
-from .conftest import assert_one_line_error, yoloslim_cli
+from .conftest import GAMMA, assert_one_line_error, yoloslim_cli
 
 
 HAS_OPENVINO = all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
@@ -24,7 +24,7 @@ HAS_OPENVINO = all(importlib.util.find_spec(m) is not None for m in ("openvino",
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("deploy"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("deploy"), ranking=GAMMA)
 
 
 def _val_images(data: str) -> list[np.ndarray]:

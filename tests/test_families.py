@@ -14,8 +14,9 @@ from yoloslim import YOLO, UnsupportedModuleError, build_graph, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.prune import Pruner, PrunePlan
 from yoloslim.trainer import SlimOBBTrainer, SlimPoseTrainer, SlimSegmentationTrainer
+from yoloslim.settings import Ranking
 
-from .conftest import TINY, build_model, stock_predict
+from .conftest import GAMMA, TINY, build_model, stock_predict
 from .test_prune import _chosen, _zero_removed
 
 MODELS = {"seg": SegmentationModel, "pose": PoseModel, "obb": OBBModel}
@@ -77,7 +78,7 @@ def test_removing_zeroed_channels_is_exact(cfg: str) -> None:
     keep = _chosen(model)
     _zero_removed(model, keep, beta=True)
     pruned = deepcopy(model)
-    Pruner(pruned, streams=True).apply(PrunePlan(keep, 0.0, 0.4))
+    Pruner(pruned, Ranking(importance="gamma", streams=True)).apply(PrunePlan(keep, 0.0, 0.4))
     # float64: decoded boxes and keypoints are in pixels and batch-statistics BN over a 1x1 P6 map magnifies
     # rounding, so float32 differences reach 1e-4 from summation order alone; float64 shows exactness to 1e-8
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -111,7 +112,8 @@ def test_yolo11_and_yolo26_block_rules() -> None:
     assert not g26.groups["model.23.one2one_cv3.0.0.0.bn"].prunable  # so its depthwise readers stay whole too
     assert g26.groups["model.23.proto.semseg.0.bn"].prunable
     # semseg runs in training only (no inference GFLOPs): the cost-aware ranking still gives finite scores
-    assert all(torch.isfinite(t).all() for t in Pruner(_model("yolo26n-seg.yaml"), importance="flops").scores())
+    pruner = Pruner(_model("yolo26n-seg.yaml"), Ranking(importance="flops"))
+    assert all(torch.isfinite(t).all() for t in pruner.scores())
 
 
 def test_c2_rule_p6() -> None:
@@ -147,7 +149,7 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
     model = _model(cfg)
     source = save_checkpoint(model, tmp_path / cfg.replace(".yaml", ".pt"), train_args={"imgsz": 64})
     pruned = steps.prune(
-        source, ratio=0.5, save_dir=tmp_path / "p", importance="gamma"
+        source, ratio=0.5, save_dir=tmp_path / "p", ranking=GAMMA
     )  # no training data: an untrained model
     stdout = stock_predict(pruned)
     loaded, _ = load_model(pruned)
@@ -161,7 +163,7 @@ def test_pruned_family_checkpoint_in_stock_ultralytics(cfg: str, tmp_path) -> No
 def _pruned_checkpoint(cfg: str, folder) -> Path:
     source = save_checkpoint(_model(cfg), folder / cfg.replace(".yaml", ".pt"))
     return steps.prune(
-        source, ratio=0.3, save_dir=folder / "pruned", importance="gamma"
+        source, ratio=0.3, save_dir=folder / "pruned", ranking=GAMMA
     )  # no training data: an untrained model
 
 

@@ -16,10 +16,12 @@ from common import paired_interval, welch_interval  # noqa: E402
 
 from yoloslim import steps
 
+from .conftest import GAMMA
+
 
 @pytest.fixture(scope="module")
 def pruned_ckpt(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), ranking=GAMMA)
 
 
 def test_welch_interval_matches_scipy() -> None:

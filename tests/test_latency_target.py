@@ -12,11 +12,13 @@ import pytest
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
 from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
-from yoloslim.settings import check_latency_target
+from yoloslim.settings import Ranking, check_latency_target
 from yoloslim.prune import Pruner
 from yoloslim.report import ModelSize
 
-from .conftest import assert_one_line_error, build_model, yoloslim_cli
+from .conftest import GAMMA, assert_one_line_error, build_model, yoloslim_cli
+
+GAMMA_256 = Ranking(importance="gamma", round_to=256)  # wider than any layer: removes nothing
 
 
 def lagging(share: float) -> float:
@@ -76,7 +78,7 @@ def test_real_measuring_path_with_an_injected_timer(tmp_path) -> None:
     """Prune, export and run every probe for real; the timer says every run takes 1 ms, so no probe can get faster
     than the unpruned model and the floors are reported as unreachable, with the figure measured (1.000x)."""
     clock = itertools.count(step=0.001)
-    pruner = Pruner(build_model(), round_to=8)
+    pruner = Pruner(build_model(), Ranking(importance="gamma", round_to=8))
     measure = measured_latency_ratio(pruner, 64, tmp_path, rounds=1, repeats=2, timer=lambda: next(clock))
     assert measure(0.5) == 1.0 and sorted(p.name for p in tmp_path.iterdir()) == ["unpruned"]  # each probe removed
     with pytest.raises(ValueError, match=r"cannot be reached on this runtime: the per-layer floors run at 1\.000x"):
@@ -96,7 +98,7 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(steps, "measured_latency_ratio", synthetic)
     out = steps.prune(
-        tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.6), importance="gamma", round_to=1
+        tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.6), ranking=GAMMA
     )
     model = load_model(out)[0]
     info = pruned_info(model)
@@ -117,7 +119,7 @@ def test_a_latency_target_that_needs_no_pruning_writes_nothing(tiny_ckpt, tmp_pa
     monkeypatch.setattr(steps, "measured_latency_ratio", lambda pruner, imgsz, work, runtime: lambda share: 1.0)
     with pytest.raises(ValueError, match=r"target latency 0.99 on onnx needs no pruning: .* keeps every channel"):
         steps.prune(
-            tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.99), importance="gamma", round_to=256
+            tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.99), ranking=GAMMA_256
         )
     assert not (tmp_path / "p" / "pruned.pt").exists()
 

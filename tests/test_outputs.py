@@ -14,10 +14,12 @@ import torch
 from yoloslim import artifacts, atomic, steps
 from yoloslim.checkpoint import load_model, pruned_info
 
+from .conftest import GAMMA
+
 
 @pytest.fixture(scope="module")
 def pruned(tiny_ckpt, tmp_path_factory) -> Path:
-    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), importance="gamma")
+    return steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("pruned"), ranking=GAMMA)
 
 
 def _set(folder: Path) -> dict[str, bytes]:
@@ -96,7 +98,7 @@ def test_write_set_killed_between_renames_leaves_no_finished_marker(tmp_path, mo
 
 def test_prune_that_fails_to_write_keeps_the_previous_prune(tiny_ckpt, tmp_path, monkeypatch) -> None:
     """The out-of-disk case of issue 20: report and CSV said 0.2 while pruned.pt was still the 0.6 model."""
-    first = steps.prune(tiny_ckpt, ratio=0.6, save_dir=tmp_path, importance="gamma")
+    first = steps.prune(tiny_ckpt, ratio=0.6, save_dir=tmp_path, ranking=GAMMA)
     before = _set(tmp_path)
     staged = atomic._staged
 
@@ -107,7 +109,7 @@ def test_prune_that_fails_to_write_keeps_the_previous_prune(tiny_ckpt, tmp_path,
 
     monkeypatch.setattr(atomic, "_staged", full_disk)
     with pytest.raises(OSError, match="No space"):
-        steps.prune(tiny_ckpt, ratio=0.2, save_dir=tmp_path, importance="gamma")
+        steps.prune(tiny_ckpt, ratio=0.2, save_dir=tmp_path, ranking=GAMMA)
     assert _set(tmp_path) == before and pruned_info(load_model(first)[0])["ratio"] == 0.6
     assert "0.6" in (tmp_path / "prune_report.txt").read_text()
 

@@ -14,8 +14,9 @@ from yoloslim import UnsupportedModuleError, build_graph, steps
 from yoloslim.checkpoint import load_model, pruned_info, save_checkpoint
 from yoloslim.cost import prunable_units
 from yoloslim.prune import Pruner, PrunePlan, prune_model
+from yoloslim.settings import Ranking
 
-from .conftest import build_model, stock_predict
+from .conftest import GAMMA, STREAMS, build_model, stock_predict
 
 
 def _chosen(model, share: float = 0.4, seed: int = 0, only=None, streams: bool = True) -> dict[str, list[int]]:
@@ -58,7 +59,7 @@ def _outputs(model, x) -> torch.Tensor:
 
 def _pruned(model, keep, fold: bool = True):
     pruned = deepcopy(model)
-    Pruner(pruned, fold=fold, streams=True).apply(PrunePlan(keep, 0.0, 0.4))  # `_chosen` cuts streams too
+    Pruner(pruned, STREAMS, fold=fold).apply(PrunePlan(keep, 0.0, 0.4))  # `_chosen` cuts streams too
     return pruned
 
 
@@ -111,16 +112,16 @@ def test_folding_is_closer_in_general() -> None:
 def test_ratio_threshold_floor_and_rounding() -> None:
     model = build_model()
     graph = build_graph(model, streams=False)
-    pruned, plan, changes = prune_model(model, 0.5, importance="gamma", streams=False)  # the seed's ranking
+    pruned, plan, changes = prune_model(model, 0.5, ranking=GAMMA)  # the seed's ranking
     scores = torch.cat([dict(model.named_modules())[g.name].weight.detach().abs() for g in graph.prunable])
     assert plan.threshold == pytest.approx(float(scores.sort().values[len(scores) // 2]))
     removed = sum(c.before - c.after for c in changes if c.prunable) / sum(c.before for c in changes if c.prunable)
     assert 0.4 < removed <= 0.5
     assert all(c.after == c.before for c in changes if not c.prunable)
     # every ratio works and no layer is emptied; round_to keeps multiples of 8 (or the full width)
-    _, _, extreme = prune_model(model, 0.99, round_to=8)
+    _, _, extreme = prune_model(model, 0.99, ranking=Ranking(importance="gamma", round_to=8))
     assert all(c.after >= 1 and (c.after % 8 == 0 or c.after == c.before) for c in extreme)
-    _, _, floored = prune_model(model, 0.99, min_keep=0.25)
+    _, _, floored = prune_model(model, 0.99, ranking=Ranking(importance="gamma", min_keep=0.25))
     assert all(c.after >= math.ceil(0.25 * c.before) for c in floored)
     assert any(c.after == math.ceil(0.25 * c.before) for c in floored if c.prunable)  # the floor is what binds
     x = torch.rand(1, 3, 64, 64)
@@ -130,7 +131,7 @@ def test_ratio_threshold_floor_and_rounding() -> None:
 
 def test_c2f_halves_stay_equal() -> None:
     model = build_model()
-    pruned, plan, _ = prune_model(model, 0.6)
+    pruned, plan, _ = prune_model(model, 0.6, ranking=GAMMA)
     for name, kept in plan.keep.items():
         if build_graph(model).groups[name].halves == 2:
             half = build_graph(model).groups[name].size // 2

@@ -24,6 +24,7 @@ from yoloslim.quantize import (
     quantize_onnx,
 )
 
+from .conftest import GAMMA
 from .test_deploy import _val_images
 
 QDQ_S8_TENSOR_CONVS = Quantization("qdq", "s8", False, CONV_OPS)
@@ -37,7 +38,7 @@ INT8 = ("QuantizeLinear", "QLinear")  # the ops whose outputs are 8-bit: Quantiz
 @pytest.fixture(scope="module")
 def fp32(tiny_ckpt, tmp_path_factory) -> Path:
     """The pruned tiny model's FP32 ONNX file at 64 px."""
-    pruned = steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("quantize"), importance="gamma")
+    pruned = steps.prune(tiny_ckpt, ratio=0.4, save_dir=tmp_path_factory.mktemp("quantize"), ranking=GAMMA)
     return steps.export(pruned, imgsz=64)["onnx"]
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.block import DFL
 
-from .conftest import assert_one_line_error, build_model, stock_predict, yoloslim_cli
+from .conftest import GAMMA, assert_one_line_error, build_model, stock_predict, yoloslim_cli
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
 from yoloslim.prune import prune_model
@@ -55,7 +55,7 @@ def test_reconstruction_brings_the_pruned_model_back_to_the_original() -> None:
     """On held-out images the repaired model's outputs are much closer to the unpruned model's than the cut alone;
     every fit lowers its conv's error, shapes are unchanged and the fixed DFL decode is never touched."""
     model = build_model()
-    pruned, plan, _ = prune_model(model, 0.3)
+    pruned, plan, _ = prune_model(model, 0.3, ranking=GAMMA)
     held_out = _images(8, seed=1)
     reference, cut = _outputs(model, held_out), _outputs(pruned, held_out)
     shapes = {k: v.shape for k, v in pruned.state_dict().items()}
@@ -72,7 +72,7 @@ def test_reconstruction_brings_the_pruned_model_back_to_the_original() -> None:
 def test_nothing_removed_nothing_refitted() -> None:
     """A conv that reads exactly what the original reads is left as it is: at ratio 0 no conv is fitted."""
     model = build_model()
-    pruned, plan, _ = prune_model(model, 0.0)
+    pruned, plan, _ = prune_model(model, 0.0, ranking=GAMMA)
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
     assert Reconstruction(model, pruned, plan.keep).run(_images(16)) == []
     assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())
@@ -83,7 +83,7 @@ def test_reconstruction_is_deterministic() -> None:
     model = build_model()
     states = []
     for _ in range(2):
-        pruned, plan, _ = prune_model(model, 0.4)
+        pruned, plan, _ = prune_model(model, 0.4, ranking=GAMMA)
         Reconstruction(model, pruned, plan.keep).run(_images(24))
         states.append(pruned.state_dict())
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
@@ -123,10 +123,10 @@ def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
             tiny_ckpt,
             ratio=0.4,
             save_dir=tmp_path_factory.mktemp(name),
-            importance="gamma",
             data=tiny_data,
             validate_pruned=False,
             how=how,
+            ranking=GAMMA,
         )
     return out
 

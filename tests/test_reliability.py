@@ -15,7 +15,7 @@ import yaml
 from yoloslim import YOLO, Pruner, UnsupportedModuleError, build_graph, prunable_bn_names, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 
-from .conftest import TINY, build_model, train_interrupted
+from .conftest import GAMMA, TINY, build_model, train_interrupted
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_fused_model_is_a_clear_error() -> None:
 
 def test_plan_that_empties_a_group_is_refused() -> None:
     model = build_model()
-    pruner = Pruner(model)
+    pruner = Pruner(model, GAMMA)
     plan = pruner.plan(0.3)
     name = next(g.name for g in pruner.graph.prunable if g.halves == 1)
     bad = type(plan)({**plan.keep, name: []}, plan.threshold, plan.ratio)
@@ -65,7 +65,7 @@ def test_old_checkpoint_ch_key_is_read(tmp_path) -> None:
     graph = build_graph(loaded)
     assert len(graph.consumers["model.0.conv"].inputs) == 1
     out = steps.prune(
-        path, ratio=0.3, save_dir=tmp_path / "pruned", importance="gamma"
+        path, ratio=0.3, save_dir=tmp_path / "pruned", ranking=GAMMA
     )  # an untrained model: no data to rank by
     small, _ = load_model(out)
     assert small.model[0].conv.in_channels == 1 and small(torch.rand(1, 1, 64, 64))[0].shape[1] == 4 + 2

@@ -14,8 +14,9 @@ from yoloslim.checkpoint import load_model
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, prunable_gammas, sr_at
 from yoloslim.target import FADE, RAMP_END, ChannelZeroing, scheduled_share
 from yoloslim.trainer import read_zeroing_state
+from yoloslim.settings import Ranking, SparsityTarget
 
-from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
+from .conftest import GAMMA, TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
 
 FAST = dict(TINY, batch=4, nbs=4, val=False)
 
@@ -42,16 +43,16 @@ def test_cubic_schedule() -> None:
 @pytest.mark.parametrize("share", [0.3, 0.6, 0.9])
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8s.yaml"])
 def test_plan_share_removes_at_least_the_share(cfg, share) -> None:
-    pruner = Pruner(build_model(cfg))
+    pruner = Pruner(build_model(cfg), GAMMA)
     removed = round(pruner.plan_share(share).removed * pruner.n_channels)
     assert share * pruner.n_channels <= removed < share * pruner.n_channels + 16  # at least it, by little more
     with pytest.raises(ValueError, match="allow at most"):
-        Pruner(build_model(cfg), min_keep=0.5).plan_share(0.6)
+        Pruner(build_model(cfg), Ranking(importance="gamma", min_keep=0.5)).plan_share(0.6)
 
 
 def test_zeroing_holds_zeros_in_every_copy() -> None:
     model, ema = build_model(), build_model()
-    zeroing = ChannelZeroing(model, "channels", 0.5)
+    zeroing = ChannelZeroing(model, SparsityTarget("channels", 0.5), GAMMA)
     zeroing.update(RAMP_END, [model, ema])  # all chosen, fading
     assert not zeroing.finished
     zeroing.update(RAMP_END + FADE, [model, ema])  # faded to exactly 0
@@ -62,7 +63,7 @@ def test_zeroing_holds_zeros_in_every_copy() -> None:
     for name, idx in zeroing.zeroed.items():
         assert not bns[name].bias[idx].any()  # beta too: a zeroed channel outputs exactly SiLU(0) = 0
     with pytest.raises(ValueError, match="cannot be reached"):
-        ChannelZeroing(model, "channels", 0.99)
+        ChannelZeroing(model, SparsityTarget("channels", 0.99), GAMMA)
 
 
 @pytest.mark.parametrize("optimizer", ["AdamW", "SGD"])
@@ -228,7 +229,7 @@ def test_a_damaged_or_hostile_zeroing_state_is_ignored_with_a_warning(tmp_path, 
 def test_a_zeroing_state_of_another_model_is_refused() -> None:
     """A saved state that chooses channels the model does not have is an error before anything is set."""
     model = build_model()
-    zeroing = ChannelZeroing(model, "channels", 0.5)
+    zeroing = ChannelZeroing(model, SparsityTarget("channels", 0.5), GAMMA)
     state = zeroing.state_dict()
     state["zeroed"] = {"model.0.bn": torch.tensor([0, 99])}
     with pytest.raises(ValueError, match="does not have"):

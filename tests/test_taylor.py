@@ -10,14 +10,15 @@ import yaml
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT
 
-from yoloslim import Pruner, steps
+from yoloslim import REGISTRY, YOLO, Pruner, steps
 from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.channels import build_graph
 from yoloslim.cost import prunable_units
 from yoloslim.target import FADE, ChannelZeroing
 from yoloslim.taylor import TaylorImportance, estimate_taylor, first_order_change
+from yoloslim.settings import IMPORTANCE_NAMES, Ranking, SparsityTarget
 
-from .conftest import build_model
+from .conftest import GAMMA, TINY, build_model
 
 
 def _batch(n: int = 2, size: int = 64) -> dict[str, torch.Tensor]:
@@ -105,11 +106,12 @@ def test_importance_is_the_moving_average_of_squared_changes() -> None:
         changes.append((bn.weight + bn.bias).detach()[: unit.size] * scale)
         importance.accumulate(modules, units, grad_scale=2.0)  # an AMP scale of 2 halves every gradient
     expected = 0.75 * (changes[0] / 2) ** 2 + 0.25 * (changes[1] / 2) ** 2
-    assert torch.allclose(importance(Pruner(model), unit), expected)
+    assert torch.allclose(importance(Pruner(model, GAMMA), unit), expected)
     bn.weight.grad[0] = float("inf")  # an AMP overflow: the step is skipped, the averages stay
-    assert not importance.accumulate(modules, units) and torch.allclose(importance(Pruner(model), unit), expected)
+    assert not importance.accumulate(modules, units)
+    assert torch.allclose(importance(Pruner(model, GAMMA), unit), expected)
     with pytest.raises(ValueError, match="no gradients yet"):
-        TaylorImportance()(Pruner(model), unit)
+        TaylorImportance()(Pruner(model, GAMMA), unit)
 
 
 def test_estimate_taylor_ranks_a_prune(tiny_ckpt, tiny_data) -> None:
@@ -126,7 +128,7 @@ def test_estimate_taylor_ranks_a_prune(tiny_ckpt, tiny_data) -> None:
     assert plan.removed > 0.25 and plan.threshold >= float(lowest.max())  # the cut follows these scores
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="ranks channels by gradients"):
-        Pruner(model, importance="taylor").plan(0.3)
+        Pruner(model, Ranking(importance="taylor")).plan(0.3)
 
 
 def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +148,7 @@ def test_zeroing_fades_so_no_step_moves_the_outputs_much(monkeypatch, fade) -> N
     monkeypatch.setattr("yoloslim.target.FADE", fade)
     model = build_model()
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    zeroing = ChannelZeroing(model, "channels", 0.5)
+    zeroing = ChannelZeroing(model, SparsityTarget("channels", 0.5), GAMMA)
     steps = 200
     start = previous = _outputs(model, x)
     moves = []
@@ -178,3 +180,52 @@ def test_taylor_prune_on_a_dataset_with_other_classes_says_so(tiny_ckpt, tiny_da
     with pytest.raises(ValueError, match=r"has 1 classes but .* predicts 3: .*--importance gamma"):
         steps.prune(tiny_ckpt, ratio=0.3, save_dir=tmp_path / "out", data=str(other))
     assert not (tmp_path / "out").exists()
+
+
+class GammaTaylor:
+    """Taylor on gamma alone, `(dL/dgamma * gamma)^2` summed over a unit's BNs and averaged over steps: a criterion
+    that learns from gradients, registered by a test to show that a new one is a registry entry and its name."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def accumulate(self, modules: dict, units: list, grad_scale: float = 1.0) -> bool:
+        if any(modules[bn].weight.grad is None for unit in units for bn, _ in unit.members):
+            return False
+        for unit in units:
+            change = sum(
+                (modules[bn].weight.grad[o : o + unit.size] / grad_scale * modules[bn].weight[o : o + unit.size])
+                .detach()
+                .float()
+                for bn, o in unit.members
+            )
+            key = unit.members[0][0]
+            self.sums[key] = self.sums.get(key, 0) + change**2
+        self.steps += 1
+        return True
+
+    def __call__(self, pruner: Pruner, unit) -> torch.Tensor:
+        return self.sums[unit.members[0][0]] / max(self.steps, 1)
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.steps = dict(state["sums"]), state["steps"]
+
+
+@pytest.mark.slow
+def test_a_new_gradient_criterion_is_a_registry_entry_and_its_name(monkeypatch, tiny_data, tmp_path) -> None:
+    """`importance.REGISTRY` and `settings.IMPORTANCE_NAMES` are all a criterion that learns from gradients needs:
+    the settings check accepts its name, the trainer feeds it each step and the zeroing ranks by it."""
+    made: list[GammaTaylor] = []
+    monkeypatch.setitem(REGISTRY, "gamma-taylor", lambda source: made.append(GammaTaylor()) or made[-1])
+    monkeypatch.setattr("yoloslim.settings.IMPORTANCE_NAMES", (*IMPORTANCE_NAMES, "gamma-taylor"))
+    model = YOLO("yolov8n.yaml")
+    fast = dict(TINY, batch=4, nbs=4, val=False)  # an optimizer step every batch: the zeroing chooses within 2 epochs
+    args = dict(sr=1e-2, sparsity=0.3, importance="gamma-taylor", epochs=2, project=str(tmp_path))
+    model.train(data=tiny_data, **args, **fast)
+    zeroing = model.trainer.zeroing
+    assert zeroing.importance is made[-1] and made[-1].steps > 0  # made by the factory, fed by the trainer
+    assert zeroing.zeroed and zeroing.amount > 0  # and ranked the channels it chose

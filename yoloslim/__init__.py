@@ -6,6 +6,7 @@ from yoloslim.model import YOLO
 from yoloslim.cost import CostModel, Unit, prunable_units
 from yoloslim.importance import REGISTRY, Source, cost_weighted, gamma_importance, make_importance
 from yoloslim.prune import Pruner, PrunePlan, prune_model
+from yoloslim.settings import Ranking, SparsityTarget
 from yoloslim.taylor import TaylorImportance, estimate_taylor
 from yoloslim.trainer import TRAINERS, SlimMixin, SlimTrainer
 from yoloslim import steps  # noqa: E402  (the workflow steps, after the classes they use)
@@ -18,8 +19,10 @@ __all__ = [
     "Source",
     "Pruner",
     "PrunePlan",
+    "Ranking",
     "SlimMixin",
     "SlimTrainer",
+    "SparsityTarget",
     "TRAINERS",
     "TaylorImportance",
     "Unit",

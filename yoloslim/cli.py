@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from yoloslim.settings import DEFAULT_CALIB_IMAGES, add_flags
+from yoloslim.settings import DEFAULT_CALIB_IMAGES, RANKING, Ranking, add_flags
 
 
 def parser_for(command: str, **defaults: Any) -> argparse.ArgumentParser:
@@ -61,17 +61,16 @@ def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 def _run_train(a: argparse.Namespace) -> Any:
     from yoloslim import steps
-    from yoloslim.trainer import ranking_args
 
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
-    ranking = ranking_args(a)
+    ranking = Ranking.of(a)
     if a.target_latency:  # one number drives both stages: the sparse stage zeroes to the GFLOPs it stands for
         a.target_gflops = steps.latency_target_gflops(
-            a.weights, latency=a.target_latency, data=a.data, imgsz=a.imgsz, runtime=a.runtime, **ranking
+            a.weights, latency=a.target_latency, data=a.data, imgsz=a.imgsz, runtime=a.runtime, ranking=ranking
         )
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
-    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **ranking)
+    return steps.train(**_train_kwargs(a), sr=a.sr, **target, **{k: getattr(ranking, k) for k in RANKING})
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -114,14 +113,11 @@ def _run_prune(a: argparse.Namespace) -> Any:
         a.weights,
         ratio=None if target else a.prune_ratio,  # a target replaces the (default) ratio; both given is refused above
         save_dir=a.save_dir,
-        round_to=a.round_to,
+        ranking=Ranking.of(a),
         fold=not a.no_fold,
-        min_keep=a.min_keep,
         data=a.data,
         validate_pruned=not a.no_val,
         target=target,
-        importance=a.importance,
-        streams=a.streams,
         allow_unchanged=a.allow_unchanged,
         runtime=a.runtime,
         how=Repair(reconstruct=a.reconstruct, bn=a.recalibrate_bn, images=a.calib_images),

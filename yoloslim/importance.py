@@ -80,8 +80,9 @@ def _taylor(source: Source) -> TaylorImportance:
         return TaylorImportance()
     if source.model is None or source.data is None:
         raise ValueError(
-            "importance 'taylor' ranks channels by gradients of the loss: give the prune step its dataset, or pass "
-            "a TaylorImportance (yoloslim.taylor: estimate_taylor(model, data, imgsz)) as the importance"
+            "importance 'taylor' ranks channels by gradients of the loss: give the prune step its dataset, pass "
+            "a TaylorImportance (yoloslim.taylor: estimate_taylor(model, data, imgsz)) as the importance, or rank "
+            "by gamma (settings.Ranking(importance='gamma'))"
         )
     data = source.data()
     LOGGER.info(f"{colorstr('yoloslim:')} Taylor importance from {ESTIMATE_BATCHES} batches of the training images")

@@ -13,15 +13,15 @@ from ultralytics import YOLO as _UltralyticsYOLO
 
 from yoloslim.checkpoint import pruned_info, student
 from yoloslim.data import resolve_data
+from yoloslim.importance import gamma_importance
+from yoloslim.settings import SparsityTarget
 from yoloslim.target import check_target
 from yoloslim.task_data import check_data_fits_task
 from yoloslim.trainer import (
     SLIM_ARGS,
     TRAINERS,
     check_slim_args,
-    ranking_args,
     refuse_sparsity_on_pruned,
-    zeroing_target,
 )
 
 
@@ -69,10 +69,8 @@ class YOLO(_UltralyticsYOLO):
             # a pruned model trains on its own task's data (a dataset name Ultralytics resolves itself is not read)
             check_data_fits_task(resolve_data(data), self.task, getattr(self.model.model[-1], "kpt_shape", None))
         checked = dict(kwargs)
-        check_slim_args(checked)
-        target = zeroing_target(checked)
+        ranking, target = check_slim_args(checked)
         refuse_sparsity_on_pruned(self.model, target)
-        if checked["sr"] > 0 or target:
-            floors = {k: v for k, v in ranking_args(checked).items() if k != "importance"}  # the ranking is not read
-            check_target(self.model, *(target or ("channels", 0.0)), **floors)
+        if checked["sr"] > 0 or target:  # the floors and the graph, not the ranking: gamma needs no data
+            check_target(self.model, target or SparsityTarget("channels", 0.0), ranking, gamma_importance)
         return super().train(trainer=trainer, **kwargs)

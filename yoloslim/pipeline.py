@@ -36,6 +36,7 @@ from yoloslim.settings import (
     LATER_SETTINGS,
     ONESHOT_FROM,
     RANKING,
+    Ranking,
     RESERVED,
     STAGE_SETTINGS,
     check_values,
@@ -98,10 +99,11 @@ class _PipelineRules:
 
     def sparse_args(self, point: float | None = None) -> dict[str, Any]:
         """A sparse stage's slimming arguments: `sr`, its target, and the ranking that prune will use too."""
-        return {"sr": self.sr, **self.sparse_target(point), **self.ranking()}
+        return {"sr": self.sr, **self.sparse_target(point), **{k: getattr(self, k) for k in RANKING}}
 
-    def ranking(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RANKING}
+    def ranking(self) -> Ranking:
+        """The ranking of every prune, made from the config's settings (checked by `check`)."""
+        return Ranking.of(self)
 
     def check(self) -> None:
         """Bad settings fail before any training: each by its check in settings.py, then how they go together."""
@@ -214,7 +216,7 @@ class Pipeline:
         return self.stage(
             name,
             save_dir / "pruned.pt",
-            lambda: steps.prune(weights, save_dir=save_dir, fold=fold, **amount, **c.ranking(), **fixed),
+            lambda: steps.prune(weights, save_dir=save_dir, fold=fold, **amount, ranking=c.ranking(), **fixed),
         )
 
     def run(self) -> list[dict[str, Any]]:

@@ -24,14 +24,8 @@ from torch import nn
 
 from yoloslim.channels import ChannelGraph, ChannelGroup, build_graph
 from yoloslim.cost import CostModel, prunable_units
-from yoloslim.settings import (
-    DEFAULT_STREAMS,
-    check_budget,
-    check_min_keep,
-    check_ratio,
-    check_round_to,
-)
-from yoloslim.importance import Importance, gamma_importance, make_importance
+from yoloslim.importance import Importance, Source, gamma_importance, make_importance
+from yoloslim.settings import Ranking, check_budget, check_ratio
 from yoloslim.surgery import LayerChange, cut, plan_masks
 
 @dataclass(frozen=True)
@@ -58,44 +52,50 @@ class Pruner:
 
     Args:
         model: the model to prune (modified by `apply`; pass a copy to keep the original).
-        importance: channel score of a unit (higher is more important), or a name in `settings.IMPORTANCE_NAMES`
-            that needs no data (`importance.make_importance`).
-        round_to: keep counts in multiples of this (GPU-friendly shapes), capped at the layer width.
-        min_keep: the per-layer floor, as a share of the layer's channels (at least one channel is kept),
-            so that every ratio in [0, 1) works and no layer is ever emptied.
+        ranking: the criterion's name, the residual streams, `round_to` (counts in multiples of this, capped at the
+            layer width) and `min_keep` (the per-layer floor, a share of the layer's channels, at least one
+            channel: every ratio in [0, 1) works and no layer is ever emptied), checked when it was made.
+        importance: the criterion to use instead of `ranking.importance`: one already made (a `TaylorImportance`
+            estimated or fed elsewhere, the zeroing's) or another name. A name is made by `importance.make_importance`
+            from the model alone: Taylor's needs data, so pass it made (`taylor.estimate_taylor`).
         fold: fold each removed channel's constant output `act(beta)` into its consumers (the next BN's
             running mean, or a head conv's bias), which makes removing zero-gamma channels exact for 1x1
             consumers and close for the others.
-        streams: prune the residual streams of Bottleneck shortcuts (all their BNs together); off by default.
 
     Raises:
-        ValueError: a bad round_to, min_keep or importance name, or weights on the meta device. UnsupportedModuleError:
-            a block no rule covers.
+        ValueError: a criterion that needs data, or weights on the meta device. UnsupportedModuleError: a block no
+            rule covers.
 
     Example:
-        >>> pruner = Pruner(model, importance="gamma", round_to=8)
+        >>> pruner = Pruner(model, Ranking(importance="gamma", round_to=8))
         >>> changes = pruner.apply(pruner.plan_budget("gflops", 0.4))  # model now keeps 40% of its GFLOPs
     """
 
     def __init__(
         self,
         model: nn.Module,
-        importance: Importance | str = "gamma",
-        round_to: int = 1,
-        min_keep: float = 0.05,
+        ranking: Ranking = Ranking(),
+        importance: Importance | str | None = None,
         fold: bool = True,
-        streams: bool = DEFAULT_STREAMS,
     ) -> None:
-        round_to = check_round_to(round_to)
-        min_keep = check_min_keep(min_keep)
-        importance = make_importance(importance)
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise ValueError("the model's weights are on the meta device (never loaded): load them before pruning")
-        self.model = model
-        self.graph: ChannelGraph = build_graph(model, streams)
+        source = Source(model, streams=ranking.streams)
+        importance = make_importance(ranking.importance if importance is None else importance, source)
+        self.model, self.ranking, self.importance, self.fold = model, ranking, importance, fold
+        self.graph: ChannelGraph = build_graph(model, ranking.streams)
         self.units = prunable_units(self.graph)
         self.modules = dict(model.named_modules())
-        self.importance, self.round_to, self.min_keep, self.fold = importance, round_to, min_keep, fold
+
+    @property
+    def round_to(self) -> int:
+        """Channel counts in multiples of this (the ranking's)."""
+        return self.ranking.round_to
+
+    @property
+    def min_keep(self) -> float:
+        """The per-layer floor (the ranking's)."""
+        return self.ranking.min_keep
 
     @cached_property
     def cost(self) -> CostModel:
@@ -279,7 +279,12 @@ def check_amount(ratio: Any, target: tuple[str, Any] | None) -> tuple[float | No
 
 
 def prune_model(
-    model: nn.Module, ratio: float | None = None, target: tuple[str, float] | None = None, **pruner_args
+    model: nn.Module,
+    ratio: float | None = None,
+    target: tuple[str, float] | None = None,
+    ranking: Ranking = Ranking(),
+    importance: Importance | str | None = None,
+    fold: bool = True,
 ) -> tuple[nn.Module, PrunePlan, list[LayerChange]]:
     """A pruned copy of `model` (the input is left untouched), the plan used and the per-layer changes.
 
@@ -287,7 +292,7 @@ def prune_model(
         model: an Ultralytics detection-family model.
         ratio: share of prunable channels to remove, in [0, 1) (a Python, NumPy or torch scalar).
         target: instead of `ratio`, a compute budget: ("gflops", 0.4) keeps 40% of the GFLOPs, ("params", s).
-        **pruner_args: `Pruner`'s importance, round_to, min_keep, fold and streams.
+        ranking, importance, fold: as `Pruner` takes them.
 
     Returns:
         (the pruned copy, its `PrunePlan`, one `LayerChange` per channel group).
@@ -296,10 +301,11 @@ def prune_model(
         ValueError: a bad amount or an unreachable target. UnsupportedModuleError: a block no rule covers.
 
     Example:
-        >>> pruned, plan, changes = prune_model(YOLO("best.pt").model, target=("gflops", 0.4), round_to=8)
+        >>> rank = Ranking(importance="gamma", round_to=8)
+        >>> pruned, plan, changes = prune_model(YOLO("best.pt").model, target=("gflops", 0.4), ranking=rank)
     """
     ratio, target = check_amount(ratio, target)
     pruned = deepcopy(model).float().eval()
-    pruner = Pruner(pruned, **pruner_args)
+    pruner = Pruner(pruned, ranking, importance, fold)
     plan = pruner.plan(ratio) if ratio is not None else pruner.plan_budget(*target)
     return pruned, plan, pruner.apply(plan)

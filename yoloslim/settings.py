@@ -777,7 +777,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SLIM_ARGS: dict[str, Any] = {s.name: s.default for s in SETTINGS if s.slim}
-RANKING = ("importance", "streams", "round_to")  # the ranking the sparse stage's zeroing shares with prune
+RANKING = ("importance", "streams", "round_to")  # the ranking's training arguments: the zeroing ranks as prune will
+RANKING_FIELDS = (*RANKING, "min_keep")  # `Ranking`'s fields
 STAGE_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.stale)
 LATER_SETTINGS: dict[str, Any] = {s.name: s.later for s in SETTINGS if s.later is not NOT_LATER}
 # Ultralytics' own arguments that the pipeline's stages set, besides its settings that Ultralytics takes
@@ -792,6 +793,71 @@ def check_value(name: str, value: Any) -> Any:
     """`value` of the setting `name`, checked and normalised by its check."""
     check = _BY_NAME[name].check
     return value if check is None else check(value)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How channels are ranked and how many each layer keeps: made once where a command or the Python API starts,
+    checked then by the table's checks, and passed down as it is (the sparse stage's zeroing ranks as `prune` will).
+
+    Attributes:
+        importance: a criterion of `IMPORTANCE_NAMES` (made by `importance.make_importance`).
+        streams: also prune the residual streams of Bottleneck shortcuts.
+        round_to: keep channel counts in multiples of this (1 = exact counts).
+        min_keep: the per-layer floor, a share of each layer's channels (at least one is kept).
+
+    Example:
+        >>> Ranking(importance="gamma", round_to=8)
+    """
+
+    importance: str = _BY_NAME["importance"].default
+    streams: bool = _BY_NAME["streams"].default
+    round_to: int = _BY_NAME["round_to"].default
+    min_keep: float = _BY_NAME["min_keep"].default
+
+    def __post_init__(self) -> None:
+        for name in RANKING_FIELDS:
+            object.__setattr__(self, name, check_value(name, getattr(self, name)))
+
+    @classmethod
+    def of(cls, values: Any) -> Ranking:
+        """The ranking among `values` (a dict, or a namespace such as the training arguments); the fields it does
+        not hold keep the table's defaults."""
+        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key, None)
+        return cls(**{k: v for k in RANKING_FIELDS if (v := get(k)) is not None})
+
+
+@dataclass(frozen=True)
+class SparsityTarget:
+    """What the sparse stage zeroes (`target.ChannelZeroing`), checked once when made.
+
+    Attributes:
+        kind: "channels" (a share of prunable channels driven to zero) or a compute kind of `BUDGETS` (the share of
+            the unpruned model's cost that the channels left alive keep).
+        value: that share.
+    """
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind == "channels":
+            object.__setattr__(self, "value", check_sparsity(self.value))
+        else:
+            object.__setattr__(self, "value", check_budget(self.kind, self.value))
+
+    @property
+    def final(self) -> float:
+        """What the zeroing removes in the end: a share of the channels, or of the cost."""
+        return self.value if self.kind == "channels" else 1 - self.value
+
+    @classmethod
+    def of(cls, values: Any) -> SparsityTarget | None:
+        """The target among training arguments (`target_gflops` first, else `sparsity`), or None for neither."""
+        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key, None)
+        if get("target_gflops"):
+            return cls("gflops", get("target_gflops"))
+        return cls("channels", get("sparsity")) if get("sparsity") else None
 
 
 def check_values(command: str, values: Any) -> None:

@@ -10,7 +10,7 @@ import tempfile
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ from yoloslim.checkpoint import (
 from yoloslim.data import check_classes, recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.fingerprint import INPUTS, differs as inputs_differ, inputs as run_inputs  # noqa: F401  (run folders)
-from yoloslim.importance import Source, make_importance
+from yoloslim.importance import Importance, Source, gamma_importance, make_importance
 from yoloslim.latency import measured_latency_ratio, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import gamma_histograms_png
@@ -47,10 +47,9 @@ from yoloslim.report import ModelSize, fit_table, layer_csv, layer_table, prune_
 from yoloslim.sizes import fit_imgsz
 from yoloslim.sparsity import gamma_stats, prunable_gammas
 from yoloslim.settings import (
-    DEFAULT_IMPORTANCE,
-    DEFAULT_STREAMS,
     PROJECT,
     SLIM_ARGS,
+    Ranking,
     check_batch,
     check_imgsz,
     check_latency_target,
@@ -278,7 +277,7 @@ def gamma_report(
     threshold = None
     if ratio is not None:
         check_ratio(ratio)
-        plan = Pruner(models[-1]).plan(ratio)
+        plan = Pruner(models[-1], importance=gamma_importance).plan(ratio)  # the histogram's threshold, in gamma
         threshold = (f"prune {ratio:g} of {labels[-1]}", max(plan.max_removed, 0.0))
     png = gamma_histograms_png(
         {k: np.concatenate([g.detach().abs().numpy().ravel() for g in v]) for k, v in gammas.items()},
@@ -324,13 +323,10 @@ def prune(
     *,
     ratio: float | None = None,
     save_dir: str | Path,
-    round_to: int = 1,
+    ranking: Ranking = Ranking(),
     fold: bool = True,
-    min_keep: float = 0.05,
     data: str | Path | None = None,
     target: tuple[str, float] | None = None,
-    importance: str = DEFAULT_IMPORTANCE,
-    streams: bool = DEFAULT_STREAMS,
     allow_unchanged: bool = False,
     runtime: str = "onnx",
     validate_pruned: bool = True,
@@ -344,7 +340,7 @@ def prune(
         weights: the (sparse-trained) checkpoint.
         ratio, target: the amount: a share of prunable channels in [0, 1), or (kind, share); exactly one.
         save_dir: the folder of the three files.
-        round_to, fold, min_keep, importance, streams: as `Pruner` takes them.
+        ranking, fold: as `Pruner` takes them (`settings.Ranking`: importance, streams, round_to, min_keep).
         data: repair the pruned model from its training images as `how` says (`reconstruct.Repair`) and validate it
             on it if `validate_pruned`; Taylor ranks on its training images (default: the checkpoint's).
         allow_unchanged: save even when floors and rounding leave every layer whole (else an error, unless ratio 0
@@ -359,20 +355,21 @@ def prune(
             folder, a prune that removes nothing; a block no channel rule covers; missing weights.
 
     Example:
-        >>> steps.prune("sparse/weights/best.pt", save_dir="pruned/", target=("gflops", 0.4), round_to=8)
+        >>> steps.prune("best.pt", save_dir="pruned/", target=("gflops", 0.4), ranking=Ranking(round_to=8))
     """
     latency = _latency_asked(target, runtime)
     ratio, target = check_amount(ratio, ("gflops", 1.0) if latency is not None else target)
     source, out = _prune_paths(weights, Path(save_dir))
     model, ckpt = _load_source(source)
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
-    args = {"round_to": round_to, "fold": fold, "min_keep": min_keep, "importance": importance, "streams": streams}
-    ranking = _ranking(model, args, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
+    importance = _importance(model, ranking, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
     said = ""  # a latency target's line in the report
     if latency:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
-        target, said = _latency_budget(model, ranking, args, latency, imgsz, runtime, allow_unchanged)
-    info = {**_prune_info(ratio, target, source, args, latency, runtime), "repair": asdict(how) if data else None}
-    pruned, plan, changes = _cut(model, ratio, target, {**args, "importance": ranking}, allow_unchanged, info)
+        pruner = Pruner(deepcopy(model).float().eval(), ranking, importance, fold)
+        target, said = _latency_budget(pruner, latency, imgsz, runtime, allow_unchanged)
+    info = _prune_info(ratio, target, source, ranking, fold, latency, runtime)
+    info["repair"] = asdict(how) if data else None
+    pruned, plan, changes = _cut(model, ratio, target, (ranking, importance, fold), allow_unchanged, info)
     fits = _repair(model, pruned, plan.keep, data, imgsz, how)
     summary = prune_summary(ModelSize.of(model, imgsz), ModelSize.of(pruned, imgsz), plan, target) + said
     _write_pruned(out, pruned, changes, f"{summary}\n\n{fit_table(fits)}" if fits else summary, ckpt)
@@ -403,13 +400,11 @@ def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None
 
 
 def _latency_budget(
-    model: Any, ranking: Any, args: dict[str, Any], latency: float, imgsz: int, runtime: str, allow_unchanged: bool
+    pruner: Pruner, latency: float, imgsz: int, runtime: str, allow_unchanged: bool
 ) -> tuple[tuple[str, float], str]:
-    """The GFLOPs target whose pruned model runs at `latency` of the unpruned latency on `runtime`, found by measuring
-    (`gflops_for_latency`), and the report's line on what was asked and measured ("" for the whole latency)."""
-    pruner = Pruner(
-        deepcopy(model).float().eval(), ranking, args["round_to"], args["min_keep"], args["fold"], args["streams"]
-    )
+    """The GFLOPs target whose model, pruned by `pruner` (on a copy), runs at `latency` of the unpruned latency on
+    `runtime`, found by measuring (`gflops_for_latency`), and the report's line on what was asked and measured ("" for
+    the whole latency)."""
     share, measured = gflops_for_latency(pruner, latency, imgsz, runtime, allow_unchanged)
     said = (
         f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
@@ -427,7 +422,13 @@ def _repair(model: Any, pruned: Any, keep: dict, data: str | None, imgsz: int, h
 
 
 def _prune_info(
-    ratio: float | None, target: tuple | None, source: Path, args: dict, latency: float | None, runtime: str
+    ratio: float | None,
+    target: tuple | None,
+    source: Path,
+    ranking: Ranking,
+    fold: bool,
+    latency: float | None,
+    runtime: str,
 ) -> dict[str, Any]:
     """What a pruned checkpoint records of how it was made (`checkpoint.pruned_info`)."""
     asked = {"target_latency": latency, "runtime": runtime} if latency is not None else {}
@@ -436,7 +437,8 @@ def _prune_info(
         "target": list(target) if target else None,
         "source": str(source.resolve()),
         **asked,
-        **args,
+        **asdict(ranking),
+        "fold": fold,
     }
 
 
@@ -444,18 +446,20 @@ def _cut(
     model: Any,
     ratio: float | None,
     target: tuple[str, float] | None,
-    args: dict[str, Any],
+    how: tuple[Ranking, Importance, bool],
     allow_unchanged: bool,
     info: dict[str, Any],
 ) -> tuple[Any, Any, list]:
-    """`prune_model` at the amount, marked pruned with `info` and the plan's figures; refused when it removes nothing
-    that was not asked for, and said when it removes channels far from zero."""
-    pruned, plan, changes = prune_model(model, ratio, target, **args)
+    """`prune_model` at the amount, `how` (the ranking, its criterion made, fold), marked pruned with `info` and the
+    plan's figures; refused when it removes nothing that was not asked for, and said when it removes channels far
+    from zero."""
+    pruned, plan, changes = prune_model(model, ratio, target, *how)
+    ranking = how[0]
     asked_nothing = ratio == 0 or (target is not None and target[1] == 1)  # ratio 0 / the whole budget: as it is
     if plan.removed == 0 and not asked_nothing and not allow_unchanged:
         raise ValueError(
             f"pruning at {ratio if target is None else f'{target[0]}={target[1]:g}'} removes no channel "
-            f"(round_to={args['round_to']} and min_keep={args['min_keep']:g} keep every layer whole): lower "
+            f"(round_to={ranking.round_to} and min_keep={ranking.min_keep:g} keep every layer whole): lower "
             "--round-to or --min-keep, or pass --allow-unchanged to save the model as it is; nothing written"
         )
     _warn_if_not_sparse(model, plan.max_removed)
@@ -478,13 +482,16 @@ def _prune_paths(weights: str | Path, save_dir: Path) -> tuple[Path, Path]:
     return source, out
 
 
-def _ranking(model: Any, args: dict[str, Any], target: tuple[str, float] | None, data: Any, imgsz: int) -> Any:
-    """The pruner's importance (`importance.make_importance`; a gradient criterion reads the training images of
-    `data()`, called only then). An unsupported model or an unreachable target says so before any image is read."""
-    probe = Pruner(model, round_to=args["round_to"], min_keep=args["min_keep"], streams=args["streams"])
+def _importance(
+    model: Any, ranking: Ranking, target: tuple[str, float] | None, data: Callable[[], str], imgsz: int
+) -> Importance:
+    """The ranking's criterion, made (`importance.make_importance`; a gradient criterion reads the training images
+    of `data()`, called only then). An unsupported model or an unreachable target says so before any image is
+    read."""
+    probe = Pruner(model, ranking, gamma_importance)  # the graph and the floors: no score is read
     if target:
         probe.plan_budget(*target)
-    return make_importance(args["importance"], Source(model, data, imgsz, args["streams"]))
+    return make_importance(ranking.importance, Source(model, data, imgsz, ranking.streams))
 
 
 def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dict[str, Any]) -> None:
@@ -531,9 +538,7 @@ def latency_target_gflops(
     data: str | Path | None,
     imgsz: int,
     runtime: str = "onnx",
-    importance: str = DEFAULT_IMPORTANCE,
-    round_to: int = 1,
-    streams: bool = DEFAULT_STREAMS,
+    ranking: Ranking = Ranking(),
 ) -> float:
     """The `target_gflops` of sparse training that stands for a latency target: found on the start model with the
     ranking the sparse stage uses (its trained model is ranked again as it trains, so the latency of the final prune
@@ -542,8 +547,8 @@ def latency_target_gflops(
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
     imgsz = fit_imgsz(imgsz, model)
-    ranking = make_importance(importance, Source(model, lambda: resolve_data(data), imgsz, streams))
-    pruner = Pruner(deepcopy(model).float().eval(), ranking, round_to, streams=streams)
+    importance = make_importance(ranking.importance, Source(model, lambda: resolve_data(data), imgsz, ranking.streams))
+    pruner = Pruner(deepcopy(model).float().eval(), ranking, importance)
     return gflops_for_latency(pruner, latency, imgsz, runtime)[0]
 
 

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from yoloslim.cost import Unit
-from yoloslim.importance import learns_from_gradients, make_importance
+from yoloslim.importance import Importance, Source, learns_from_gradients, make_importance
 from yoloslim.prune import Pruner, PrunePlan
-from yoloslim.settings import check_budget, check_sparsity
+from yoloslim.settings import Ranking, SparsityTarget
 
 RAMP_START = 0.25  # share of the run before any channel is chosen: the ranking accumulates first
 RAMP_END = 0.7  # share of the run at which the chosen share reaches the target
@@ -49,27 +49,26 @@ def scheduled_share(target: float, progress: float) -> float:
     return target * (1 - (1 - t) ** 3)
 
 
-def check_target(model: nn.Module, kind: str, value: float, **pruner_args) -> Pruner:
-    """The pruner that ranks `model`'s channels, once the target is known to be reachable under its floors.
+def check_target(model: nn.Module, target: SparsityTarget, ranking: Ranking, importance: Importance) -> Pruner:
+    """The pruner that ranks `model`'s channels by `importance` under `ranking`'s floors, once `target` is known to
+    be reachable under them.
 
-    `kind` is "channels" (`value` = share of prunable channels zeroed) or "gflops" / "params" (`value` =
-    share of the unpruned model's cost that the channels left alive keep). Raises `UnsupportedModuleError`
-    for a model the channel graph does not cover, and ValueError for a target the floors do not allow.
+    Raises:
+        UnsupportedModuleError: a model the channel graph does not cover.
+        ValueError: a target the floors do not allow.
     """
-    pruner = Pruner(model, **pruner_args)
-    if kind == "channels":
-        if check_sparsity(value) > (most := pruner.max_share()):
-            raise ValueError(
-                f"sparsity={value:g} cannot be reached: the per-layer floors allow at most {most:.1%} of the "
-                "prunable channels to be zeroed; lower it (or the pruner's min_keep)"
-            )
-    else:
-        check_budget(kind, value)
-        if value < (least := pruner.min_cost_share(kind)):
-            raise ValueError(
-                f"target_{kind}={value:g} cannot be reached: the per-layer floors keep at least {least:.3f} of the "
-                f"{kind}; raise it (or lower the pruner's min_keep)"
-            )
+    pruner = Pruner(model, ranking, importance)
+    kind, value = target.kind, target.value
+    if kind == "channels" and value > (most := pruner.max_share()):
+        raise ValueError(
+            f"sparsity={value:g} cannot be reached: the per-layer floors allow at most {most:.1%} of the "
+            "prunable channels to be zeroed; lower it (or the pruner's min_keep)"
+        )
+    if kind != "channels" and value < (least := pruner.min_cost_share(kind)):
+        raise ValueError(
+            f"target_{kind}={value:g} cannot be reached: the per-layer floors keep at least {least:.3f} of the "
+            f"{kind}; raise it (or lower the pruner's min_keep)"
+        )
     return pruner
 
 
@@ -82,19 +81,18 @@ class ChannelZeroing:
     channel stays chosen: it ranks below every other channel in later plans.
 
     Args:
-        model: the model being trained; its channel graph and the pruner's ranking choose the channels.
-        kind: what the target counts: "channels" (a share of prunable channels to zero) or "gflops" / "params"
-            (the share of the unpruned model's cost that the live channels keep).
-        value: the target.
-        pruner_args: passed to `Pruner` (importance, min_keep, round_to, streams): use those you will prune with.
-            `importance` may be a `TaylorImportance` that the trainer feeds with each step's gradients.
+        model: the model being trained; its channel graph and the ranking choose the channels.
+        target: what to zero: a share of prunable channels, or the share of the unpruned model's cost that the live
+            channels keep.
+        ranking: the ranking you will prune with. A criterion that learns from gradients (`LearnsFromGradients`,
+            Taylor's) starts empty: feed `zeroing.importance.accumulate` after each backward pass, as the trainer
+            does.
     """
 
-    def __init__(self, model: nn.Module, kind: str, value: float, **pruner_args) -> None:
-        self.importance = make_importance(pruner_args.pop("importance", "gamma"))  # taylor by name: says what to pass
-        self.pruner = check_target(model, kind, value, importance=self._rank, **pruner_args)
-        self.kind, self.value = kind, float(value)
-        self.final = self.value if kind == "channels" else 1 - self.value  # what the schedule removes in the end
+    def __init__(self, model: nn.Module, target: SparsityTarget, ranking: Ranking = Ranking()) -> None:
+        self.importance = make_importance(ranking.importance, Source(model, streams=ranking.streams, training=True))
+        self.pruner = check_target(model, target, ranking, self._rank)
+        self.kind, self.value, self.final = target.kind, target.value, target.final
         self.amount = 0.0  # what is removed now: a share of channels, or of the cost
         self.progress = 0.0
         self.zeroed: dict[str, torch.Tensor] = {}  # BN name -> indices of its chosen channels

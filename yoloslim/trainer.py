@@ -49,10 +49,10 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yoloslim.atomic import atomic_write_bytes
 from yoloslim.channels import UnsupportedModuleError
 from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
-from yoloslim.importance import Source, learns_from_gradients, make_importance
+from yoloslim.importance import gamma_importance, learns_from_gradients
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import Pruner
-from yoloslim.settings import RANKING, SLIM_ARGS, check_value
+from yoloslim.settings import RANKING, SLIM_ARGS, Ranking, SparsityTarget, check_value
 from yoloslim.target import ChannelZeroing
 
 # The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
@@ -101,12 +101,14 @@ def _reader(args: dict[str, Any] | Any) -> Callable[[str], Any]:
     return lambda key: getattr(args, key, SLIM_ARGS[key])
 
 
-def check_slim_args(args: dict[str, Any] | Any) -> None:
+def check_slim_args(args: dict[str, Any] | Any) -> tuple[Ranking, SparsityTarget | None]:
     """Validate the `SLIM_ARGS` (a dict or namespace) before any training starts, each by its check in
-    `settings.py`, then how they go together; normalise the numbers. A teacher (`distill_model`) among the
-    arguments is checked too."""
+    `settings.py` (the ranking's by making its `Ranking`), then how they go together; normalise the numbers. A
+    teacher (`distill_model`) among the arguments is checked too. The ranking and the sparsity target (or None),
+    made once here for the stage to pass down."""
     get = _reader(args)
-    value = {key: check_value(key, get(key)) for key in SLIM_ARGS}
+    ranking = Ranking.of({key: get(key) for key in RANKING})
+    value = {key: check_value(key, get(key)) for key in SLIM_ARGS if key not in RANKING}
     sparsity, gflops = value["sparsity"], value["target_gflops"]
     if sparsity and gflops:
         raise ValueError(
@@ -123,6 +125,7 @@ def check_slim_args(args: dict[str, Any] | Any) -> None:
         else:
             setattr(args, key, value[key])
     _check_teacher(args)
+    return ranking, SparsityTarget.of(value)
 
 
 def _check_teacher(args: dict[str, Any] | Any) -> None:
@@ -138,19 +141,17 @@ def _check_teacher(args: dict[str, Any] | Any) -> None:
             "model's weights, e.g. runs/yoloslim/normal/weights/best.pt"
         )
     get = _reader(args)
-    if float(get("sr")) > 0 or zeroing_target(args):
+    if float(get("sr")) > 0 or has_target(args):
         raise ValueError(
             "a teacher (distill_model) is for fine-tuning the pruned model (or normal training), not for sparsity "
             "training: drop sr and the sparsity target, or the teacher"
         )
 
 
-def zeroing_target(args: dict[str, Any] | Any) -> tuple[str, float] | None:
-    """The sparsity target among the training arguments as (kind, value) for `ChannelZeroing`, or None."""
+def has_target(args: dict[str, Any] | Any) -> bool:
+    """Whether the training arguments set a sparsity target (`sparsity` or `target_gflops`)."""
     get = _reader(args)
-    if get("target_gflops"):
-        return "gflops", get("target_gflops")
-    return ("channels", get("sparsity")) if get("sparsity") else None
+    return bool(get("target_gflops") or get("sparsity"))
 
 
 def continues_model(args: dict[str, Any] | Any) -> bool:
@@ -158,7 +159,7 @@ def continues_model(args: dict[str, Any] | Any) -> bool:
     fine-tuning: the stages that start from a model already trained on the user's data."""
     get = _reader(args)
     model = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
-    return str(model or "").endswith(".pt") and (float(get("sr")) > 0 or bool(zeroing_target(args)) or get("finetune"))
+    return str(model or "").endswith(".pt") and (float(get("sr")) > 0 or has_target(args) or get("finetune"))
 
 
 def stage_lr_scale(args: dict[str, Any] | Any) -> float:
@@ -169,13 +170,7 @@ def stage_lr_scale(args: dict[str, Any] | Any) -> float:
     return CONTINUE_LR_SCALE if continues_model(args) else 1.0
 
 
-def ranking_args(args: dict[str, Any] | Any) -> dict[str, Any]:
-    """The pruner's ranking settings among the training arguments: the zeroing ranks as `prune` will."""
-    get = _reader(args)
-    return {key: get(key) for key in RANKING}
-
-
-def refuse_sparsity_on_pruned(model: nn.Module, target: tuple[str, float] | None) -> None:
+def refuse_sparsity_on_pruned(model: nn.Module, target: SparsityTarget | None) -> None:
     """A sparsity target is for the unpruned model: its zeros are what one later prune removes."""
     if target and pruned_info(model) is not None:
         raise ValueError(
@@ -218,7 +213,7 @@ class SlimMixin:
         check_slim_args(dict(overrides or {}))  # a copy: resume compares the caller's overrides with the checkpoint
         self._given = set(overrides or {})  # what the caller set, so the stage's defaults never override it
         super().__init__(cfg, overrides, _callbacks)
-        check_slim_args(self.args)  # resume replaces args with the checkpoint's
+        self.ranking, self.target = check_slim_args(self.args)  # resume replaces args with the checkpoint's
         self._gammas: list[nn.Parameter] | None = None
         self.zeroing: ChannelZeroing | None = None
         self._images = 0  # images whose loss gradient the next optimizer step applies
@@ -239,25 +234,21 @@ class SlimMixin:
                 "finetune=True needs a pruned checkpoint as the model (e.g. YOLO('pruned.pt')), not a model yaml"
             )
         if weights is not None:
-            refuse_sparsity_on_pruned(weights, zeroing_target(self.args))
+            refuse_sparsity_on_pruned(weights, self.target)
             self._refuse_sparsity_on_other_classes(weights)
         if pruned or self.args.finetune:
             model = self._pruned_model(weights, pruned, verbose)
         else:
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        if self.args.sr > 0 or zeroing_target(self.args):  # an unsupported model or target fails here, before training
-            self._gammas = prunable_gammas(model, self.args.streams)
+        if self.args.sr > 0 or self.target:  # an unsupported model or target fails here, before training
+            self._gammas = prunable_gammas(model, self.ranking.streams)
         self.zeroing = self.channel_zeroing(model)
         return model
 
     def channel_zeroing(self, model: nn.Module) -> ChannelZeroing | None:
-        """The zeroing of the sparsity target, ranked as `prune` will rank (importance, streams), or None."""
-        target = zeroing_target(self.args)
-        if target is None:
-            return None
-        ranking = ranking_args(self.args)  # a gradient criterion is fed with each step's gradients in optimizer_step
-        ranking["importance"] = make_importance(ranking["importance"], Source(model, training=True))
-        return ChannelZeroing(model, *target, **ranking)
+        """The zeroing of the sparsity target, ranked as `prune` will rank, or None (a gradient criterion is fed with
+        each step's gradients in `optimizer_step`)."""
+        return None if self.target is None else ChannelZeroing(model, self.target, self.ranking)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer (its `auto` choice included), every group's learning rate times `lr_scale` (given,
@@ -301,7 +292,7 @@ class SlimMixin:
     def _refuse_sparsity_on_other_classes(self, weights: nn.Module) -> None:
         """Sparsity training continues a model trained on its dataset, at the continuing rate (`lr_scale`): with
         other classes Ultralytics would rebuild the head and train it, new, at that tenth of the rate."""
-        if (self.args.sr > 0 or zeroing_target(self.args)) and (nc := weights.model[-1].nc) != self.data["nc"]:
+        if (self.args.sr > 0 or self.target) and (nc := weights.model[-1].nc) != self.data["nc"]:
             raise ValueError(
                 f"the model predicts {nc} classes but dataset '{self.args.data}' has {self.data['nc']}: sparsity "
                 "training continues a model trained on its dataset; train it on this one first (yoloslim train)"
@@ -402,9 +393,9 @@ class SlimMixin:
         """
         if self._gammas is None:
             try:
-                self._gammas = prunable_gammas(student(unwrap_model(self.model)), self.args.streams)
+                self._gammas = prunable_gammas(student(unwrap_model(self.model)), self.ranking.streams)
             except UnsupportedModuleError:
-                if self.args.sr > 0 or zeroing_target(self.args):
+                if self.args.sr > 0 or self.target:
                     raise
                 self._gammas = []
         return self._gammas
@@ -429,16 +420,16 @@ class SlimMixin:
 
     def report_target(self) -> None:
         """At the end of training, say whether the sparsity target was reached, with what was reached."""
-        if (target := zeroing_target(self.args)) is None or not self.prunable_gammas():
+        if self.target is None or not self.prunable_gammas():
             return
         model = self.ema.ema if self.ema else unwrap_model(self.model)
-        kind, value = target
+        kind, value = self.target.kind, self.target.value
         if kind == "channels":
-            reached = gamma_stats(prunable_gammas(model, self.args.streams))["sparsity/share_lt_0.01"]
+            reached = gamma_stats(prunable_gammas(model, self.ranking.streams))["sparsity/share_lt_0.01"]
             ok, text = reached + 1e-9 >= value, f"{reached:.1%} of prunable gammas < 0.01 (target {value:.1%})"
             hint = f"prune at ratio {value:g}"
         else:
-            pruner = Pruner(model, importance="gamma", streams=self.args.streams, round_to=self.args.round_to)
+            pruner = Pruner(model, self.ranking, gamma_importance)  # alive = |gamma| >= 0.01, whatever the ranking
             reached = pruner.live_cost_share(kind)
             ok, text = (
                 reached <= value + 1e-6,
