@@ -185,3 +185,42 @@ def test_every_pipeline_flag_shows_its_default() -> None:
     for flag in ("--imgsz", "--batch", "--epochs-normal", "--epochs-sparse", "--epochs-finetune", "--sr", "--sparsity"):
         after = text.split(f" {flag} ", 1)[1]
         assert "(default:" in after.split(" --", 1)[0], flag
+
+
+def _doc_commands(root: Path) -> dict[str, set[tuple[str, str]]]:
+    """Every command of the docs' shell blocks (`python SCRIPT.py ...`, `yoloslim COMMAND ...`, continuation lines
+    joined): the command -> the (doc, flag) pairs its uses pass."""
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "docs" / "lab").glob("*.md"))]
+    commands: dict[str, set[tuple[str, str]]] = {}
+    for doc in docs:
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", doc.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                found = re.match(r"^(?:.*?&&\s*)?(python (?:bench/)?[\w-]+\.py|yoloslim \w+)(.*)$", line.split(" #")[0])
+                if found:
+                    flags = re.findall(r"(?<!\S)(--[\w-]+)", found.group(2))
+                    commands.setdefault(found.group(1), set()).update((doc.name, f) for f in flags)
+    return commands
+
+
+@pytest.mark.slow
+def test_every_command_in_the_docs_takes_the_flags_they_pass() -> None:
+    """Each script or `yoloslim` command that README.md and docs/ show runs `--help`, and every flag the docs pass it
+    is one it takes; a bench script that no longer exists is named by its doc as folded into another (marked)."""
+    root = Path(__file__).resolve().parent.parent
+    commands = _doc_commands(root)
+    assert {"python bench/compare.py", "yoloslim prune"} <= set(commands)
+    for command, used in sorted(commands.items()):
+        words = command.split()
+        if words[0] == "python" and not (root / words[1]).is_file():
+            docs = {doc for doc, _ in used}
+            assert all(f"`{words[1]}` was folded into" in _doc_text(root, doc) for doc in docs), (command, docs)
+            continue
+        argv = [sys.executable, words[1]] if words[0] == "python" else [sys.executable, "-m", "yoloslim", words[1]]
+        out = subprocess.run([*argv, "--help"], capture_output=True, text=True, cwd=root)
+        assert out.returncode == 0, (command, out.stderr[-500:])
+        unknown = sorted((doc, flag) for doc, flag in used if not re.search(rf"{flag}(?![\w-])", out.stdout))
+        assert not unknown, f"{command}: flags it does not take, by doc: {unknown}"
+
+
+def _doc_text(root: Path, name: str) -> str:
+    return next(p for p in (root / "README.md", *(root / "docs").rglob("*.md")) if p.name == name).read_text()
