@@ -21,6 +21,7 @@ from yoloslim import steps
 from common import BATCH, emit, parser, shown
 
 from yoloslim.atomic import atomic_write_text
+from yoloslim.settings import Ranking
 
 # every stage: one optimizer step per batch, and Ultralytics' 3 warm-up epochs (the first rows were measured
 # before yoloslim turned warm-up off for trained starts; kept so that all rows compare)
@@ -55,7 +56,11 @@ def measure(a: argparse.Namespace, name: str, ranking: dict) -> dict:
             **ranking,
         )
     pruned = steps.prune(
-        sparse, ratio=None, save_dir=a.run_dir / f"{name}-pruned", target=("gflops", a.target), **ranking
+        sparse,
+        ratio=None,
+        save_dir=a.run_dir / f"{name}-pruned",
+        target=("gflops", a.target),
+        ranking=Ranking(**ranking),
     )
     before = steps.validate(pruned, data=a.data, name=f"{name}-pruned", **common)
     tuned = steps.train(

@@ -16,6 +16,8 @@ from yoloslim import artifacts, atomic, steps
 from yoloslim.checkpoint import finished_training
 from yoloslim.reconstruct import Reconstruction, Repair
 
+from .conftest import GAMMA
+
 
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (by its relative path) with its bytes."""
@@ -35,7 +37,7 @@ def test_a_repair_that_fails_leaves_the_earlier_prune_whole(tiny_ckpt, tiny_data
     """Memory running out (torch's allocator error, or MemoryError) becomes one line naming what to lower; Ctrl-C
     and other errors go through as they are. Either way the earlier prune in the folder is left as it was, and a
     new folder is not made."""
-    args = {"save_dir": tmp_path / "p", "importance": "gamma", "data": tiny_data, "validate_pruned": False}
+    args = {"save_dir": tmp_path / "p", "ranking": GAMMA, "data": tiny_data, "validate_pruned": False}
     steps.prune(tiny_ckpt, ratio=0.6, **args, how=Repair(reconstruct=False))
     before = _files(tmp_path / "p")
     for fault, raised, message in (

@@ -15,7 +15,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 
 from yoloslim import YOLO, SlimTrainer, UnsupportedModuleError, build_graph, steps
 from yoloslim.settings import SLIM_ARGS
-from yoloslim.trainer import CONTINUE_LR_SCALE, stage_lr_scale
+from yoloslim.trainer import CONTINUE_LR_SCALE, check_slim_args, stage_lr_scale
 from yoloslim.sparsity import IMAGES_PER_SR, gamma_stats, sr_at
 
 from .conftest import TINY, assert_one_line_error, build_model, train_interrupted, yoloslim_cli
@@ -31,6 +31,7 @@ def _bare_trainer(model: torch.nn.Module, sr: float, scaler: torch.amp.GradScale
     """A SlimTrainer holding just what `optimizer_step` reads (no dataset, no run folder)."""
     trainer = SlimTrainer.__new__(SlimTrainer)
     trainer.args = SimpleNamespace(**{**SLIM_ARGS, "sr": sr})  # the slimming arguments at their defaults
+    trainer.ranking, trainer.target = check_slim_args(trainer.args)  # as __init__ makes them
     trainer.model, trainer.scaler, trainer.ema = model, scaler, None
     trainer.epoch, trainer.epochs, trainer.device = epoch, epochs, torch.device("cpu")
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -80,12 +80,12 @@ class Pruner:
     ) -> None:
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise ValueError("the model's weights are on the meta device (never loaded): load them before pruning")
-        source = Source(model, streams=ranking.streams)
-        importance = make_importance(ranking.importance if importance is None else importance, source)
-        self.model, self.ranking, self.importance, self.fold = model, ranking, importance, fold
-        self.graph: ChannelGraph = build_graph(model, ranking.streams)
+        self.model, self.ranking, self.fold = model, ranking, fold
+        self.graph: ChannelGraph = build_graph(model, ranking.streams)  # an unsupported model says so first
         self.units = prunable_units(self.graph)
         self.modules = dict(model.named_modules())
+        source = Source(model, streams=ranking.streams)
+        self.importance = make_importance(ranking.importance if importance is None else importance, source)
 
     @property
     def round_to(self) -> int:
@@ -298,7 +298,8 @@ def prune_model(
         (the pruned copy, its `PrunePlan`, one `LayerChange` per channel group).
 
     Raises:
-        ValueError: a bad amount or an unreachable target. UnsupportedModuleError: a block no rule covers.
+        ValueError: a bad amount, an unreachable target, or a criterion that needs data (the table's Taylor: pass
+            `Ranking(importance="gamma")` or a made importance). UnsupportedModuleError: a block no rule covers.
 
     Example:
         >>> rank = Ranking(importance="gamma", round_to=8)

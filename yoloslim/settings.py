@@ -822,9 +822,10 @@ class Ranking:
     @classmethod
     def of(cls, values: Any) -> Ranking:
         """The ranking among `values` (a dict, or a namespace such as the training arguments); the fields it does
-        not hold keep the table's defaults."""
-        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key, None)
-        return cls(**{k: v for k in RANKING_FIELDS if (v := get(k)) is not None})
+        not hold keep the table's defaults (a field it holds as None is refused by its check)."""
+        held = (lambda key: key in values) if isinstance(values, dict) else (lambda key: hasattr(values, key))
+        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+        return cls(**{k: get(k) for k in RANKING_FIELDS if held(k)})
 
 
 @dataclass(frozen=True)

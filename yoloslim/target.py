@@ -89,7 +89,7 @@ class ChannelZeroing:
             does.
     """
 
-    def __init__(self, model: nn.Module, target: SparsityTarget, ranking: Ranking = Ranking()) -> None:
+    def __init__(self, model: nn.Module, target: SparsityTarget, ranking: Ranking) -> None:
         self.importance = make_importance(ranking.importance, Source(model, streams=ranking.streams, training=True))
         self.pruner = check_target(model, target, ranking, self._rank)
         self.kind, self.value, self.final = target.kind, target.value, target.final
