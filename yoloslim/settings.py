@@ -47,6 +47,12 @@ DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (
 SCRIPT_ROUND_TO = 8
 
 
+def read(values: Any, key: str, default: Any = None) -> Any:
+    """`values[key]` of a dict, or the attribute `key` of a namespace (such as the training arguments); `default`
+    where it holds none. The one reader of settings given either way (the trainer's arguments come as both)."""
+    return values.get(key, default) if isinstance(values, dict) else getattr(values, key, default)
+
+
 def weights_of(name: str) -> str:
     """The best checkpoint of the run `name` under the default project: the paths the steps chain by."""
     return f"{PROJECT}/{name}/weights/best.pt"
@@ -823,9 +829,9 @@ class Ranking:
     def of(cls, values: Any) -> Ranking:
         """The ranking among `values` (a dict, or a namespace such as the training arguments); the fields it does
         not hold keep the table's defaults (a field it holds as None is refused by its check)."""
-        held = (lambda key: key in values) if isinstance(values, dict) else (lambda key: hasattr(values, key))
-        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
-        return cls(**{k: get(k) for k in RANKING_FIELDS if held(k)})
+        missing = object()
+        held = {k: read(values, k, missing) for k in RANKING_FIELDS}
+        return cls(**{k: v for k, v in held.items() if v is not missing})
 
 
 @dataclass(frozen=True)
@@ -855,10 +861,9 @@ class SparsityTarget:
     @classmethod
     def of(cls, values: Any) -> SparsityTarget | None:
         """The target among training arguments (`target_gflops` first, else `sparsity`), or None for neither."""
-        get = values.get if isinstance(values, dict) else lambda key: getattr(values, key, None)
-        if get("target_gflops"):
-            return cls("gflops", get("target_gflops"))
-        return cls("channels", get("sparsity")) if get("sparsity") else None
+        if gflops := read(values, "target_gflops"):
+            return cls("gflops", gflops)
+        return cls("channels", sparsity) if (sparsity := read(values, "sparsity")) else None
 
 
 def check_values(command: str, values: Any) -> None:

@@ -52,7 +52,7 @@ from yoloslim.checkpoint import PRUNED_KEY, pruned_info, student
 from yoloslim.importance import gamma_importance, learns_from_gradients
 from yoloslim.sparsity import IMAGES_PER_SR, add_l1_subgradient, gamma_stats, prunable_gammas, sr_at, sr_for_images
 from yoloslim.prune import Pruner
-from yoloslim.settings import RANKING, SLIM_ARGS, Ranking, SparsityTarget, check_value
+from yoloslim.settings import RANKING, SLIM_ARGS, Ranking, SparsityTarget, check_value, read
 from yoloslim.target import ChannelZeroing
 
 # The learning-rate factor of a stage that continues a trained model (sparsity training, fine-tuning): Ultralytics
@@ -96,9 +96,7 @@ if refuse_slim_args_in_stock_trainer.__name__ not in {
 
 def _reader(args: dict[str, Any] | Any) -> Callable[[str], Any]:
     """`get(key)` for training arguments given as a dict or a namespace; a missing key reads its `SLIM_ARGS` default."""
-    if isinstance(args, dict):
-        return lambda key: args.get(key, SLIM_ARGS[key])
-    return lambda key: getattr(args, key, SLIM_ARGS[key])
+    return lambda key: read(args, key, SLIM_ARGS[key])
 
 
 def check_slim_args(args: dict[str, Any] | Any) -> tuple[Ranking, SparsityTarget | None]:
@@ -132,7 +130,7 @@ def _check_teacher(args: dict[str, Any] | Any) -> None:
     """`distill_model` (the teacher of Ultralytics' distillation) must be an existing .pt checkpoint, and is for
     training without sparsity: Ultralytics would try to download a missing name, and the sparsity hooks act on
     the model, not on its distillation wrapper."""
-    teacher = args.get("distill_model") if isinstance(args, dict) else getattr(args, "distill_model", None)
+    teacher = read(args, "distill_model")
     if not teacher:
         return
     if Path(teacher).suffix != ".pt" or not Path(teacher).is_file():
@@ -158,7 +156,7 @@ def continues_model(args: dict[str, Any] | Any) -> bool:
     """Whether the training arguments continue a trained checkpoint (`model` a .pt) with sparsity training or
     fine-tuning: the stages that start from a model already trained on the user's data."""
     get = _reader(args)
-    model = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
+    model = read(args, "model")
     return str(model or "").endswith(".pt") and (float(get("sr")) > 0 or has_target(args) or get("finetune"))
 
 
