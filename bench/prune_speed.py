@@ -8,9 +8,12 @@ Each model is pruned in a fresh subprocess so its peak resident memory is its ow
 With `--weights W --data D`, the user's one command instead: `yoloslim prune` of a trained checkpoint to
 `--target` GFLOPs with its default Taylor ranking and repair (calibration, least squares), validation skipped, timed
 whole in a fresh process, with its peak resident memory. Target: a yolov8s at imgsz 320 in at most 3 minutes and 4 GB.
+With `--export KIND...` the command also exports (`prune --export`) and validates as a user runs it (the pruned model,
+and an INT8 artifact beside its FP32 model): target 5 minutes for all of it; the table then gives each INT8
+artifact's mAP50-95 against the unpruned checkpoint's, validated the same way (batch 1, outside the timing).
 
     python bench/prune_speed.py --weights runs/starts/v8s/weights/last.pt --data datasets/hardhat/hardhat.yaml \
-        --imgsz 320 --target 0.7
+        --imgsz 320 --target 0.7 [--export openvino-int8]
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 import torch
 
 from common import emit, parser
+from yoloslim.artifacts import validate_artifact
+from yoloslim.checkpoint import load_model
 
 CHILD = """
 import resource, sys, time
@@ -52,19 +57,34 @@ def at_imgsz(weights: Path, imgsz: int, folder: Path) -> Path:
 
 
 def one_command(a) -> None:
-    """Time `yoloslim prune` with its default repair on a trained checkpoint, in a fresh process."""
+    """Time `yoloslim prune` with its default repair on a trained checkpoint (and `--export`), in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="yoloslim-prune-speed-") as out:
         weights = at_imgsz(a.weights, a.imgsz, Path(out))
-        argv = ["prune", "--weights", str(weights), "--data", a.data, "--target-gflops", str(a.target), "--no-val"]
+        argv = ["prune", "--weights", str(weights), "--data", a.data, "--target-gflops", str(a.target)]
+        argv += ["--export", *a.export] if a.export else ["--no-val"]
         start = time.perf_counter()
-        subprocess.run(["yoloslim", *argv, "--save-dir", out], check=True, capture_output=True)
+        done = subprocess.run(["yoloslim", *argv, "--save-dir", out], check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         report = (Path(out) / "prune_report.txt").read_text()
+        unpruned = load_model(weights)[0]
+        int8 = [line for line in done.stdout.splitlines() if line.split(" ", 1)[0] in a.export and "mAP50-95" in line]
+        base = validate_artifact(weights, a.data, a.imgsz, unpruned) if int8 else None
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     reached = next(line for line in report.splitlines() if line.startswith("GFLOPs"))
-    rows = [(str(a.weights), a.imgsz, f"{seconds:.0f}", "<= 180", f"{peak:.0f}", "<= 4096", reached)]
-    columns = ("checkpoint", "imgsz", "seconds", "target s", "peak RSS MiB", "target MiB", "GFLOPs")
-    emit(f"yoloslim prune --target-gflops {a.target:g} with the default repair, one fresh process", columns, rows, a.out)
+    target = "<= 300" if a.export else "<= 180"
+    rows = [(str(a.weights), a.imgsz, f"{seconds:.0f}", target, f"{peak:.0f}", "<= 4096", reached)]
+    columns = ["checkpoint", "imgsz", "seconds", "target s", "peak RSS MiB", "target MiB", "GFLOPs"]
+    if int8:
+        scores = [(line.split()[0], _map_of(line)) for line in int8]
+        columns.append(f"INT8 artifact mAP50-95 (unpruned {base:.4f})")
+        rows = [(*rows[0], "; ".join(f"{kind} {m:.4f} ({100 * (m - base):+.2f} pt)" for kind, m in scores))]
+    what = f"yoloslim prune --target-gflops {a.target:g}" + (f" --export {' '.join(a.export)}" if a.export else "")
+    emit(f"{what} with the default repair, one fresh process", columns, rows, a.out)
+
+
+def _map_of(line: str) -> float:
+    """The artifact's mAP50-95 in an export's line ("... mAP50-95 0.5123 (FP32 model 0.5150)")."""
+    return float(line.split("mAP50-95 ", 1)[1].split()[0])
 
 
 def main() -> None:
@@ -73,6 +93,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["yolov8s", "yolov8x", "yolo11x", "yolo26x"])
     p.add_argument("--weights", type=Path, help="a trained checkpoint: time the one command instead (see above)")
     p.add_argument("--target", type=float, default=0.7, help="GFLOPs share, with --weights")
+    p.add_argument("--export", nargs="+", default=[], help="with --weights: kinds `prune --export` writes, timed too")
     a = p.parse_args()
     if a.weights:
         return one_command(a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import onnxruntime
@@ -11,11 +12,11 @@ from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloslim import YOLO, steps
+from yoloslim import YOLO, cli, deploy, steps
 from yoloslim.checkpoint import load_model, pruned_info
 from yoloslim.data import demo_dataset
 
-from .conftest import TINY, stock_predict, train_interrupted
+from .conftest import TINY, stock_predict, train_interrupted, yoloslim_cli
 
 
 def _params(path: Path) -> int:
@@ -107,3 +108,21 @@ def test_validate_reports_metrics_and_size(pruned, tiny_data) -> None:
     metrics = steps.validate(pruned, data=tiny_data, imgsz=64, batch=8, project=pruned.parent, name="val")
     assert metrics["params"] == _params(pruned) and metrics["gflops"] > 0
     assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1
+
+
+@pytest.mark.slow
+def test_prune_exports_the_pruned_model_in_the_same_command(tiny_ckpt, tiny_data, tmp_path, monkeypatch) -> None:
+    """`prune --export onnx onnx-int8` leaves pruned.pt and both checked artifacts beside it, at the size it was
+    pruned at (the INT8 one calibrated and validated on --data); a kind whose runtime is not installed is refused
+    before anything is pruned, and nothing is written."""
+    argv = ["prune", "--weights", str(tiny_ckpt), "--data", tiny_data, "--prune-ratio", "0.3", "--importance", "gamma"]
+    out = yoloslim_cli(*argv, "--save-dir", str(tmp_path / "p"), "--export", "onnx", "onnx-int8")
+    assert out.returncode == 0, out.stderr
+    assert {"pruned.pt", "pruned.onnx", "pruned_int8.onnx"} <= {p.name for p in (tmp_path / "p").iterdir()}
+    said = [line for line in out.stdout.splitlines() if line.startswith(("onnx ", "onnx-int8 "))]
+    assert [line.split()[0] for line in said] == ["onnx", "onnx-int8"] and all("at imgsz 64" in s for s in said)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(deploy.importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    with pytest.raises(SystemExit, match=r"yoloslim prune: error: openvino needs the 'openvino' package"):
+        cli.main([*argv, "--save-dir", str(tmp_path / "q"), "--export", "onnx", "openvino"])
+    assert not (tmp_path / "q").exists()

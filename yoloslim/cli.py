@@ -93,23 +93,28 @@ def _run_prune(a: argparse.Namespace) -> Any:
 
     from yoloslim import steps
     from yoloslim.data import recorded_data
+    from yoloslim.deploy import Kind
     from yoloslim.reconstruct import Repair
 
     for flag in ("model_size", "cfg"):
         if getattr(a, flag):
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
-    if a.data is None and (not a.no_val or a.reconstruct or a.recalibrate_bn):  # the checkpoint's data, then
+    kinds = [Kind.parse(k) for k in a.export]  # a runtime that is not installed is said before anything is pruned
+    int8 = [k.name for k in kinds if k.bits == 8]
+    if a.data is None and (not a.no_val or a.reconstruct or a.recalibrate_bn or int8):  # the checkpoint's data, then
         recorded = steps.trained_with(a.weights).get("data")  # a bad --weights fails here, as itself
         try:
             a.data = recorded_data(recorded, a.weights)
         except (FileNotFoundError, ValueError) as e:  # a downloaded .pt: prune it, say what is skipped
             if a.recalibrate_bn or a.calib_images != DEFAULT_CALIB_IMAGES:  # asked for by name: not skipped quietly
                 raise ValueError(f"{e} (--recalibrate-bn and --calib-images read its training images)") from None
+            if int8:
+                raise ValueError(f"{e} (--export {' '.join(int8)} calibrates on its training images)") from None
             LOGGER.warning(f"yoloslim prune: {e}; pruned without validation or repair, which read it")
             a.no_val = True
     targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))
     target = next(((kind, share) for kind, share in targets if share), None)
-    return steps.prune(
+    out = steps.prune(
         a.weights,
         ratio=None if target else a.prune_ratio,  # a target replaces the (default) ratio; both given is refused above
         save_dir=a.save_dir,
@@ -122,6 +127,10 @@ def _run_prune(a: argparse.Namespace) -> Any:
         runtime=a.runtime,
         how=Repair(reconstruct=a.reconstruct, bn=a.recalibrate_bn, images=a.calib_images),
     )
+    imgsz = int(steps.trained_with(out).get("imgsz") or 640)  # the size it was pruned and repaired at
+    for kind in kinds:
+        steps.export(out, imgsz=imgsz, kind=kind, data=a.data if kind.bits == 8 else None)
+    return out
 
 
 def _run_val(a: argparse.Namespace) -> Any:

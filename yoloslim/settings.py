@@ -225,6 +225,11 @@ def format_names() -> list[str]:
     return list(FORMATS)
 
 
+def kind_names() -> list[str]:
+    """What an artifact can be: a format, and INT8 where it has one (`deploy.Kind`)."""
+    return list(KINDS)
+
+
 def extra_kinds() -> list[str]:
     """The deploy table's kinds besides FP32 ONNX."""
     return [k for k in KINDS if k != "onnx"]
@@ -677,6 +682,16 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "save the model even when floors and rounding leave every layer whole (else an error)",
         ("prune",),
+    ),
+    Setting(
+        "export",
+        tuple,
+        (),
+        "then export pruned.pt to these kinds and check each artifact (INT8 is calibrated on --data's training images "
+        "and validated on its val images): the pruned, deployable model in one command",
+        ("prune",),
+        per_command={"prune": {"nargs": "+", "choices": kind_names}},
+        item=str,
     ),
     Setting(
         "model_size", str, None, "accepted for compatibility with the reference; ignored (read from model)", ("prune",)
