@@ -17,9 +17,10 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 
 An arm may be named with settings of its own, `[NAME=]RECIPE[:key=value,...]` (the name defaults to the recipe),
 e.g. `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
-`importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, or any Ultralytics
-training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage zero to
-another share than it prunes to: `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the
+`importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, `min_keep` for the arms
+that prune the normal model once (the per-layer floor of the prune, `--min-keep`), or
+any Ultralytics training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage
+zero to another share than it prunes to: `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the
 pipeline's `--one-sparse-stage` does for its larger targets. `--train-args` gives every arm the same ones
 (`fraction=0.5 val=False`: half the training images, validation at the last epoch only). Each arm is scored by its
 last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives every score, mean +- sd, and
@@ -52,12 +53,12 @@ from yoloslim import steps
 from yoloslim.atomic import atomic_write_text
 from yoloslim.checkpoint import readable
 from yoloslim.reconstruct import Repair
-from yoloslim.settings import RANKING, SCRIPT_ROUND_TO, Ranking, check_target_gflops
+from yoloslim.settings import RANKING, RANKING_FIELDS, SCRIPT_ROUND_TO, Ranking, check_min_keep, check_target_gflops
 from yoloslim.trainer import CONTINUE_LR_SCALE
 
 RECIPES = ("continue", "prune-finetune", "oneshot", "slim", "slim-teacher")
 # arm settings that are not Ultralytics training arguments
-NOT_TRAINING = ("importance", "streams", "target", "sparse_target", "epochs")
+NOT_TRAINING = ("importance", "streams", "min_keep", "target", "sparse_target", "epochs")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class Arm:
                 f"arm '{text}': a slim arm trains --sparse-epochs + --finetune-epochs; epochs= is for the arms that "
                 "train once (continue, prune-finetune, oneshot)"
             )
+        if "min_keep" in settings and recipe not in ("prune-finetune", "oneshot"):
+            raise argparse.ArgumentTypeError(
+                f"arm '{text}': min_keep= is the floor of pruning the normal model once (prune-finetune, oneshot); a "
+                "slim arm prunes with the floor its sparse stage zeroed to"
+            )
         try:
             check_arm_settings(settings)
         except (SyntaxError, TypeError, ValueError) as e:
@@ -101,6 +107,8 @@ def check_arm_settings(settings: dict[str, Any]) -> None:
     for key in ("target", "sparse_target"):
         if key in settings and not check_target_gflops(settings[key]):
             raise ValueError(f"{key}=0 prunes nothing: give the share of the GFLOPs to keep, in (0, 1]")
+    if "min_keep" in settings:
+        check_min_keep(settings["min_keep"])
     if "epochs" in settings and not (isinstance(settings["epochs"], int) and settings["epochs"] >= 1):
         raise ValueError(f"epochs={settings['epochs']!r} must be a whole number of at least 1")
     steps.check_training_args({k: v for k, v in settings.items() if k not in NOT_TRAINING})
@@ -145,7 +153,8 @@ class Comparison:
         """The pruned model of an arm (made once): cut to the budget, repaired from the training images if `repair`."""
         out = folder / "prune" / "pruned.pt"
         if not readable(out):
-            ranking = Ranking.of({"round_to": SCRIPT_ROUND_TO, **{k: settings[k] for k in RANKING if k in settings}})
+            given = {k: settings[k] for k in RANKING_FIELDS if k in settings}
+            ranking = Ranking.of({"round_to": SCRIPT_ROUND_TO, **given})
             target = ("gflops", settings.get("target", self.a.target))
             steps.prune(
                 weights,

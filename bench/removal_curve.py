@@ -10,9 +10,10 @@ control: a ranking worse than random removal is worse than no ranking. The chann
         --imgsz 256 --out docs/removal_ships_v8s.md
 
 With `--budgets`, the train-free repair instead: the checkpoint pruned by Taylor to each GFLOPs share (round_to 8, as
-the commands prune) and validated as cut (`taylor`: the fold alone), reconstructed by least squares (`taylor+recon`),
-reconstructed then BN statistics re-estimated (`taylor+recon+bn`), and BN statistics alone (`taylor+bn`), all from
-the first `--calib-images` training images (reconstruct.py). Several `--calib-images` give one row each per arm.
+the commands prune; `--min-keep` gives other per-layer floors, a row group each) and validated as cut (`taylor`: the
+fold alone), reconstructed by least squares (`taylor+recon`), reconstructed then BN statistics re-estimated
+(`taylor+recon+bn`), and BN statistics alone (`taylor+bn`), all from the first `--calib-images` training images
+(reconstruct.py). Several `--calib-images` give one row each per arm.
 `--at-conf 0.25` also scores every model on the boxes `predict` keeps by default (validation's own threshold, 0.001,
 ranks every box, so a cut whose scores all fell below 0.25 still scores there but detects nothing when deployed).
 
@@ -39,7 +40,6 @@ from yoloslim.reconstruct import Reconstruction, calibration_images, recalibrate
 from yoloslim.settings import DEFAULT_CALIB_IMAGES, SCRIPT_ROUND_TO, Ranking
 from yoloslim.taylor import estimate_taylor
 
-ROUNDED = Ranking(round_to=SCRIPT_ROUND_TO)  # the commands' widths
 
 REPAIRS = ("taylor", "taylor+bn", "taylor+recon", "taylor+recon+bn")
 
@@ -63,9 +63,11 @@ def zeroed_copy(weights: Path, importance, share: float) -> torch.nn.Module:
     return model
 
 
-def repaired_models(model, taylor, budget: float, images: torch.Tensor, repairs: list[str]):
-    """The model pruned to `budget` GFLOPs by `taylor`, then each of `repairs` (name, model), made in turn."""
-    cut, plan, _ = prune_model(model, target=("gflops", budget), ranking=ROUNDED, importance=taylor)
+def repaired_models(model, taylor, budget: float, floor: float, images: torch.Tensor, repairs: list[str]):
+    """The model pruned to `budget` GFLOPs by `taylor` with the per-layer floor `floor`, then each of `repairs`
+    (name, model), made in turn."""
+    ranking = Ranking(round_to=SCRIPT_ROUND_TO, min_keep=floor)
+    cut, plan, _ = prune_model(model, target=("gflops", budget), ranking=ranking, importance=taylor)
     if "taylor" in repairs:
         yield "taylor", cut
     if "taylor+bn" in repairs:
@@ -83,49 +85,60 @@ def repaired_models(model, taylor, budget: float, images: torch.Tensor, repairs:
 
 
 def repair_curve(a, model, base: float, base_at: float | None) -> None:
-    """mAP50-95 of each repair at each GFLOPs budget (and calibration size), no training, and at `--at-conf` (the
-    unpruned model's: `base_at`) if asked; the table, CSV and plot."""
+    """mAP50-95 of each repair at each GFLOPs budget (per calibration size and per-layer floor), no training, and at
+    `--at-conf` (the unpruned model's: `base_at`) if asked; the table, CSV and plot."""
     taylor = estimate_taylor(model, a.data, a.imgsz)
-    results: dict[tuple[str, int, float], float] = {}
-    seconds: dict[tuple[int, float], float] = {}
+    results: dict[tuple[str, int, float, float], float] = {}
+    seconds: dict[tuple[int, float, float], float] = {}
     arms = [*a.repairs, *(f"{name} @{a.at_conf:g}" for name in a.repairs if a.at_conf)]
+    groups = [(n, floor) for n in a.calib_images for floor in a.min_keep]
     for n in a.calib_images:
         images = calibration_images(model, a.data, a.imgsz, n)
-        for budget in a.budgets:
-            start = time.perf_counter()
-            for name, repaired in repaired_models(model, taylor, budget, images, a.repairs):
-                if name.startswith("taylor+recon") and (n, budget) not in seconds:
-                    seconds[(n, budget)] = time.perf_counter() - start
-                folder = a.run_dir / f"n{n}-{budget:g}"
-                w = save_checkpoint(repaired, folder / f"{name}.pt")
-                results[(name, n, budget)] = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name)[
-                    "map50_95"
-                ]
-                if a.at_conf:
-                    at = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name, conf=a.at_conf)
-                    results[(f"{name} @{a.at_conf:g}", n, budget)] = at["map50_95"]
+        for floor in a.min_keep:
+            for budget in a.budgets:
                 start = time.perf_counter()
-    columns = ["repair", "images", *(f"{b:g}x" for b in a.budgets)]
+                for name, repaired in repaired_models(model, taylor, budget, floor, images, a.repairs):
+                    if name.startswith("taylor+recon") and (n, floor, budget) not in seconds:
+                        seconds[(n, floor, budget)] = time.perf_counter() - start
+                    folder = a.run_dir / f"n{n}-k{floor:g}-{budget:g}"
+                    w = save_checkpoint(repaired, folder / f"{name}.pt")
+                    metrics = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name)
+                    results[(name, n, floor, budget)] = metrics["map50_95"]
+                    if a.at_conf:
+                        at = steps.validate(w, data=a.data, imgsz=a.imgsz, project=folder, name=name, conf=a.at_conf)
+                        results[(f"{name} @{a.at_conf:g}", n, floor, budget)] = at["map50_95"]
+                    start = time.perf_counter()
+    columns = ["repair", "images", "min_keep", *(f"{b:g}x" for b in a.budgets)]
     rows = [
-        [name, n, *(f"{(v := results[(name, n, b)]):.4f} ({100 * (v - reference):+.1f})" for b in a.budgets)]
-        for n in a.calib_images
+        [
+            name,
+            n,
+            f"{floor:g}",
+            *(f"{(v := results[(name, n, floor, b)]):.4f} ({100 * (v - reference):+.1f})" for b in a.budgets),
+        ]
+        for n, floor in groups
         for name in arms
         for reference in [base_at if "@" in name else base]
     ]
     if seconds:
-        rows += [["reconstruction s", n, *(f"{seconds[(n, b)]:.0f}" for b in a.budgets)] for n in a.calib_images]
+        rows += [
+            ["reconstruction s", n, f"{floor:g}", *(f"{seconds[(n, floor, b)]:.0f}" for b in a.budgets)]
+            for n, floor in groups
+        ]
     caption = (
         f"mAP50-95 (pt vs unpruned) of {shown(a.weights)} ({a.data}, imgsz {a.imgsz}; unpruned {base:.4f}"
         + (f", {base_at:.4f} at conf {a.at_conf:g}" if a.at_conf else "")
-        + f") pruned by Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, no training; repairs from the first N "
-        "training images; '@c': scored on the boxes of score c and above"
+        + f") pruned by Taylor to each GFLOPs share, round_to {SCRIPT_ROUND_TO}, each per-layer floor, no training; "
+        "repairs from the first N training images; '@c': scored on the boxes of score c and above"
     )
     emit(caption, columns, rows, a.out)
     if a.out:
-        records = [[name, n, b, f"{v:.4f}"] for (name, n, b), v in results.items()]
-        write_csv(a.out.with_suffix(".csv"), ["repair", "images", "gflops", "map50_95"], records)
+        records = [[name, n, floor, b, f"{v:.4f}"] for (name, n, floor, b), v in results.items()]
+        write_csv(a.out.with_suffix(".csv"), ["repair", "images", "min_keep", "gflops", "map50_95"], records)
         curves = {
-            f"{name} (N={n})": [(b, results[(name, n, b)]) for b in a.budgets] for n in a.calib_images for name in a.repairs
+            f"{name} (N={n}, min_keep {floor:g})": [(b, results[(name, n, floor, b)]) for b in a.budgets]
+            for n, floor in groups
+            for name in a.repairs
         }
         xlabel = "GFLOPs kept (% of the unpruned model)"
         plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel=xlabel)
@@ -142,6 +155,9 @@ def main() -> None:
     p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
     p.add_argument("--repairs", nargs="+", choices=REPAIRS, default=list(REPAIRS), help="with --budgets")
     p.add_argument("--at-conf", type=float, help="with --budgets: also score each model at this threshold (0.25)")
+    p.add_argument(
+        "--min-keep", type=float, nargs="+", default=[Ranking().min_keep], help="with --budgets: per-layer floors"
+    )
     a = p.parse_args()
     model, _ = load_model(a.weights)
     base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
