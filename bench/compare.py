@@ -18,10 +18,10 @@ Every arm starts from the same normal-trained checkpoint (`--normal`) and trains
 An arm may be named with settings of its own, `[NAME=]RECIPE[:key=value,...]` (the name defaults to the recipe),
 e.g. `slim-gamma=slim:importance=gamma` or `slim-lr=slim:lr_scale=0.1`; they go to every stage of that arm (keys
 `importance`, `streams`, `round_to`, `lr_scale` and `target`, e.g. `slim30=slim:target=0.3`, `min_keep` for the arms
-that prune the normal model once (the per-layer floor of the prune, `--min-keep`), or
-any Ultralytics training argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage
-zero to another share than it prunes to: `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the
-pipeline's `--one-sparse-stage` does for its larger targets. `--train-args` gives every arm the same ones
+that prune the normal model once (the per-layer floor of the prune, `--min-keep`), or any Ultralytics training
+argument; `sr` replaces `--sr` for that arm). `sparse_target` lets a slim arm's sparse stage zero to another share
+than it prunes to: `one=slim:sparse_target=0.3` prunes at `--target` a stage zeroed to 0.3x, as the pipeline's
+`--one-sparse-stage` does for its larger targets. `--train-args` gives every arm the same ones
 (`fraction=0.5 val=False`: half the training images, validation at the last epoch only). Each arm is scored by its
 last epoch's model (`last.pt`, never a best-of), validated on `--data`. The table gives every score, mean +- sd, and
 each arm's paired difference from `--reference` with a 95% t interval over seeds. Every setting is checked when the
@@ -91,8 +91,8 @@ class Arm:
             )
         if "min_keep" in settings and recipe not in ("prune-finetune", "oneshot"):
             raise argparse.ArgumentTypeError(
-                f"arm '{text}': min_keep= is the floor of pruning the normal model once (prune-finetune, oneshot); a "
-                "slim arm prunes with the floor its sparse stage zeroed to"
+                f"arm '{text}': min_keep= is the floor of pruning the normal model once, for prune-finetune and "
+                "oneshot arms (a slim arm prunes with the floor its sparse stage zeroed to; continue prunes nothing)"
             )
         try:
             check_arm_settings(settings)
