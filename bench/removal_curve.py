@@ -23,12 +23,14 @@ ranks every box, so a cut whose scores all fell below 0.25 still scores there bu
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from copy import deepcopy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import yoloslim  # noqa: F401  (offline settings first)
 from common import emit, parser, shown, write_csv
@@ -84,7 +86,7 @@ def repaired_models(model, taylor, budget: float, floor: float, images: torch.Te
             yield "taylor+recon+bn", recon
 
 
-def repair_curve(a, model, base: float, base_at: float | None) -> None:
+def repair_curve(a: argparse.Namespace, model: nn.Module, base: float, base_at: float | None) -> None:
     """mAP50-95 of each repair at each GFLOPs budget (per calibration size and per-layer floor), no training, and at
     `--at-conf` (the unpruned model's: `base_at`) if asked; the table, CSV and plot."""
     taylor = estimate_taylor(model, a.data, a.imgsz)
@@ -144,28 +146,8 @@ def repair_curve(a, model, base: float, base_at: float | None) -> None:
         plot_removal_curve(curves, base, a.out.with_suffix(".png"), xlabel=xlabel)
 
 
-def main() -> None:
-    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal", beside="a CSV and a PNG plot")
-    p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
-    p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
-    p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
-    p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
-    p.add_argument("--budgets", type=float, nargs="+", help="GFLOPs shares: compare the repairs instead (see above)")
-    p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
-    p.add_argument("--repairs", nargs="+", choices=REPAIRS, default=list(REPAIRS), help="with --budgets")
-    p.add_argument("--at-conf", type=float, help="with --budgets: also score each model at this threshold (0.25)")
-    p.add_argument(
-        "--min-keep", type=float, nargs="+", default=[Ranking().min_keep], help="with --budgets: per-layer floors"
-    )
-    a = p.parse_args()
-    model, _ = load_model(a.weights)
-    base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
-    if a.budgets:
-        at = a.at_conf and steps.validate(
-            a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base", conf=a.at_conf
-        )
-        return repair_curve(a, model.float(), base, at["map50_95"] if at else None)
+def share_curve(a: argparse.Namespace, model: nn.Module, base: float) -> None:
+    """The removal curve: each criterion zeroes (and with `--pruned` also prunes) each share of the channels."""
     taylor = estimate_taylor(model, a.data, a.imgsz) if "taylor" in a.importance else None
     results: dict[tuple[str, str, float], list[float]] = {}
     for name in a.importance:
@@ -206,6 +188,31 @@ def main() -> None:
             for (n, k, _) in results
         }
         plot_removal_curve(curves, base, a.out.with_suffix(".png"))
+
+
+def main() -> None:
+    p = parser(__doc__, data=True, imgsz=256, run_dir="runs/bench-removal", beside="a CSV and a PNG plot")
+    p.add_argument("--weights", type=Path, required=True, help="a trained (normal, not sparse) checkpoint")
+    p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
+    p.add_argument("--importance", nargs="+", default=["gamma", "taylor", "random"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the random control")
+    p.add_argument("--pruned", action="store_true", help="also prune at each share (fold on) and validate")
+    p.add_argument("--budgets", type=float, nargs="+", help="GFLOPs shares: compare the repairs instead (see above)")
+    p.add_argument("--calib-images", type=int, nargs="+", default=[DEFAULT_CALIB_IMAGES], help="with --budgets")
+    p.add_argument("--repairs", nargs="+", choices=REPAIRS, default=list(REPAIRS), help="with --budgets")
+    p.add_argument("--at-conf", type=float, help="with --budgets: also score each model at this threshold (0.25)")
+    p.add_argument(
+        "--min-keep", type=float, nargs="+", default=[Ranking().min_keep], help="with --budgets: per-layer floors"
+    )
+    a = p.parse_args()
+    model, _ = load_model(a.weights)
+    base = steps.validate(a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base")["map50_95"]
+    if a.budgets:
+        at = a.at_conf and steps.validate(
+            a.weights, data=a.data, imgsz=a.imgsz, project=a.run_dir, name="base", conf=a.at_conf
+        )
+        return repair_curve(a, model.float(), base, at["map50_95"] if at else None)
+    share_curve(a, model, base)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Kind:
 
     @property
     def name(self) -> str:
+        """The kind as the CLI spells it: the format, with `-int8` for an INT8 kind (`onnx`, `openvino-int8`)."""
         return self.format if self.bits == 32 else f"{self.format}-int{self.bits}"
 
     def check(self) -> None:

@@ -37,11 +37,14 @@ Importance = Callable[["Pruner", Unit], torch.Tensor]
 class LearnsFromGradients(Protocol):
     """An importance fed by the training loss's gradients: the trainer calls `accumulate` after each backward pass."""
 
-    def accumulate(self, modules: dict[str, nn.Module], units: Any, grad_scale: float = 1.0) -> bool: ...
+    def accumulate(self, modules: dict[str, nn.Module], units: Any, grad_scale: float = 1.0) -> bool:
+        """Fold the current gradients of `units` into the scores; False (nothing changed) for a non-finite step."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The scores so far, as tensors, dicts and numbers (a resumed run loads them with `weights_only=True`)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from the scores of `state_dict()`."""
 
 
 def gamma_importance(pruner: Pruner, unit: Unit) -> torch.Tensor:

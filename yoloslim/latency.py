@@ -48,6 +48,7 @@ class LatencySearch:
         return min(self.probes.items(), key=lambda p: (abs(p[1] - self.ratio), -p[0]))
 
     def landed(self, tolerance: float = TOLERANCE) -> bool:
+        """Whether the best probe's latency ratio is within `tolerance` (relative) of the target."""
         return abs(self.best[1] / self.ratio - 1) <= tolerance + 1e-9
 
 

@@ -132,6 +132,7 @@ class _Reader(CalibrationDataReader):
         self.images, self.name = images, name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next image as onnxruntime's input feed, None when the images are used up."""
         image = next(self.images, None)
         return None if image is None else {self.name: image}
 

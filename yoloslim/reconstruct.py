@@ -135,6 +135,7 @@ class _Gram:
         return total
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add rows: `x` (rows x inputs, the intercept's column of ones appended here) against `y` (rows x outputs)."""
         x = torch.cat([x, torch.ones(len(x), 1)], 1)
         if self.xx is None:
             self.xx, self.xy, self.yy = x.T @ x, x.T @ y, y.square().sum(0)

@@ -291,6 +291,7 @@ class Setting:
     aliases: tuple[str, ...] = ()
 
     def default_for(self, command: str) -> Any:
+        """The default of this setting for `command` (a per-command default where the table gives one)."""
         return self.per_command.get(command, {}).get("default", self.default)
 
 
