@@ -149,6 +149,18 @@ def test_functions_are_short_and_public_ones_take_few_positional_arguments() -> 
                 assert node.name.startswith("_") or len(positional) <= 6, f"{path.name}:{node.name}"
 
 
+def test_every_public_function_class_and_method_has_a_docstring() -> None:
+    missing = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            members = node.body if isinstance(node, ast.ClassDef) and not node.name.startswith("_") else []
+            for n in [node, *members]:
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_"):
+                    if not ast.get_docstring(n):
+                        missing.append(f"{path.name}:{n.name}")
+    assert not missing, f"no docstring: {missing}"
+
+
 def _package_imports(path: Path) -> set[str]:
     """The yoloslim modules `path` imports at any depth (function-level too), not counting type-only imports."""
     tree = ast.parse(path.read_text())
