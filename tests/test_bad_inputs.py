@@ -18,9 +18,10 @@ import torch
 import yaml
 from ultralytics.utils import LOGGER
 
-from yoloslim import Pruner, prune_model, steps
+from yoloslim import Pruner, cli, prune_model, steps
 from yoloslim.checkpoint import load_model, readable, save_checkpoint
 from yoloslim.data import resolve_data
+from yoloslim.deploy import Kind
 from yoloslim.pipeline import PipelineConfig, run_pipeline
 from yoloslim.reconstruct import Repair
 from yoloslim.settings import Ranking
@@ -462,3 +463,24 @@ def test_a_calibration_count_without_a_repair_is_refused() -> None:
     with pytest.raises(ValueError, match="--calib-images 64 sets how many images the repair reads"):
         Repair(reconstruct=False, images=64)
     assert Repair(reconstruct=False, bn=True, images=64).images == 64 and not Repair(reconstruct=False).active
+
+
+def test_an_artifact_path_taken_by_the_other_type_is_refused_before_any_work(pruned, tiny_ckpt, tmp_path) -> None:
+    """A folder where the exported file goes (or a file where the OpenVINO folder goes) is refused before the export,
+    and `prune --export` refuses it before pruning (was: the prune written, then "Is a directory" naming the
+    export's temporary folder)."""
+    (tmp_path / "p" / "pruned.onnx").mkdir(parents=True)
+    argv = ["prune", "--weights", str(tiny_ckpt), "--prune-ratio", "0.3", "--importance", "gamma", "--no-val"]
+    with pytest.raises(SystemExit, match=r"yoloslim prune: error: .*pruned.onnx is a folder, where the onnx file goes"):
+        cli.main([*argv, "--no-reconstruct", "--save-dir", str(tmp_path / "p"), "--export", "onnx"])
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["pruned.onnx"]
+    (tmp_path / "e").mkdir()
+    checkpoint = Path(shutil.copy(pruned, tmp_path / "e" / "best.pt"))
+    (tmp_path / "e" / "best.torchscript").mkdir()
+    with pytest.raises(ValueError, match="best.torchscript is a folder, where the torchscript file goes"):
+        steps.export(checkpoint, imgsz=64, kind="torchscript")
+    (tmp_path / "e" / "best.torchscript").rmdir()
+    (tmp_path / "e" / "best_openvino_model").touch()
+    with pytest.raises(ValueError, match="best_openvino_model is a file, where the openvino folder goes"):
+        Kind("openvino", 32).destination(checkpoint)
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["best.pt", "best_openvino_model"]

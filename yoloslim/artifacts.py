@@ -63,7 +63,7 @@ def export(
     reference, _ = load_model(source)
     if kind.bits == 8:
         data = calibration_data(data, reference, source)
-    final = kind.artifact(source)
+    final = kind.destination(source)
     if len(final.name.encode()) > os.pathconf(source.parent, "PC_NAME_MAX"):
         raise ValueError(f"'{final.name}' is too long a file name here: copy the checkpoint to a shorter name")
     check_output_folder(source.parent, "the checkpoint's folder")

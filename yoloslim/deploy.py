@@ -74,6 +74,22 @@ class Kind:
             return checkpoint.with_name(f"{stem}_openvino_model")
         return checkpoint.with_name(stem + {"onnx": ".onnx", "torchscript": ".torchscript"}[self.format])
 
+    def destination(self, checkpoint: Path) -> Path:
+        """`artifact(checkpoint)`, refused when something of the other type is there (a folder where the file goes,
+        a file where the OpenVINO folder goes): the checked artifact could not be moved into place after the export.
+
+        Raises:
+            ValueError: the path is taken by the other type, with what to do.
+        """
+        final = self.artifact(checkpoint)
+        folder = self.format == "openvino"
+        if final.exists() and final.is_dir() != folder:
+            there, wanted = ("a folder", "file") if final.is_dir() else ("a file", "folder")
+            raise ValueError(
+                f"{final} is {there}, where the {self.name} {wanted} goes: move it away, or choose another folder"
+            )
+        return final
+
 
 def onnx_session(path: str | Path) -> onnxruntime.InferenceSession:
     """A CPU onnxruntime session for `path` (onnxruntime picks its thread count: every core)."""

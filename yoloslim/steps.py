@@ -59,6 +59,7 @@ from yoloslim.settings import (
 from yoloslim.trainer import TRAINERS, check_slim_args
 
 PREFIX = colorstr("yoloslim:")
+PRUNED = "pruned.pt"  # the checkpoint a prune writes into its save_dir
 
 
 def check_model_source(weights: str | Path) -> str:
@@ -475,7 +476,7 @@ def trained_imgsz(ckpt: dict[str, Any]) -> int:
 def _prune_paths(weights: str | Path, save_dir: Path) -> tuple[Path, Path]:
     """The checkpoint to prune and the pruned.pt to write: never the same file, in a folder that can be written."""
     source = check_weights_file(weights)
-    out = save_dir / "pruned.pt"
+    out = save_dir / PRUNED
     if out.resolve() == source.resolve():
         raise ValueError(f"--save-dir '{save_dir}' would overwrite the input '{source}': choose another folder")
     check_output_folder(save_dir, "--save-dir")
