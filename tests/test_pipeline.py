@@ -16,7 +16,7 @@ from ultralytics.cfg import DEFAULT_CFG
 from yoloslim import YOLO
 from yoloslim.checkpoint import finished_training, pruned_info
 from yoloslim.pipeline import Pipeline, PipelineConfig, run_pipeline
-from yoloslim.settings import ONESHOT_FROM
+from yoloslim.settings import ONESHOT_FROM, ONESHOT_SHORT_FROM
 
 from .conftest import train_interrupted
 
@@ -159,6 +159,18 @@ def test_auto_path_goes_one_shot_from_its_budget_and_slims_below() -> None:
     oneshot.check()  # no sparse stage, so sr=0 is no error
 
 
+def test_a_one_shot_row_below_the_short_budget_trains_as_long_as_the_slim_path() -> None:
+    """A one-shot GFLOPs row below ONESHOT_SHORT_FROM fine-tunes the slim path's epochs (sparse + fine-tune), where it
+    kept up with slimming; from it up, and for slim rows and ratios, `epochs_finetune`."""
+    short, tight, below = ONESHOT_SHORT_FROM, (ONESHOT_FROM + ONESHOT_SHORT_FROM) / 2, ONESHOT_FROM / 2
+    auto = PipelineConfig(targets=(short, tight, below), epochs_sparse=7, epochs_finetune=2)
+    assert [auto.path_of(p) for p in auto.points] == ["oneshot", "oneshot", "slim"]
+    assert [auto.finetune_epochs(p) for p in auto.points] == [2, 9, 2]
+    epochs = {"epochs_sparse": 7, "epochs_finetune": 2}
+    assert PipelineConfig(targets=(below,), path="oneshot", **epochs).finetune_epochs(below) == 9
+    assert PipelineConfig(ratios=(0.8,), path="oneshot", **epochs).finetune_epochs(0.8) == 2
+
+
 def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
     """One number drives both stages: each slim target's sparse stage zeroes down to it, and its row prunes to it;
     a one-shot target prunes the normal model, repaired, with no sparse stage; with `distill`, fine-tuning learns
@@ -184,6 +196,9 @@ def test_pipeline_with_gflops_targets(tiny_data, tmp_path) -> None:
         tuned = YOLO(run / f"finetune-{point}" / "weights" / "last.pt").ckpt["train_args"]
         assert Path(tuned["distill_model"]) == run / "normal" / "weights" / "best.pt"
         assert "train/dis_loss" in (run / f"finetune-{point}" / "results.csv").read_text().splitlines()[0]
+        epochs = config.finetune_epochs(above) if "one-shot" in point else config.epochs_finetune
+        assert tuned["epochs"] == epochs
+    assert config.finetune_epochs(above) == config.epochs_sparse + config.epochs_finetune  # below ONESHOT_SHORT_FROM
     for row, target in zip(rows, (1.0, above, below)):
         assert row["gflops"] / rows[0]["gflops"] == pytest.approx(target, rel=0.02)
     report = (run / f"prune-gflops-{below:g}" / "prune_report.txt").read_text()

@@ -13,9 +13,11 @@ serves every row, cheaper, but the larger targets then start from a model sparse
 
 `path` picks how each row gets there. `slim` is the sequence above. `oneshot` skips the sparse stage: the
 normal-trained model is pruned to the row's budget, repaired from the training images (`reconstruct.py`) and
-fine-tuned for `epochs_finetune` epochs. `auto` takes the one-shot path for targets of at least `ONESHOT_FROM` of
-the GFLOPs, where at equal compute it kept up with slimming, and slims below, where the sparse stage won
-(docs/DESIGN.md, "Which path, by budget"). Ratios say nothing about compute, so `auto` slims them.
+fine-tuned: for `epochs_finetune` epochs at targets of at least `ONESHOT_SHORT_FROM` of the GFLOPs, and below it for
+as many epochs as the slim path trains (`epochs_sparse + epochs_finetune`), as it was measured. `auto` takes the
+one-shot path for targets of at least `ONESHOT_FROM`, where at equal epochs it kept up with slimming or beat it, in
+about half the wall time, and slims below, where it has not been measured (docs/DESIGN.md, "Which path, by budget").
+Ratios say nothing about compute, so `auto` slims them.
 
 Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
 interrupted pipeline picks up where it stopped when the same command is run again.
@@ -35,6 +37,7 @@ from yoloslim.report import DEPLOY_FIELDS, deploy_markdown, results_markdown, re
 from yoloslim.settings import (
     LATER_SETTINGS,
     ONESHOT_FROM,
+    ONESHOT_SHORT_FROM,
     RANKING,
     Ranking,
     RESERVED,
@@ -64,6 +67,15 @@ class _PipelineRules:
         if self.path != "auto":
             return self.path
         return "oneshot" if self.targets and point >= ONESHOT_FROM else "slim"
+
+    def finetune_epochs(self, point: float) -> int:
+        """Fine-tuning epochs of the row `point`: `epochs_finetune`, or for a one-shot GFLOPs target below
+        `ONESHOT_SHORT_FROM` the slim path's epochs (`epochs_sparse + epochs_finetune`): at those budgets the repaired
+        prune kept up with slimming at equal epochs, and fell behind it with a few (docs/DESIGN.md, "Which path, by
+        budget")."""
+        if self.targets and self.path_of(point) == "oneshot" and point < ONESHOT_SHORT_FROM:
+            return self.epochs_sparse + self.epochs_finetune
+        return self.epochs_finetune
 
     def paths_as(self, path: str) -> list[str]:
         """Each row's path were `path` the setting: what a run folder made at another `path` compares."""
@@ -272,7 +284,8 @@ class Pipeline:
         for p in c.points:
             oneshot = c.path_of(p) == "oneshot"
             name = f"prune-{prefix}{'oneshot-' if oneshot else ''}{p:g}"
-            rows.append(self.row(c.label(p), self.pruned(name, self.source(normal, sparse, p), p, repair=oneshot)))
+            pruned = self.pruned(name, self.source(normal, sparse, p), p, repair=oneshot)
+            rows.append(self.row(c.label(p), pruned, epochs=c.finetune_epochs(p)))
         return rows
 
     def comparisons(self, normal: Path, sparse: dict[str, Path]) -> list[dict[str, Any]]:
@@ -285,7 +298,8 @@ class Pipeline:
         prefix = "gflops-" if c.targets else ""
         oneshot = c.path_of(p) == "oneshot"
         unrepaired = self.pruned(f"prune-{prefix}normal-{p:g}", normal, p)
-        pruned_normal = self.row(f"{p:g} {'no repair' if oneshot else 'normal-trained'}", unrepaired)
+        epochs = c.finetune_epochs(p)  # the row's own: the comparison changes one thing
+        pruned_normal = self.row(f"{p:g} {'no repair' if oneshot else 'normal-trained'}", unrepaired, epochs=epochs)
         if oneshot:
             return [pruned_normal]
         folded_off = self.pruned(f"prune-{prefix}nofold-{p:g}", self.source(normal, sparse, p), p, fold=False)
@@ -310,8 +324,9 @@ class Pipeline:
         target = ", ".join(f"{k}={v:g}" for k, v in self.cfg.sparse_target(point).items())
         return f"sparse (sr={self.cfg.sr:g}, {target})"
 
-    def row(self, label: str, pruned: Path, finetune: bool = True) -> dict[str, Any]:
-        """One table row: size and mAP of a pruned model, before and (optionally) after fine-tuning."""
+    def row(self, label: str, pruned: Path, finetune: bool = True, epochs: int | None = None) -> dict[str, Any]:
+        """One table row: size and mAP of a pruned model, before and (optionally) after fine-tuning for `epochs`
+        (default `epochs_finetune`)."""
         key = label.replace(" ", "-")
         before = self.metrics(f"pruned-{key}", pruned)
         row = {
@@ -325,7 +340,8 @@ class Pipeline:
             "onnx": pruned.with_suffix(".onnx"),
         }
         if finetune:
-            tuned = self.train(f"finetune-{key}", pruned, self.cfg.epochs_finetune, finetune=True, **self.teacher())
+            epochs = self.cfg.epochs_finetune if epochs is None else epochs
+            tuned = self.train(f"finetune-{key}", pruned, epochs, finetune=True, **self.teacher())
             after = self.metrics(f"finetune-{key}", tuned)
             row.update(map50_after=after["map50"], map50_95_after=after["map50_95"], onnx=self.onnx(tuned))
         else:

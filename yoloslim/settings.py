@@ -38,9 +38,10 @@ DEFAULT_RECONSTRUCT = True
 DEFAULT_RECALIBRATE_BN = False
 DEFAULT_CALIB_IMAGES = 256
 # How the pipeline reaches a GFLOPs target (pipeline.py): `auto` prunes the normal-trained model once and fine-tunes it
-# where that kept up with slimming at equal compute, and slims below (docs/DESIGN.md, "Which path, by budget")
+# where that kept up with slimming at equal epochs, and slims below (docs/DESIGN.md, "Which path, by budget")
 PATHS = ("auto", "slim", "oneshot")
-ONESHOT_FROM = 0.5  # `auto` takes the one-shot path for targets that keep at least this share of the GFLOPs
+ONESHOT_FROM = 0.3  # `auto` takes the one-shot path for targets that keep at least this share of the GFLOPs
+ONESHOT_SHORT_FROM = 0.5  # one-shot rows from this share up fine-tune --epochs-finetune epochs; below, the slim path's
 DEFAULT_STREAMS = False  # prune residual streams? Measured no better on ships (bench/ranking.py)
 # The width multiple of the commands, scripts and pipeline (`Pruner`, `steps` and the training arguments keep exact
 # counts unless asked): free widths run slowly in onnxruntime on CPU, 16 costs accuracy (docs/DESIGN.md, "Widths").
@@ -747,9 +748,10 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "auto",
         "how each --targets row reaches its budget: slim (a sparse stage, prune its zeros, fine-tune), oneshot "
-        "(prune the normal-trained model, repair it from the training images, fine-tune --epochs-finetune epochs: no "
-        f"sparse stage), or auto (oneshot for targets of at least {ONESHOT_FROM:g} of the GFLOPs, slim below, and "
-        "slim for ratios, which say nothing about compute)",
+        "(prune the normal-trained model, repair it from the training images, fine-tune: no sparse stage; "
+        f"--epochs-finetune epochs for targets of {ONESHOT_SHORT_FROM:g} and up, --epochs-sparse + --epochs-finetune "
+        f"below), or auto (oneshot for targets of at least {ONESHOT_FROM:g} of the GFLOPs, slim below, and slim for "
+        "ratios, which say nothing about compute)",
         ("pipeline",),
         check=_choice("path", PATHS),
         per_command={"pipeline": {"choices": PATHS}},
