@@ -15,9 +15,9 @@ serves every row, cheaper, but the larger targets then start from a model sparse
 normal-trained model is pruned to the row's budget, repaired from the training images (`reconstruct.py`) and
 fine-tuned: for `epochs_finetune` epochs at targets of at least `ONESHOT_SHORT_FROM` of the GFLOPs, and below it for
 as many epochs as the slim path trains (`epochs_sparse + epochs_finetune`), as it was measured. `auto` takes the
-one-shot path for targets of at least `ONESHOT_FROM`, where at equal epochs it kept up with slimming or beat it, in
-about half the wall time, and slims below, where it has not been measured (docs/DESIGN.md, "Which path, by budget").
-Ratios say nothing about compute, so `auto` slims them.
+one-shot path for targets of at least `ONESHOT_FROM`, where at equal epochs it kept up with slimming or beat it
+(in half the wall time where that was timed), and slims below, where it has not been measured (docs/DESIGN.md,
+"Which path, by budget"). Ratios say nothing about compute, so `auto` slims them.
 
 Every stage writes its artefacts into the run folder and is skipped when they already exist, so an
 interrupted pipeline picks up where it stopped when the same command is run again.
