@@ -482,5 +482,5 @@ def test_an_artifact_path_taken_by_the_other_type_is_refused_before_any_work(pru
     (tmp_path / "e" / "best.torchscript").rmdir()
     (tmp_path / "e" / "best_openvino_model").touch()
     with pytest.raises(ValueError, match="best_openvino_model is a file, where the openvino folder goes"):
-        Kind("openvino", 32).destination(checkpoint)
+        Kind("openvino", 32).check_destination(checkpoint)
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["best.pt", "best_openvino_model"]

@@ -66,7 +66,7 @@ def export(
     final = kind.artifact(source)
     if len(final.name.encode()) > os.pathconf(source.parent, "PC_NAME_MAX"):
         raise ValueError(f"'{final.name}' is too long a file name here: copy the checkpoint to a shorter name")
-    kind.destination(source)
+    kind.check_destination(source)
     check_output_folder(source.parent, "the checkpoint's folder")
     imgsz = fit_imgsz(imgsz, reference)
     args: dict[str, Any] = {"format": kind.format, "imgsz": imgsz}

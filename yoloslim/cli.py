@@ -101,7 +101,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
             LOGGER.info(f"--{flag.replace('_', '-')} is ignored: yoloslim reads the architecture from the checkpoint")
     kinds = [Kind.parse(k) for k in a.export]  # a runtime that is not installed is said before anything is pruned
     for kind in kinds:  # and a path the artifact cannot take
-        kind.destination(Path(a.save_dir) / steps.PRUNED)
+        kind.check_destination(Path(a.save_dir) / steps.PRUNED)
     int8 = [k.name for k in kinds if k.bits == 8]
     if a.data is None and (not a.no_val or a.reconstruct or a.recalibrate_bn or int8):  # the checkpoint's data, then
         recorded = steps.trained_with(a.weights).get("data")  # a bad --weights fails here, as itself

@@ -74,9 +74,9 @@ class Kind:
             return checkpoint.with_name(f"{stem}_openvino_model")
         return checkpoint.with_name(stem + {"onnx": ".onnx", "torchscript": ".torchscript"}[self.format])
 
-    def destination(self, checkpoint: Path) -> Path:
-        """`artifact(checkpoint)`, refused when something of the other type is there (a folder where the file goes,
-        a file where the OpenVINO folder goes): the checked artifact could not be moved into place after the export.
+    def check_destination(self, checkpoint: Path) -> None:
+        """Refuse `artifact(checkpoint)` when something of the other type is there (a folder where the file goes, a
+        file where the OpenVINO folder goes): the checked artifact could not be moved into place after the export.
 
         Raises:
             ValueError: the path is taken by the other type, with what to do.
@@ -88,7 +88,6 @@ class Kind:
             raise ValueError(
                 f"{final} is {there}, where the {self.name} {wanted} goes: move it away, or choose another folder"
             )
-        return final
 
 
 def onnx_session(path: str | Path) -> onnxruntime.InferenceSession:
