@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from yoloslim import steps
 from yoloslim.checkpoint import load_model, pruned_info
-from yoloslim.latency import TOLERANCE, measured_latency_ratio, search_gflops
+from yoloslim.latency import TOLERANCE, LatencyProbe, search_gflops
 from yoloslim.settings import Ranking, check_latency_target
 from yoloslim.prune import Pruner
 from yoloslim.report import ModelSize
@@ -74,29 +76,32 @@ def test_the_whole_latency_is_the_model_as_it_is() -> None:
     assert search_gflops(1, lambda s: pytest.fail("nothing to measure"), floor=0.05).best == (1.0, 1.0)
 
 
-def test_real_measuring_path_with_an_injected_timer(tmp_path) -> None:
-    """Prune, export and run every probe for real; the timer says every run takes 1 ms, so no probe can get faster
-    than the unpruned model and the floors are reported as unreachable, with the figure measured (1.000x)."""
+def test_real_measuring_path_with_an_injected_timer(tiny_ckpt, tmp_path) -> None:
+    """Prune, export and run every probe (and a reference checkpoint) for real; the timer says every run takes 1 ms,
+    so no probe can get faster than the unpruned model and the floors are reported as unreachable, with the figure
+    measured (1.000x)."""
     clock = itertools.count(step=0.001)
     pruner = Pruner(build_model(), Ranking(importance="gamma", round_to=8))
-    measure = measured_latency_ratio(pruner, 64, tmp_path, rounds=1, repeats=2, timer=lambda: next(clock))
-    assert measure(0.5) == 1.0 and sorted(p.name for p in tmp_path.iterdir()) == ["unpruned"]  # each probe removed
+    probe = LatencyProbe(pruner, 64, tmp_path, rounds=1, repeats=2, timer=lambda: next(clock))
+    assert probe.share(0.5) == 1.0 and sorted(p.name for p in tmp_path.iterdir()) == ["unpruned"]  # each removed
+    assert probe.checkpoint(tiny_ckpt) == 1.0 and sorted(p.name for p in tmp_path.iterdir()) == ["unpruned"]
     with pytest.raises(ValueError, match=r"cannot be reached on this runtime: the per-layer floors run at 1\.000x"):
-        search_gflops(0.5, measure, floor=pruner.min_cost_share("gflops"))
+        search_gflops(0.5, probe.share, floor=pruner.min_cost_share("gflops"))
 
 
 def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
     """The prune step searches with its own pruner, records the target and saves the model the search measured."""
     probes = []
 
-    def synthetic(pruner, imgsz, work, runtime):
-        def latency_ratio(share):
+    class Synthetic:
+        def __init__(self, pruner, imgsz, work, runtime):
+            pass
+
+        def share(self, share):
             probes.append(share)
             return lagging(share)
 
-        return latency_ratio
-
-    monkeypatch.setattr(steps, "measured_latency_ratio", synthetic)
+    monkeypatch.setattr(steps, "LatencyProbe", Synthetic)
     out = steps.prune(
         tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.6), ranking=GAMMA
     )
@@ -113,10 +118,46 @@ def test_prune_to_a_latency_target(tiny_ckpt, tmp_path, monkeypatch) -> None:
     assert f"{asked}; measured {lagging(share):.3f}x" in report
 
 
+class Reference:
+    """A `LatencyProbe` whose reference checkpoint runs at `measured` of the unpruned latency, probes on `lagging`."""
+
+    measured = 0.6
+
+    def __init__(self, pruner, imgsz, work, runtime):
+        pass
+
+    def share(self, share):
+        return lagging(share)
+
+    def checkpoint(self, weights):
+        assert weights.is_file()
+        return self.measured
+
+
+def test_prune_to_the_latency_of_another_model(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    """`--target-latency-of`: the reference's measured share is the target; the checkpoint records both."""
+    monkeypatch.setattr(steps, "LatencyProbe", Reference)
+    out = steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", Path(tiny_ckpt)), ranking=GAMMA)
+    info = pruned_info(load_model(out)[0])
+    assert info["target_latency"] == 0.6 and info["target_latency_of"] == str(Path(tiny_ckpt).resolve())
+    assert abs(lagging(info["target"][1]) / 0.6 - 1) <= TOLERANCE
+    report = (out.parent / "prune_report.txt").read_text()
+    assert f"target latency: 0.6x the unpruned model's ('{tiny_ckpt}' measured beside it) on onnx" in report
+
+
+def test_a_reference_that_is_not_faster_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(steps, "LatencyProbe", type("Slower", (Reference,), {"measured": 1.2}))
+    with pytest.raises(ValueError, match=r"runs at 1\.200x the latency of the model to prune: it is not faster"):
+        steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", Path(tiny_ckpt)), ranking=GAMMA)
+    with pytest.raises(FileNotFoundError, match="not found"):  # checked before anything is loaded or measured
+        steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", tmp_path / "none.pt"), ranking=GAMMA)
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_latency_target_that_needs_no_pruning_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
     """The model cut to the share found keeps every channel (here: widths in multiples of 256 keep every layer
     whole) and runs within the tolerance: a one-line error, no pruned.pt."""
-    monkeypatch.setattr(steps, "measured_latency_ratio", lambda pruner, imgsz, work, runtime: lambda share: 1.0)
+    monkeypatch.setattr(steps, "LatencyProbe", lambda pruner, imgsz, work, runtime: SimpleNamespace(share=lambda s: 1.0))
     with pytest.raises(ValueError, match=r"target latency 0.99 on onnx needs no pruning: .* keeps every channel"):
         steps.prune(
             tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.99), ranking=GAMMA_256
@@ -132,3 +173,13 @@ def test_latency_target_cli_errors(tiny_ckpt) -> None:
         yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", "0.5", "--target-gflops", "0.5"),
         "not allowed with argument",
     )
+    assert_one_line_error(
+        yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency-of", "model.onnx"), "not a .pt checkpoint"
+    )
+
+
+def test_sparse_training_takes_the_gflops_share_of_another_models_latency(tiny_ckpt, monkeypatch) -> None:
+    """`sparse --target-latency-of`: the start model is searched against the reference, as `prune` does."""
+    monkeypatch.setattr(steps, "LatencyProbe", Reference)
+    share = steps.latency_target_gflops(tiny_ckpt, latency=Path(tiny_ckpt), data=None, imgsz=64, ranking=GAMMA)
+    assert 0 < share < 1 and abs(lagging(share) / Reference.measured - 1) <= TOLERANCE

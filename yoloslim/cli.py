@@ -65,12 +65,17 @@ def _run_train(a: argparse.Namespace) -> Any:
     if a.command == "train":
         return steps.train(**_train_kwargs(a), sr=a.sr)
     ranking = Ranking.of(a)
-    if a.target_latency:  # one number drives both stages: the sparse stage zeroes to the GFLOPs it stands for
+    if latency := _latency(a):  # one number drives both stages: the sparse stage zeroes to the GFLOPs it stands for
         a.target_gflops = steps.latency_target_gflops(
-            a.weights, latency=a.target_latency, data=a.data, imgsz=a.imgsz, runtime=a.runtime, ranking=ranking
+            a.weights, latency=latency, data=a.data, imgsz=a.imgsz, runtime=a.runtime, ranking=ranking
         )
     target = {"target_gflops": a.target_gflops} if a.target_gflops else {"sparsity": a.sparsity or 0.0}
     return steps.train(**_train_kwargs(a), sr=a.sr, **target, **{k: getattr(ranking, k) for k in RANKING})
+
+
+def _latency(a: argparse.Namespace) -> float | Path | None:
+    """The latency target of `--target-latency` (a share) or `--target-latency-of` (a checkpoint to run as fast as)."""
+    return a.target_latency or (Path(a.target_latency_of) if a.target_latency_of else None)
 
 
 def _run_finetune(a: argparse.Namespace) -> Any:
@@ -114,7 +119,7 @@ def _run_prune(a: argparse.Namespace) -> Any:
                 raise ValueError(f"{e} (--export {' '.join(int8)} calibrates on its training images)") from None
             LOGGER.warning(f"yoloslim prune: {e}; pruned without validation or repair, which read it")
             a.no_val = True
-    targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", a.target_latency))
+    targets = (("gflops", a.target_gflops), ("params", a.target_params), ("latency", _latency(a)))
     target = next(((kind, share) for kind, share in targets if share), None)
     out = steps.prune(
         a.weights,

@@ -1,6 +1,8 @@
 """A latency budget: find the GFLOPs share whose pruned model runs at a share `ratio` of the unpruned model's latency
 on a runtime (onnxruntime CPU, or OpenVINO), so that one number (`--target-latency 0.5`) drives pruning, or sparse
-training through its `target_gflops`.
+training through its `target_gflops`. The number can also be measured: the latency of another model
+(`--target-latency-of yolov8n.pt`, timed beside the unpruned one) as a share of the unpruned model's, which answers
+"prune this model to run as fast as that one" (issue 32).
 
 Latency does not follow GFLOPs one for one: activations, concatenations and the box decode cost time that GFLOPs do
 not count (docs/lab/deploy.md, "Where the latency goes"). The search measures instead of assuming. It brackets the
@@ -24,7 +26,7 @@ from torch import nn
 from ultralytics.utils import LOGGER
 
 from yoloslim.artifacts import export
-from yoloslim.checkpoint import save_checkpoint
+from yoloslim.checkpoint import load_model, save_checkpoint
 from yoloslim.deploy import Kind, Timer, runner, side_by_side_latency_ms
 from yoloslim.prune import Pruner
 from yoloslim.settings import check_latency_target
@@ -99,37 +101,51 @@ def search_gflops(
     return search
 
 
-def measured_latency_ratio(
-    pruner: Pruner,
-    imgsz: int,
-    work: Path,
-    *,
-    runtime: str = "onnx",
-    rounds: int = 5,
-    repeats: int = 50,
-    timer: Timer | None = None,
-) -> Callable[[float], float]:
-    """`latency_ratio(share)` for `search_gflops`: the model of `pruner` pruned to `share` of its GFLOPs, exported to
-    `runtime` with Ultralytics' exporter (in `work`, which the caller removes), timed side by side with the unpruned
-    model (batch 1, interleaved rounds, medians). The unpruned model is exported once."""
-    kind = Kind(runtime)
-    kind.check()
-    imgsz = fit_imgsz(imgsz, pruner.model)
-    unpruned = runner(_exported(pruner.model, Path(work) / "unpruned", imgsz, kind), kind)
-    extra = {"timer": timer} if timer else {}
+class LatencyProbe:
+    """Latency ratios against the unpruned model of `pruner` on `runtime`: of that model pruned to a GFLOPs share
+    (`share`, the search's probe: the model measured is the model that will be saved) and of another checkpoint
+    (`checkpoint`, a model to run as fast as). Each is exported with Ultralytics' exporter (in `work`, which the
+    caller removes) and timed side by side with the unpruned model (batch 1, interleaved rounds, medians); the
+    unpruned model is exported once."""
 
-    def latency_ratio(share: float) -> float:
-        copy = deepcopy(pruner)  # the model and the pruner's view of it, copied together
-        copy.apply(pruner.plan_budget("gflops", share))
-        folder = Path(work) / f"{share:.6f}"
+    def __init__(
+        self,
+        pruner: Pruner,
+        imgsz: int,
+        work: Path,
+        *,
+        runtime: str = "onnx",
+        rounds: int = 5,
+        repeats: int = 50,
+        timer: Timer | None = None,
+    ) -> None:
+        self.kind = Kind(runtime)
+        self.kind.check()
+        self.pruner, self.work, self.rounds, self.repeats = pruner, Path(work), rounds, repeats
+        self.imgsz = fit_imgsz(imgsz, pruner.model)
+        self.timer = {"timer": timer} if timer else {}
+        self.unpruned = runner(_exported(pruner.model, self.work / "unpruned", self.imgsz, self.kind), self.kind)
+
+    def share(self, share: float) -> float:
+        """The latency ratio of the model pruned to `share` of its GFLOPs (`latency_ratio` of `search_gflops`)."""
+        copy = deepcopy(self.pruner)  # the model and the pruner's view of it, copied together
+        copy.apply(self.pruner.plan_budget("gflops", share))
+        return self._ratio(copy.model, f"{share:.6f}")
+
+    def checkpoint(self, weights: Path) -> float:
+        """The latency ratio of the checkpoint `weights`, exported at the same image size."""
+        return self._ratio(load_model(weights)[0], "reference")
+
+    def _ratio(self, model: nn.Module, name: str) -> float:
+        folder = self.work / name
         try:
-            candidate = runner(_exported(copy.model, folder, imgsz, kind), kind)
-            ms = side_by_side_latency_ms({"u": unpruned, "c": candidate}, imgsz, rounds, repeats, **extra)
+            candidate = runner(_exported(model, folder, self.imgsz, self.kind), self.kind)
+            ms = side_by_side_latency_ms(
+                {"u": self.unpruned, "c": candidate}, self.imgsz, self.rounds, self.repeats, **self.timer
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return ms["c"] / ms["u"]
-
-    return latency_ratio
 
 
 def _exported(model: nn.Module, folder: Path, imgsz: int, kind: Kind) -> Path:

@@ -542,10 +542,19 @@ SETTINGS: tuple[Setting, ...] = (
         exclusive=("sparse", "prune"),
     ),
     Setting(
+        "target_latency_of",
+        str,
+        None,
+        "instead: run as fast as this model (a .pt checkpoint, exported and timed beside the unpruned one on "
+        "--runtime): prune a YOLOv8s to a yolov8n's latency",
+        ("sparse", "prune"),
+        exclusive=("sparse", "prune"),
+    ),
+    Setting(
         "runtime",
         str,
         "onnx",
-        "where --target-latency is measured (CPU)",
+        "where --target-latency and --target-latency-of are measured (CPU)",
         ("sparse", "prune"),
         per_command=dict.fromkeys(("sparse", "prune"), {"choices": runtime_names}),
     ),

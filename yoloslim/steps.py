@@ -38,7 +38,7 @@ from yoloslim.data import check_classes, recorded_data, resolve_data
 from yoloslim.deploy import Kind, onnx_runners, side_by_side_latency_ms
 from yoloslim.fingerprint import INPUTS, differs as inputs_differ, inputs as run_inputs  # noqa: F401  (run folders)
 from yoloslim.importance import Importance, Source, gamma_importance, make_importance
-from yoloslim.latency import measured_latency_ratio, search_gflops
+from yoloslim.latency import LatencyProbe, search_gflops
 from yoloslim.model import YOLO
 from yoloslim.plots import gamma_histograms_png
 from yoloslim.prune import Pruner, check_amount, prune_model
@@ -364,11 +364,13 @@ def prune(
     model, ckpt = _load_source(source)
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
     importance = _importance(model, ranking, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
-    said = ""  # a latency target's line in the report
+    said, asked = "", {}  # a latency target's line in the report, and what the checkpoint records of it
     if latency:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, importance, fold)
-        target, said = _latency_budget(pruner, latency, imgsz, runtime, allow_unchanged)
-    info = _prune_info(ratio, target, source, ranking, fold, latency, runtime)
+        target, said, share = _latency_budget(pruner, latency, imgsz, runtime, allow_unchanged)
+        asked = {"target_latency": share, "runtime": runtime}
+        asked |= {"target_latency_of": str(latency.resolve())} if isinstance(latency, Path) else {}
+    info = {**_prune_info(ratio, target, source, ranking, fold), **asked}
     info["repair"] = asdict(how) if data else None
     pruned, plan, changes = _cut(model, ratio, target, (ranking, importance, fold), allow_unchanged, info)
     fits = _repair(model, pruned, plan.keep, data, imgsz, how)
@@ -391,27 +393,34 @@ def _load_source(source: Path) -> tuple[Any, dict[str, Any]]:
     return model, ckpt
 
 
-def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | None:
-    """The latency share a ("latency", share) target asks for (checked, with its runtime), else None."""
+def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | Path | None:
+    """What a ("latency", share) target asks for (checked, with its runtime), else None."""
     if not (target and target[0] == "latency"):
         return None
-    latency = check_latency_target(target[1])
+    latency = check_latency(target[1])
     Kind(runtime).check()
     return latency
 
 
+def check_latency(value: Any) -> float | Path:
+    """A latency target: a share in (0, 1] of the unpruned model's latency, or a checkpoint (a `Path`) whose latency
+    to run at (`--target-latency-of`)."""
+    return check_weights_file(value) if isinstance(value, Path) else check_latency_target(value)
+
+
 def _latency_budget(
-    pruner: Pruner, latency: float, imgsz: int, runtime: str, allow_unchanged: bool
-) -> tuple[tuple[str, float], str]:
-    """The GFLOPs target whose model, pruned by `pruner` (on a copy), runs at `latency` of the unpruned latency on
-    `runtime`, found by measuring (`gflops_for_latency`), and the report's line on what was asked and measured ("" for
-    the whole latency)."""
-    share, measured = gflops_for_latency(pruner, latency, imgsz, runtime, allow_unchanged)
+    pruner: Pruner, latency: float | Path, imgsz: int, runtime: str, allow_unchanged: bool
+) -> tuple[tuple[str, float], str, float]:
+    """The GFLOPs target whose model, pruned by `pruner` (on a copy), runs at `latency` of the unpruned latency (or at
+    that of the checkpoint `latency`) on `runtime`, found by measuring (`gflops_for_latency`), and the report's line
+    on what was asked and measured ("" for the whole latency), and the latency share asked."""
+    share, measured, asked = gflops_for_latency(pruner, latency, imgsz, runtime, allow_unchanged)
+    of = f" ('{latency}' measured beside it)" if isinstance(latency, Path) else ""
     said = (
-        f"\ntarget latency: {latency:g}x the unpruned model's on {runtime} (batch 1, imgsz {imgsz}); measured "
+        f"\ntarget latency: {asked:.3g}x the unpruned model's{of} on {runtime} (batch 1, imgsz {imgsz}); measured "
         f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
     )
-    return ("gflops", share), said if latency < 1 else ""
+    return ("gflops", share), said if asked < 1 else "", asked
 
 
 def _repair(model: Any, pruned: Any, keep: dict, data: str | None, imgsz: int, how: Repair) -> list:
@@ -428,16 +437,13 @@ def _prune_info(
     source: Path,
     ranking: Ranking,
     fold: bool,
-    latency: float | None,
-    runtime: str,
 ) -> dict[str, Any]:
-    """What a pruned checkpoint records of how it was made (`checkpoint.pruned_info`)."""
-    asked = {"target_latency": latency, "runtime": runtime} if latency is not None else {}
+    """What a pruned checkpoint records of how it was made (`checkpoint.pruned_info`; a latency target's entries are
+    added by `prune`)."""
     return {
         "ratio": ratio,
         "target": list(target) if target else None,
         "source": str(source.resolve()),
-        **asked,
         **asdict(ranking),
         "fold": fold,
     }
@@ -509,42 +515,56 @@ def _write_pruned(out: Path, pruned: Any, changes: list, summary: str, ckpt: dic
 
 
 def gflops_for_latency(
-    pruner: Pruner, latency: float, imgsz: int, runtime: str = "onnx", allow_unchanged: bool = False
-) -> tuple[float, float]:
+    pruner: Pruner, latency: float | Path, imgsz: int, runtime: str = "onnx", allow_unchanged: bool = False
+) -> tuple[float, float, float]:
     """The GFLOPs share at which `pruner`'s model, pruned, runs at `latency` of its unpruned latency on `runtime`
-    (measured: `latency.search_gflops`), and the latency share measured there.
+    (measured: `latency.search_gflops`), the latency share measured there, and the share asked: `latency` itself, or,
+    when `latency` is another checkpoint, that model's latency as a share of the unpruned one's, timed side by side.
 
     Raises:
         ValueError: the share found removes no channel (unless `allow_unchanged`): the model as it is runs as near
-            the target as the search got.
+            the target as the search got; a reference model that does not run faster than the unpruned one.
     """
     with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
-        measure = measured_latency_ratio(pruner, imgsz, Path(work), runtime=runtime)
-        search = search_gflops(latency, measure, pruner.min_cost_share("gflops"))
+        probe = LatencyProbe(pruner, imgsz, Path(work), runtime=runtime)
+        asked = latency if isinstance(latency, float | int) else _reference_share(probe.checkpoint(latency), latency)
+        search = search_gflops(asked, probe.share, pruner.min_cost_share("gflops"))
     share, reached = search.best
-    if latency < 1 and not allow_unchanged and pruner.plan_budget("gflops", share).removed == 0:
+    if asked < 1 and not allow_unchanged and pruner.plan_budget("gflops", share).removed == 0:
         raise ValueError(
-            f"target latency {latency:g} on {runtime} needs no pruning: the share found, {share:.3f}x GFLOPs, keeps "
+            f"target latency {asked:g} on {runtime} needs no pruning: the share found, {share:.3f}x GFLOPs, keeps "
             f"every channel (measured {reached:.3f}x); lower the target, or pass --allow-unchanged to save the model "
             "as it is; nothing written"
         )
-    LOGGER.info(f"{PREFIX} target latency {latency:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
-    return share, reached
+    LOGGER.info(f"{PREFIX} target latency {asked:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
+    return share, reached, asked
+
+
+def _reference_share(measured: float, reference: Path) -> float:
+    """The latency share of a model to run as fast as (`--target-latency-of`): refused when it is not faster."""
+    if measured >= 1:
+        raise ValueError(
+            f"'{reference}' runs at {measured:.3f}x the latency of the model to prune: it is not faster, there is "
+            "nothing to prune to; give a faster model, or --target-latency with a share; nothing written"
+        )
+    LOGGER.info(f"{PREFIX} '{reference}' runs at {measured:.3f}x the unpruned model's latency: the target")
+    return measured
 
 
 def latency_target_gflops(
     weights: str | Path,
     *,
-    latency: float,
+    latency: float | Path,
     data: str | Path | None,
     imgsz: int,
     runtime: str = "onnx",
     ranking: Ranking = Ranking(),
 ) -> float:
-    """The `target_gflops` of sparse training that stands for a latency target: found on the start model with the
+    """The `target_gflops` of sparse training that stands for a latency target (a share, or a checkpoint to run as
+    fast as): found on the start model with the
     ranking the sparse stage uses (its trained model is ranked again as it trains, so the latency of the final prune
     lands near, not exactly at, the target)."""
-    latency = check_latency_target(latency)
+    latency = check_latency(latency)
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
     imgsz = fit_imgsz(imgsz, model)
