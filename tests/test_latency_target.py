@@ -157,7 +157,7 @@ def test_a_reference_that_is_not_faster_writes_nothing(tiny_ckpt, tmp_path, monk
 def test_a_latency_target_that_needs_no_pruning_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
     """The model cut to the share found keeps every channel (here: widths in multiples of 256 keep every layer
     whole) and runs within the tolerance: a one-line error, no pruned.pt."""
-    monkeypatch.setattr(steps, "LatencyProbe", lambda pruner, imgsz, work, runtime: SimpleNamespace(share=lambda s: 1.0))
+    monkeypatch.setattr(steps, "LatencyProbe", lambda *args, runtime: SimpleNamespace(share=lambda share: 1.0))
     with pytest.raises(ValueError, match=r"target latency 0.99 on onnx needs no pruning: .* keeps every channel"):
         steps.prune(
             tiny_ckpt, ratio=None, save_dir=tmp_path / "p", target=("latency", 0.99), ranking=GAMMA_256
