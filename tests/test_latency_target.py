@@ -134,24 +134,45 @@ class Reference:
         return self.measured
 
 
-def test_prune_to_the_latency_of_another_model(tiny_ckpt, tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def smaller(tiny_ckpt, tmp_path_factory) -> Path:
+    """A smaller network than tiny_ckpt's (the same model with half its channels cut), to run as fast as."""
+    return steps.prune(tiny_ckpt, ratio=0.5, save_dir=tmp_path_factory.mktemp("smaller"), ranking=GAMMA)
+
+
+def test_prune_to_the_latency_of_another_model(tiny_ckpt, smaller, tmp_path, monkeypatch) -> None:
     """`--target-latency-of`: the reference's measured share is the target; the checkpoint records both."""
     monkeypatch.setattr(steps, "LatencyProbe", Reference)
-    out = steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", Path(tiny_ckpt)), ranking=GAMMA)
+    out = steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", smaller), ranking=GAMMA)
     info = pruned_info(load_model(out)[0])
-    assert info["target_latency"] == 0.6 and info["target_latency_of"] == str(Path(tiny_ckpt).resolve())
+    assert info["target_latency"] == 0.6 and info["target_latency_of"] == str(smaller.resolve())
     assert abs(lagging(info["target"][1]) / 0.6 - 1) <= TOLERANCE
     report = (out.parent / "prune_report.txt").read_text()
-    assert f"target latency: 0.6x the unpruned model's ('{tiny_ckpt}' measured beside it) on onnx" in report
+    assert f"target latency: 0.6x the unpruned model's ('{smaller}' measured beside it) on onnx" in report
 
 
-def test_a_reference_that_is_not_faster_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
+def test_a_reference_that_cannot_be_faster_writes_nothing(tiny_ckpt, smaller, tmp_path, monkeypatch) -> None:
+    """Refused before anything is measured: a missing or unreadable file, the same network as the model to prune
+    (timing noise alone would pick a cut), the pruned.pt this run would overwrite; after measuring: a slower one."""
     monkeypatch.setattr(steps, "LatencyProbe", type("Slower", (Reference,), {"measured": 1.2}))
-    with pytest.raises(ValueError, match=r"runs at 1\.200x the latency of the model to prune: it is not faster"):
-        steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", Path(tiny_ckpt)), ranking=GAMMA)
-    with pytest.raises(FileNotFoundError, match="not found"):  # checked before anything is loaded or measured
-        steps.prune(tiny_ckpt, save_dir=tmp_path / "p", target=("latency", tmp_path / "none.pt"), ranking=GAMMA)
-    assert not (tmp_path / "p").exists()
+    save = tmp_path / "p"
+    unreadable = tmp_path / "text.pt"
+    unreadable.write_text("not a checkpoint")
+    refusals = {
+        tmp_path / "none.pt": "is not a .pt file here",
+        unreadable: "not a readable",
+        Path(tiny_ckpt): "is the same network as the model to prune",
+        smaller: r"runs at 1\.200x the latency of the model to prune: it is not faster",
+    }
+    for reference, message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            steps.prune(tiny_ckpt, save_dir=save, target=("latency", reference), ranking=GAMMA)
+        assert not save.exists()
+    earlier = steps.prune(tiny_ckpt, ratio=0.3, save_dir=save, ranking=GAMMA)
+    before = earlier.read_bytes()
+    with pytest.raises(ValueError, match="is the pruned.pt this run would write"):
+        steps.prune(smaller, save_dir=save, target=("latency", earlier), ranking=GAMMA)
+    assert earlier.read_bytes() == before
 
 
 def test_a_latency_target_that_needs_no_pruning_writes_nothing(tiny_ckpt, tmp_path, monkeypatch) -> None:
@@ -173,13 +194,14 @@ def test_latency_target_cli_errors(tiny_ckpt) -> None:
         yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency", "0.5", "--target-gflops", "0.5"),
         "not allowed with argument",
     )
-    assert_one_line_error(
-        yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency-of", "model.onnx"), "not a .pt checkpoint"
-    )
+    for name in ("model.onnx", ""):
+        assert_one_line_error(
+            yoloslim_cli("prune", "--weights", str(tiny_ckpt), "--target-latency-of", name), "is not a .pt file"
+        )
 
 
-def test_sparse_training_takes_the_gflops_share_of_another_models_latency(tiny_ckpt, monkeypatch) -> None:
+def test_sparse_training_takes_the_gflops_share_of_another_models_latency(tiny_ckpt, smaller, monkeypatch) -> None:
     """`sparse --target-latency-of`: the start model is searched against the reference, as `prune` does."""
     monkeypatch.setattr(steps, "LatencyProbe", Reference)
-    share = steps.latency_target_gflops(tiny_ckpt, latency=Path(tiny_ckpt), data=None, imgsz=64, ranking=GAMMA)
+    share = steps.latency_target_gflops(tiny_ckpt, latency=smaller, data=None, imgsz=64, ranking=GAMMA)
     assert 0 < share < 1 and abs(lagging(share) / Reference.measured - 1) <= TOLERANCE

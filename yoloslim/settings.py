@@ -308,6 +308,16 @@ def _share(kind: str) -> Callable[[Any], float]:
     return lambda value: check_budget(kind, value)
 
 
+def check_reference_name(value: Any) -> str:
+    """The name of a model to run as fast as (`--target-latency-of`): a .pt file (whether it is there is checked
+    when it is loaded)."""
+    if not str(value).endswith(".pt"):
+        raise ValueError(
+            f"target_latency_of={value!r} is not a .pt file: give the checkpoint of the model to run as fast as"
+        )
+    return str(value)
+
+
 def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
     """A check that `value` is one of `choices` (argparse checks the flag; this checks the Python API too)."""
 
@@ -548,6 +558,7 @@ SETTINGS: tuple[Setting, ...] = (
         "instead: run as fast as this model (a .pt checkpoint, exported and timed beside the unpruned one on "
         "--runtime): prune a YOLOv8s to a yolov8n's latency",
         ("sparse", "prune"),
+        check=check_reference_name,
         exclusive=("sparse", "prune"),
     ),
     Setting(

@@ -363,6 +363,8 @@ def prune(
     source, out = _prune_paths(weights, Path(save_dir))
     model, ckpt = _load_source(source)
     data, imgsz = resolve_data(data) if data is not None else None, trained_imgsz(ckpt)
+    if isinstance(latency, Path):
+        _check_reference(latency, model, imgsz, out)
     importance = _importance(model, ranking, target, lambda: ranking_data(data, ckpt, source, model), imgsz)
     said, asked = "", {}  # a latency target's line in the report, and what the checkpoint records of it
     if latency:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
@@ -404,8 +406,31 @@ def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | Path
 
 def check_latency(value: Any) -> float | Path:
     """A latency target: a share in (0, 1] of the unpruned model's latency, or a checkpoint (a `Path`) whose latency
-    to run at (`--target-latency-of`)."""
-    return check_weights_file(value) if isinstance(value, Path) else check_latency_target(value)
+    to run at (`--target-latency-of`), loaded here so that a bad file fails before anything is measured."""
+    if not isinstance(value, Path):
+        return check_latency_target(value)
+    if value.suffix != ".pt" or not value.is_file():
+        raise ValueError(
+            f"--target-latency-of '{value}' is not a .pt file here: give the checkpoint of the model to run as fast as"
+        )
+    load_model(value)
+    return value
+
+
+def _check_reference(reference: Path, model: Any, imgsz: int, out: Path | None = None) -> None:
+    """Refuse a model to run as fast as that is the output this run writes (`out`), or the same network as the model
+    to prune (it cannot be faster, and timing noise alone would choose a cut)."""
+    if out is not None and reference.resolve() == out.resolve():
+        raise ValueError(
+            f"--target-latency-of '{reference}' is the {PRUNED} this run would write: copy it elsewhere first, or "
+            "choose another --save-dir; nothing written"
+        )
+    theirs, ours = ModelSize.of(load_model(reference)[0], imgsz), ModelSize.of(model, imgsz)
+    if (theirs.gflops, theirs.params) == (ours.gflops, ours.params):
+        raise ValueError(
+            f"--target-latency-of '{reference}' is the same network as the model to prune ({ours.gflops:.2f} GFLOPs): "
+            "it cannot run faster; give a smaller model, or --target-latency with a share; nothing written"
+        )
 
 
 def _latency_budget(
@@ -568,6 +593,8 @@ def latency_target_gflops(
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
     imgsz = fit_imgsz(imgsz, model)
+    if isinstance(latency, Path):
+        _check_reference(latency, model, imgsz)
     importance = make_importance(ranking.importance, Source(model, lambda: resolve_data(data), imgsz, ranking.streams))
     pruner = Pruner(deepcopy(model).float().eval(), ranking, importance)
     return gflops_for_latency(pruner, latency, imgsz, runtime)[0]
