@@ -557,11 +557,11 @@ def gflops_for_latency(
     share, reached = search.best
     if asked < 1 and not allow_unchanged and pruner.plan_budget("gflops", share).removed == 0:
         raise ValueError(
-            f"target latency {asked:g} on {runtime} needs no pruning: the share found, {share:.3f}x GFLOPs, keeps "
+            f"target latency {asked:.3g} on {runtime} needs no pruning: the share found, {share:.3f}x GFLOPs, keeps "
             f"every channel (measured {reached:.3f}x); lower the target, or pass --allow-unchanged to save the model "
             "as it is; nothing written"
         )
-    LOGGER.info(f"{PREFIX} target latency {asked:g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
+    LOGGER.info(f"{PREFIX} target latency {asked:.3g} on {runtime}: {share:.3f}x GFLOPs, measured at {reached:.3f}x")
     return share, reached, asked
 
 
