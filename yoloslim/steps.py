@@ -369,9 +369,7 @@ def prune(
     said, asked = "", {}  # a latency target's line in the report, and what the checkpoint records of it
     if latency:  # the GFLOPs share whose pruned model runs at the asked latency, by measuring
         pruner = Pruner(deepcopy(model).float().eval(), ranking, importance, fold)
-        target, said, share = _latency_budget(pruner, latency, imgsz, runtime, allow_unchanged)
-        asked = {"target_latency": share, "runtime": runtime}
-        asked |= {"target_latency_of": str(latency.resolve())} if isinstance(latency, Path) else {}
+        target, said, asked = _latency_budget(pruner, latency, imgsz, runtime, allow_unchanged)
     info = {**_prune_info(ratio, target, source, ranking, fold), **asked}
     info["repair"] = asdict(how) if data else None
     pruned, plan, changes = _cut(model, ratio, target, (ranking, importance, fold), allow_unchanged, info)
@@ -435,17 +433,19 @@ def _check_reference(reference: Path, model: Any, imgsz: int, out: Path | None =
 
 def _latency_budget(
     pruner: Pruner, latency: float | Path, imgsz: int, runtime: str, allow_unchanged: bool
-) -> tuple[tuple[str, float], str, float]:
+) -> tuple[tuple[str, float], str, dict[str, Any]]:
     """The GFLOPs target whose model, pruned by `pruner` (on a copy), runs at `latency` of the unpruned latency (or at
-    that of the checkpoint `latency`) on `runtime`, found by measuring (`gflops_for_latency`), and the report's line
-    on what was asked and measured ("" for the whole latency), and the latency share asked."""
+    that of the checkpoint `latency`) on `runtime`, found by measuring (`gflops_for_latency`); the report's line on
+    what was asked and measured ("" for the whole latency); what the pruned checkpoint records of it."""
     share, measured, asked = gflops_for_latency(pruner, latency, imgsz, runtime, allow_unchanged)
     of = f" ('{latency}' measured beside it)" if isinstance(latency, Path) else ""
     said = (
         f"\ntarget latency: {asked:.3g}x the unpruned model's{of} on {runtime} (batch 1, imgsz {imgsz}); measured "
         f"{measured:.3f}x, before any repair (a repair changes weights, not widths)"
     )
-    return ("gflops", share), said if asked < 1 else "", asked
+    record = {"target_latency": asked, "runtime": runtime}
+    record |= {"target_latency_of": str(latency.resolve())} if isinstance(latency, Path) else {}
+    return ("gflops", share), said if asked < 1 else "", record
 
 
 def _repair(model: Any, pruned: Any, keep: dict, data: str | None, imgsz: int, how: Repair) -> list:
