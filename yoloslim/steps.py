@@ -404,14 +404,13 @@ def _latency_asked(target: tuple[str, Any] | None, runtime: str) -> float | Path
 
 def check_latency(value: Any) -> float | Path:
     """A latency target: a share in (0, 1] of the unpruned model's latency, or a checkpoint (a `Path`) whose latency
-    to run at (`--target-latency-of`), loaded here so that a bad file fails before anything is measured."""
+    to run at (`--target-latency-of`; read by `_check_reference` before anything is measured)."""
     if not isinstance(value, Path):
         return check_latency_target(value)
     if value.suffix != ".pt" or not value.is_file():
         raise ValueError(
             f"--target-latency-of '{value}' is not a .pt file here: give the checkpoint of the model to run as fast as"
         )
-    load_model(value)
     return value
 
 
@@ -552,7 +551,7 @@ def gflops_for_latency(
     """
     with tempfile.TemporaryDirectory(prefix="yoloslim-latency-") as work:
         probe = LatencyProbe(pruner, imgsz, Path(work), runtime=runtime)
-        asked = latency if isinstance(latency, float | int) else _reference_share(probe.checkpoint(latency), latency)
+        asked = _reference_share(probe.checkpoint(latency), latency) if isinstance(latency, Path) else latency
         search = search_gflops(asked, probe.share, pruner.min_cost_share("gflops"))
     share, reached = search.best
     if asked < 1 and not allow_unchanged and pruner.plan_budget("gflops", share).removed == 0:
@@ -586,9 +585,8 @@ def latency_target_gflops(
     ranking: Ranking = Ranking(),
 ) -> float:
     """The `target_gflops` of sparse training that stands for a latency target (a share, or a checkpoint to run as
-    fast as): found on the start model with the
-    ranking the sparse stage uses (its trained model is ranked again as it trains, so the latency of the final prune
-    lands near, not exactly at, the target)."""
+    fast as): found on the start model with the ranking the sparse stage uses (its trained model is ranked again as
+    it trains, so the latency of the final prune lands near, not exactly at, the target)."""
     latency = check_latency(latency)
     Kind(runtime).check()
     model, _ = load_model(check_weights_file(weights))
